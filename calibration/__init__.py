@@ -1,0 +1,1 @@
+"""trustmap.calibration: audit whether a detector's confidence scores can be trusted."""

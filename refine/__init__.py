@@ -1,0 +1,1 @@
+"""trustmap.refine: find and fix wrong land-cover labels under an annotation budget."""

@@ -1,0 +1,3 @@
+from refine.cli import main
+
+main()

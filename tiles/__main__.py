@@ -1,0 +1,3 @@
+from tiles.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""Class schemas: the codes, names and colours every label raster is checked against."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tiles.errors import TrustmapError
+
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+class ClassDef(BaseModel):
+    """One land-cover (or object) class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: int = Field(ge=0, le=255, description="Pixel value in label rasters (uint8).")
+    name: str = Field(min_length=1)
+    color: str = Field(description="Display colour as #rrggbb.")
+
+    @field_validator("color")
+    @classmethod
+    def _hex_color(cls, value: str) -> str:
+        if not _HEX.match(value):
+            raise ValueError(f"colour {value!r} is not of the form #rrggbb")
+        return value.lower()
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+class ClassSchema(BaseModel):
+    """An ordered list of classes plus the code that means "no label"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classes: list[ClassDef] = Field(min_length=1)
+    ignore: int = Field(default=255, ge=0, le=255)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClassSchema:
+        codes = [c.code for c in self.classes]
+        names = [c.name for c in self.classes]
+        dup = {c for c in codes if codes.count(c) > 1}
+        if dup:
+            raise ValueError(f"duplicate class code(s) {sorted(dup)}")
+        dupn = {n for n in names if names.count(n) > 1}
+        if dupn:
+            raise ValueError(f"duplicate class name(s) {sorted(dupn)}")
+        if self.ignore in codes:
+            raise ValueError(f"ignore code {self.ignore} is also a class code")
+        return self
+
+    # --- lookups -------------------------------------------------------------------------
+    @property
+    def codes(self) -> list[int]:
+        return [c.code for c in self.classes]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def by_code(self, code: int) -> ClassDef:
+        for c in self.classes:
+            if c.code == code:
+                return c
+        raise KeyError(code)
+
+    def code_for(self, value: int | str) -> int:
+        """Map a class given as code or name (case-insensitive) to its code."""
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            for c in self.classes:
+                if c.name.lower() == value.strip().lower():
+                    return c.code
+            raise KeyError(value)
+        code = int(value)
+        if code not in self.codes:
+            raise KeyError(value)
+        return code
+
+    def code_to_index(self) -> np.ndarray:
+        """A 256-entry lookup from code to contiguous index 0..C-1; ignore and unknown -> -1."""
+        lut = np.full(256, -1, dtype=np.int16)
+        for i, c in enumerate(self.classes):
+            lut[c.code] = i
+        return lut
+
+    def index_to_code(self) -> np.ndarray:
+        """Contiguous index 0..C-1 -> code, as uint8."""
+        return np.array(self.codes, dtype=np.uint8)
+
+    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        """A rasterio colormap: class colours, the ignore code transparent."""
+        cmap = {c.code: (*c.rgb, 255) for c in self.classes}
+        cmap[self.ignore] = (0, 0, 0, 0)
+        return cmap
+
+    def check_codes(self, values: np.ndarray, source: str | os.PathLike) -> None:
+        """Raise if ``values`` holds a code that is neither a class nor ``ignore``."""
+        present = np.unique(np.asarray(values))
+        allowed = set(self.codes) | {self.ignore}
+        unknown = [int(v) for v in present if int(v) not in allowed]
+        if unknown:
+            raise TrustmapError(
+                f"unknown class code(s) {unknown[:10]}; the schema allows {sorted(self.codes)} "
+                f"and ignore={self.ignore}",
+                source,
+            )
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_schema(path: str | os.PathLike) -> ClassSchema:
+    """Read and validate a class schema YAML; errors name the file and the key at fault."""
+    path = Path(path)
+    if not path.exists():
+        raise TrustmapError("class schema not found", path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TrustmapError(f"not valid YAML ({exc.__class__.__name__})", path) from None
+    if not isinstance(data, dict):
+        raise TrustmapError("expected a mapping with 'classes' and 'ignore'", path)
+    try:
+        return ClassSchema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise TrustmapError(f"key '{_format_loc(err['loc'])}': {err['msg']}", path) from None
