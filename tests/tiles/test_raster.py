@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from tiles.errors import TrustmapError
+from tiles.raster import format_info, open_raster, scene_info
+
+
+def test_info_on_real_landsat(shared_data):
+    info = scene_info(shared_data / "RGB.byte.tif")
+    assert (info["width"], info["height"], info["count"]) == (791, 718, 3)
+    assert info["crs"] == "EPSG:32618" and info["nodata"] == 0
+    assert info["dtypes"] == ["uint8"] * 3
+    assert info["resolution"][0] == pytest.approx(300.0379, abs=1e-3)
+    assert info["bounds"]["left"] == pytest.approx(101985.0)
+    assert info["block_shapes"][0] == [3, 791]
+    json.dumps(info)  # JSON-able
+    text = format_info(info)
+    assert "UTM zone 18N" in text and "791 x 718" in text
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(TrustmapError, match="file not found") as e:
+        open_raster(tmp_path / "nope.tif")
+    assert "nope.tif" in str(e.value)
+
+
+def test_non_raster_file(tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_text("hello")
+    with pytest.raises(TrustmapError, match="not a readable raster"):
+        open_raster(p)
+
+
+def test_truncated_geotiff(shared_data, tmp_path):
+    data = (shared_data / "RGB.byte.tif").read_bytes()
+    p = tmp_path / "trunc.tif"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrustmapError, match="trunc.tif"):
+        open_raster(p)
+
+
+def test_truncated_tiled_geotiff_fails_on_block_probe(tmp_path):
+    import numpy as np
+    import rasterio
+
+    p = tmp_path / "tiled.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=512, height=512, count=1, dtype="uint16", tiled=True,
+                       blockxsize=256, blockysize=256, crs="EPSG:32643",
+                       transform=rasterio.transform.from_origin(0, 512, 1, 1)) as ds:
+        ds.write(np.random.default_rng(0).integers(0, 60000, (1, 512, 512)).astype("uint16"))
+    raw = p.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(raw[: int(len(raw) * 0.8)])
+    with pytest.raises(TrustmapError, match="cut.tif: (corrupt or truncated|not a readable)"):
+        open_raster(cut)
+
+
+def test_directory_is_not_a_raster(tmp_path):
+    with pytest.raises(TrustmapError, match="directory"):
+        open_raster(tmp_path)

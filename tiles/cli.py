@@ -1,0 +1,137 @@
+"""The ``tiles`` command: inspect, generate, cut, stitch, align, vectorize, export to QGIS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tiles.console import user_errors
+
+_existing = click.Path(path_type=Path)  # existence is checked by trustmap for clearer errors
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="trustmap")
+def main() -> None:
+    """Geospatial tiling for trustmap: everything here works on any raster size and CRS.
+
+    \b
+    Typical use:
+      tiles info scene.tif
+      tiles cut scene.tif --size 512 --overlap 64 --out tiles_dir
+      tiles align labels.gpkg --scene scene.tif --classes classes.yaml --out labels.tif
+      tiles export-qgis mask.tif --classes classes.yaml --scene scene.tif --out qgis_dir
+    """
+
+
+@main.command()
+@click.argument("scene", type=_existing)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+@user_errors
+def info(scene: Path, as_json: bool) -> None:
+    """Print a scene's CRS, size, bands, dtypes, nodata, resolution, bounds, blocks and overviews."""
+    from tiles.raster import format_info, scene_info
+
+    data = scene_info(scene)
+    click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--size", default=2048, show_default=True, type=click.IntRange(256, 16384), help="Scene edge in pixels (1 m each).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same bytes.")
+@user_errors
+def sample(out_dir: Path, size: int, seed: int) -> None:
+    """Write the deterministic synthetic sample scene (4-band uint16 B,G,R,NIR, EPSG:32643, 1 m),
+    its ground-truth land-cover mask (landcover6 classes) and an RGB quick-look PNG."""
+    from tiles.samples import make_sample
+
+    paths = make_sample(out_dir, size=size, seed=seed)
+    click.echo(f"scene      {paths.scene}\ntruth      {paths.truth}\nquicklook  {paths.quicklook}")
+
+
+@main.command()
+@click.argument("scene", type=_existing)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory (tiles/ and index.gpkg).")
+@click.option("--size", default=512, show_default=True, type=int, help="Tile edge in pixels.")
+@click.option("--overlap", default=64, show_default=True, type=int, help="Pixels shared by neighbouring tiles.")
+@click.option("--skip-nodata", is_flag=True, help="Do not write tiles that are entirely nodata.")
+@user_errors
+def cut(scene: Path, out_dir: Path, size: int, overlap: int, skip_nodata: bool) -> None:
+    """Cut SCENE into overlapping georeferenced GeoTIFF tiles that cover every pixel,
+    plus an index GeoPackage of tile footprints (windows and cores in scene pixels)."""
+    from tiles.cut import cut_scene
+
+    res = cut_scene(scene, out_dir, size=size, overlap=overlap, skip_nodata=skip_nodata)
+    click.echo(f"{res.written} tiles in {res.tiles_dir} ({res.skipped} all-nodata skipped); index {res.index}")
+
+
+@main.command()
+@click.argument("index", type=_existing)
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output GeoTIFF.")
+@click.option("--mode", type=click.Choice(["core", "blend"]), default="core", show_default=True,
+              help="core: each pixel from the tile whose core holds it (exact); blend: weighted mean across overlaps.")
+@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews.")
+@user_errors
+def stitch(index: Path, out_path: Path, mode: str, cog: bool) -> None:
+    """Stitch the tiles listed in INDEX (from `tiles cut`) back into one scene, in bounded memory."""
+    from tiles.cut import stitch_index
+
+    click.echo(f"wrote {stitch_index(index, out_path, mode=mode, cog=cog)}")
+
+
+@main.command()
+@click.argument("labels", type=_existing)
+@click.option("--scene", required=True, type=_existing, help="The scene whose grid the labels are aligned to.")
+@click.option("--classes", "classes_path", required=True, type=_existing, help="Class schema YAML.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output label GeoTIFF (uint8).")
+@click.option("--class-field", default=None, help="Vector attribute holding the class (code or name).")
+@user_errors
+def align(labels: Path, scene: Path, classes_path: Path, out_path: Path, class_field: str | None) -> None:
+    """Put a label raster (any CRS/resolution/extent; nearest neighbour) or a vector label file
+    (GPKG, GeoJSON, Shapefile) onto SCENE's pixel grid. Unlabelled pixels get the ignore code."""
+    from tiles.align import align_labels
+    from tiles.classes import load_schema
+
+    report = align_labels(labels, scene, load_schema(classes_path), out_path, class_field=class_field)
+    click.echo(f"wrote {out_path}; labels cover {100 * report.covered:.1f}% of the scene")
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+@main.command()
+@click.argument("mask", type=_existing)
+@click.option("--classes", "classes_path", required=True, type=_existing, help="Class schema YAML.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output GeoPackage.")
+@click.option("--min-area", default=0.0, show_default=True, type=float, help="Drop polygons smaller than this (map units²).")
+@click.option("--simplify", default=None, type=float, help="Topology-preserving simplify tolerance (map units).")
+@user_errors
+def vectorize(mask: Path, classes_path: Path, out_path: Path, min_area: float, simplify: float | None) -> None:
+    """Turn a class mask into valid polygons per class, with code and name attributes."""
+    from tiles.classes import load_schema
+    from tiles.vectorize import vectorize_mask, write_polygons
+
+    gdf = vectorize_mask(mask, load_schema(classes_path), min_area=min_area, simplify=simplify)
+    write_polygons(gdf, out_path)
+    click.echo(f"wrote {len(gdf)} polygons to {out_path}")
+
+
+@main.command("export-qgis")
+@click.argument("mask", type=_existing)
+@click.option("--classes", "classes_path", required=True, type=_existing, help="Class schema YAML.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--scene", type=_existing, default=None, help="Scene for the RGB quick-look background.")
+@click.option("--min-area", default=0.0, show_default=True, type=float, help="Drop polygons smaller than this (map units²).")
+@click.option("--simplify", default=None, type=float, help="Simplify tolerance for polygons (map units).")
+@user_errors
+def export_qgis(mask: Path, classes_path: Path, out_dir: Path, scene: Path | None, min_area: float,
+                simplify: float | None) -> None:
+    """Write a QGIS-ready bundle: the mask as a styled COG (colour table, class names, .qml),
+    its polygons as a styled GeoPackage, and a project file that opens them over the scene."""
+    from tiles.classes import load_schema
+    from tiles.qgis import export_qgis as run_export
+
+    res = run_export(mask, load_schema(classes_path), out_dir, scene_path=scene, min_area=min_area, simplify=simplify)
+    click.echo(f"QGIS project: {res.project}")
