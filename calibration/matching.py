@@ -1,0 +1,322 @@
+"""Which detections hit which ground-truth boxes: the step every metric stands on.
+
+Three rules, all class-aware by default and all with COCO's crowd semantics:
+
+* ``greedy``: COCO's rule. Within each (image, class), detections in descending score
+  order (ties by input order) each take the unmatched ground truth with the highest IoU
+  >= the threshold. Same TP flags as pycocotools' ``COCOeval.evaluateImg``.
+* ``hungarian``: one-to-one assignment maximising the summed IoU over pairs >= the
+  threshold (``scipy.optimize.linear_sum_assignment``); scores play no part, as in DETR.
+* ``any``: non-exclusive, as in netcal's examples: a detection is a TP when its best IoU
+  with any ground truth of its class is >= the threshold, however many others claim it.
+
+Crowd and ``ignore`` annotations are regions, not objects: a detection that matches no
+object but covers such a region (intersection over *detection* area >= the threshold)
+is *ignored*, neither TP nor FP, and a region can absorb any number of detections.
+A threshold of 0 means "any overlap": a pair needs IoU > 0 as well as IoU >= threshold.
+
+The work is vectorised: detections are sorted once by (image, class, -score), every
+same-block (detection, ground truth) pair is laid out flat, and IoUs are computed in one
+pass. The greedy rule is sequential only *within* a block, so it runs in rounds over
+within-block rank (round r settles the r-th detection of every block at once); the
+number of rounds is the largest block, not the number of detections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from calibration.detections import Detections, GroundTruth
+from tiles.errors import TrustmapError
+
+MatchMode = Literal["greedy", "hungarian", "any"]
+MODES: tuple[str, ...] = ("greedy", "hungarian", "any")
+#: Pairs materialised at once; blocks are processed in chunks beyond this (memory bound).
+PAIR_CHUNK = 20_000_000
+
+
+@dataclass
+class Matches:
+    """Per-detection outcome at each IoU threshold; rows follow the detections' order."""
+
+    iou_thresholds: np.ndarray  # (T,)
+    tp: np.ndarray  # (T, N) bool: matched an object of its class
+    ignored: np.ndarray  # (T, N) bool: matched no object but lies in a crowd/ignore region
+    iou: np.ndarray  # (T, N) IoU with the matched object (0 when unmatched)
+    gt_index: np.ndarray  # (T, N) int64: row in gt.annotations (object or region), -1 when none
+    max_iou: np.ndarray  # (N,) best IoU with any object of the block, threshold-free
+    rank: np.ndarray  # (N,) int64: position in its (image, class) block by descending score
+    image_index: np.ndarray  # (N,) int64: row in gt.images (-1 if unknown)
+    gt_category: np.ndarray  # (T, N) int64: category of the matched object, -1 when none
+    n_gt: dict[int, int]  # objects (not regions) per category id
+    mode: str
+    class_aware: bool
+
+    def __len__(self) -> int:
+        return self.tp.shape[1]
+
+    def index(self, threshold: float) -> int:
+        """Row of ``threshold`` in the per-threshold arrays."""
+        hit = np.flatnonzero(np.isclose(self.iou_thresholds, threshold, rtol=0, atol=1e-9))
+        if not hit.size:
+            raise TrustmapError(f"matching was not run at IoU threshold {threshold} (ran at {self.iou_thresholds.tolist()})")
+        return int(hit[0])
+
+    def target_column(self, threshold: float, category_ids: Sequence[int]) -> np.ndarray:
+        """Class index per detection for K+1-way scores: the matched object's column, else K (background).
+
+        ``category_ids`` are the categories of columns 0..K-1 of the probability vectors.
+        Ignored detections also get K; callers drop them with ``ignored``.
+        """
+        t = self.index(threshold)
+        cats = np.asarray(category_ids, dtype=np.int64)
+        order = np.argsort(cats)
+        pos = np.clip(np.searchsorted(cats[order], self.gt_category[t]), 0, max(len(cats) - 1, 0))
+        known = self.tp[t] & (cats[order][pos] == self.gt_category[t]) if len(cats) else np.zeros(len(self), bool)
+        return np.where(known, order[pos], len(cats)).astype(np.int64)
+
+
+def pairwise_iou(det_xywh: np.ndarray, gt_xywh: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """IoU of row-aligned box pairs; for regions, intersection over the detection's area.
+
+    The region rule is COCO's crowd IoU: a detection wholly inside a crowd scores 1
+    however large the crowd.
+    """
+    dx0, dy0, dw, dh = det_xywh.T
+    gx0, gy0, gw, gh = gt_xywh.T
+    iw = np.minimum(dx0 + dw, gx0 + gw) - np.maximum(dx0, gx0)
+    ih = np.minimum(dy0 + dh, gy0 + gh) - np.maximum(dy0, gy0)
+    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+    darea = dw * dh
+    union = np.where(region, darea, darea + gw * gh - inter)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def iou_matrix(a_xywh: np.ndarray, b_xywh: np.ndarray) -> np.ndarray:
+    """Dense (len(a), len(b)) IoU matrix, for small sets and tests."""
+    ia, ib = np.meshgrid(np.arange(len(a_xywh)), np.arange(len(b_xywh)), indexing="ij")
+    out = pairwise_iou(a_xywh[ia.ravel()], b_xywh[ib.ravel()], np.zeros(ia.size, bool))
+    return out.reshape(ia.shape)
+
+
+def match(
+    dets: Detections,
+    gt: GroundTruth,
+    iou_thresholds: float | Sequence[float] = 0.5,
+    mode: MatchMode = "greedy",
+    class_aware: bool = True,
+) -> Matches:
+    """Match detections to ground truth at one or more IoU thresholds (see module doc)."""
+    if mode not in MODES:
+        raise TrustmapError(f"matching mode must be one of {MODES}, got {mode!r}")
+    thr = np.atleast_1d(np.asarray(iou_thresholds, dtype=np.float64))
+    if thr.size == 0 or np.any((thr < 0) | (thr > 1)) or not np.isfinite(thr).all():
+        raise TrustmapError(f"IoU thresholds must lie in [0, 1], got {thr.tolist()}")
+    n, T = len(dets), len(thr)
+    an = gt.annotations
+    cats = gt.category_ids
+    region = an.is_region
+    img = gt.images.index_of(dets.image_id)
+    n_gt = {int(c): int(np.sum((an.category_id == c) & ~region)) for c in cats}
+
+    # block keys: (image row, class) for dets and gts; unknown image/class never matches
+    n_cat = max(len(cats), 1)
+    d_cat = _dense(dets.category_id, cats) if class_aware else np.zeros(n, np.int64)
+    g_cat = _dense(an.category_id, cats) if class_aware else np.zeros(len(an), np.int64)
+    g_img = gt.images.index_of(an.image_id)
+    d_key = np.where((img >= 0) & (d_cat >= 0), img * n_cat + d_cat, -1)
+    g_key = np.where((g_img >= 0) & (g_cat >= 0), g_img * n_cat + g_cat, -2)
+
+    order = np.lexsort((-dets.score, d_key))  # stable: ties keep input order, as COCO's mergesort
+    key_s = d_key[order]
+    new_block = np.r_[True, key_s[1:] != key_s[:-1]] if n else np.zeros(0, bool)
+    block_start = np.flatnonzero(new_block)
+    rank_s = np.arange(n) - np.repeat(block_start, np.diff(np.r_[block_start, n]))
+
+    g_order = np.argsort(g_key, kind="stable")
+    g_sorted = g_key[g_order]
+    lo = np.searchsorted(g_sorted, key_s, "left")
+    hi = np.searchsorted(g_sorted, key_s, "right")
+    n_pairs = hi - lo
+
+    tp = np.zeros((T, n), bool)
+    ign = np.zeros((T, n), bool)
+    iou_out = np.zeros((T, n))
+    gidx = np.full((T, n), -1, np.int64)
+    max_iou = np.zeros(n)
+    for a, b in _chunks(block_start, n_pairs, n):
+        det_p = np.repeat(np.arange(a, b), n_pairs[a:b])  # sorted-det position of each pair
+        first = np.cumsum(n_pairs[a:b]) - n_pairs[a:b]
+        within = np.arange(len(det_p)) - np.repeat(first, n_pairs[a:b])
+        gt_p = g_order[np.repeat(lo[a:b], n_pairs[a:b]) + within]
+        reg_p = region[gt_p]
+        ious = pairwise_iou(dets.bbox[order[det_p]], an.bbox[gt_p], reg_p)
+        seg = _Segments(det_p)
+        if seg.n:
+            best = seg.max(np.where(reg_p, -1.0, ious))
+            max_iou[seg.ids] = np.maximum(best, 0.0)
+        for t, th in enumerate(thr):
+            cand = (ious >= th) & (ious > 0)
+            if mode == "any":
+                m_pair = _best_per_det(seg, cand, ious, reg_p)
+                _store(t, seg.ids, m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx)
+            elif mode == "greedy":
+                _greedy(t, cand, ious, det_p, gt_p, reg_p, rank_s, len(an), tp, ign, iou_out, gidx)
+            else:
+                _hungarian(t, cand, ious, seg, key_s, gt_p, reg_p, tp, ign, iou_out, gidx)
+
+    # back to input order
+    inv = np.empty(n, np.int64)
+    inv[order] = np.arange(n)
+    tp, ign, iou_out, gidx, max_iou = tp[:, inv], ign[:, inv], iou_out[:, inv], gidx[:, inv], max_iou[inv]
+    gcat = np.where(gidx >= 0, an.category_id[np.maximum(gidx, 0)] if len(an) else -1, -1)
+    gcat = np.where(tp, gcat, -1)
+    return Matches(
+        iou_thresholds=thr,
+        tp=tp,
+        ignored=ign,
+        iou=iou_out,
+        gt_index=gidx,
+        max_iou=max_iou,
+        rank=rank_s[inv],
+        image_index=img,
+        gt_category=gcat,
+        n_gt=n_gt,
+        mode=mode,
+        class_aware=class_aware,
+    )
+
+
+def _dense(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Index of each value in ``sorted_ids`` (-1 if absent)."""
+    if len(sorted_ids) == 0:
+        return np.full(len(values), -1, np.int64)
+    pos = np.clip(np.searchsorted(sorted_ids, values), 0, len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == values, pos, -1)
+
+
+def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int):
+    """Split sorted detections at block boundaries into runs of at most ~PAIR_CHUNK pairs.
+
+    A single block larger than the limit still forms one run (it cannot be split).
+    """
+    if n == 0:
+        return
+    cum = np.r_[0, np.cumsum(n_pairs)]
+    block_end = np.r_[block_start[1:], n]
+    end_cum = cum[block_end]
+    j0 = 0
+    while j0 < len(block_start):
+        a = block_start[j0]
+        j = max(int(np.searchsorted(end_cum, cum[a] + PAIR_CHUNK, "right")), j0 + 1)
+        yield int(a), int(block_end[j - 1])
+        j0 = j
+
+
+class _Segments:
+    """Contiguous runs of equal detection index in a pair array (pairs are sorted by det)."""
+
+    def __init__(self, det_p: np.ndarray):
+        self.n = len(det_p)
+        if self.n == 0:
+            self.starts = self.ids = self.lengths = np.zeros(0, np.int64)
+            return
+        self.starts = np.flatnonzero(np.r_[True, det_p[1:] != det_p[:-1]])
+        self.ids = det_p[self.starts]
+        self.lengths = np.diff(np.r_[self.starts, self.n])
+
+    def max(self, values: np.ndarray) -> np.ndarray:
+        return np.maximum.reduceat(values, self.starts)
+
+    def argmax_last(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per segment: max value and the *last* pair position holding it (COCO's tie rule)."""
+        m = self.max(values)
+        pos = np.where(values == np.repeat(m, self.lengths), np.arange(self.n), -1)
+        return m, np.maximum.reduceat(pos, self.starts)
+
+
+def _best_per_det(seg: _Segments, cand: np.ndarray, ious: np.ndarray, reg_p: np.ndarray) -> np.ndarray:
+    """Best candidate pair per detection, objects before regions; -1 where none."""
+    if seg.n == 0:
+        return np.zeros(0, np.int64)
+    key = np.where(cand, ious + np.where(reg_p, 0.0, 2.0), -1.0)
+    m, last = seg.argmax_last(key)
+    return np.where(m >= 0, last, -1)
+
+
+def _store(t, det_ids, m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx) -> None:
+    ok = m_pair >= 0
+    d, p = det_ids[ok], m_pair[ok]
+    is_reg = reg_p[p]
+    tp[t, d] = ~is_reg
+    ign[t, d] = is_reg
+    iou_out[t, d] = np.where(is_reg, 0.0, ious[p])
+    gidx[t, d] = gt_p[p]
+
+
+def _greedy(t, cand, ious, det_p, gt_p, reg_p, rank_s, n_ann, tp, ign, iou_out, gidx) -> None:
+    """COCO greedy matching, one round per within-block rank."""
+    if len(det_p) == 0:
+        return
+    prank = rank_s[det_p]
+    by_rank = np.argsort(prank, kind="stable")  # within a rank, pairs stay grouped by det
+    bounds = np.searchsorted(prank[by_rank], np.arange(prank.max() + 2))
+    taken = np.zeros(n_ann, bool)
+    for r in range(len(bounds) - 1):
+        sl = by_rank[bounds[r] : bounds[r + 1]]
+        if sl.size == 0:
+            continue
+        g = gt_p[sl]
+        c = cand[sl] & (reg_p[sl] | ~taken[g])
+        if not c.any():
+            continue
+        seg = _Segments(det_p[sl])
+        m_local = _best_per_det(seg, c, ious[sl], reg_p[sl])
+        ok = m_local >= 0
+        m_pair = np.where(ok, sl[np.maximum(m_local, 0)], -1)
+        _store(t, seg.ids, m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx)
+        won = m_pair[ok]
+        taken[gt_p[won][~reg_p[won]]] = True
+
+
+def _hungarian(t, cand, ious, seg, key_s, gt_p, reg_p, tp, ign, iou_out, gidx) -> None:
+    """Max-IoU assignment per (image, class) block; leftovers may fall into regions."""
+    if seg.n == 0:
+        return
+    # in a block every detection has the same ground-truth list, so its pairs form a matrix
+    width = seg.lengths
+    bkey = key_s[seg.ids]
+    bstart = np.flatnonzero(np.r_[True, bkey[1:] != bkey[:-1]])
+    bend = np.r_[bstart[1:], len(seg.ids)]
+    for s, e in zip(bstart, bend, strict=True):
+        p0, w = seg.starts[s], width[s]
+        nd = e - s
+        sl = slice(p0, p0 + nd * w)
+        c = cand[sl].reshape(nd, w)
+        if not c.any():
+            continue
+        io = ious[sl].reshape(nd, w)
+        rg = reg_p[sl].reshape(nd, w)[0]
+        obj = np.flatnonzero(~rg)
+        matched = np.full(nd, -1, np.int64)
+        if obj.size:
+            wmat = np.where(c[:, obj], io[:, obj], 0.0)
+            if wmat.any():
+                rows, cols = linear_sum_assignment(wmat, maximize=True)
+                keep = c[rows, obj[cols]]
+                matched[rows[keep]] = obj[cols[keep]]
+        regs = np.flatnonzero(rg)
+        if regs.size:
+            free = matched < 0
+            key = np.where(c[:, regs], io[:, regs], -1.0)
+            best = key.shape[1] - 1 - np.argmax(key[:, ::-1], axis=1)  # last of ties
+            hit = free & (key[np.arange(nd), best] >= 0)
+            matched[hit] = regs[best[hit]]
+        ok = matched >= 0
+        m_pair = np.where(ok, p0 + np.arange(nd) * w + np.maximum(matched, 0), -1)
+        _store(t, seg.ids[s:e], m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's demo command: sets up .venv from nothing, then runs trustmap's main jobs on
+# the embedded sample data and prints where the outputs are.
+#   bash scripts/demo.sh [OUT_DIR]     (default: demo_out/)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/_venv.sh"
+cd "$ROOT"
+OUT="${1:-$ROOT/demo_out}"
+mkdir -p "$OUT"
+export MPLBACKEND=Agg
+start=$(date +%s)
+
+echo "== tiles: sample scene, tiles, QGIS export"
+tiles sample --out "$OUT/sample" --size 2048 --seed 0
+tiles info "$OUT/sample/scene.tif"
+tiles cut "$OUT/sample/scene.tif" --size 512 --overlap 64 --out "$OUT/tiles"
+tiles stitch "$OUT/tiles/index.gpkg" --out "$OUT/tiles/restitched.tif"
+tiles export-qgis "$OUT/sample/truth.tif" --classes configs/classes/landcover6.yaml \
+  --scene "$OUT/sample/scene.tif" --out "$OUT/qgis_truth" --min-area 20
+
+if [ -f refine/cli.py ] && [ -f configs/refine/demo.yaml ]; then
+  echo "== refine: simulated label refinement on the sample scene"
+  refine simulate --config configs/refine/demo.yaml --out "$OUT/refine"
+fi
+if [ -f calibration/cli.py ] && [ -f configs/calibration/demo.yaml ]; then
+  echo "== calibration: audit of the sample detector"
+  calibration audit --config configs/calibration/demo.yaml --out "$OUT/calibration"
+fi
+
+echo
+echo "Done in $(( $(date +%s) - start )) s. Outputs:"
+echo "  sample scene + truth     $OUT/sample/ (quicklook.png to look at)"
+echo "  tiles + index            $OUT/tiles/index.gpkg"
+echo "  QGIS project (truth)     $OUT/qgis_truth/*.qgs"
+[ -d "$OUT/refine" ] && echo "  refine report            $OUT/refine/report.html (refined mask for QGIS in $OUT/refine/qgis/)"
+[ -d "$OUT/calibration" ] && echo "  calibration audit        $OUT/calibration/audit.html"
+exit 0

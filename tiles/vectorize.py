@@ -1,0 +1,224 @@
+"""Class masks to polygons, window by window, equal to vectorizing the whole raster at once.
+
+``rasterio.features.shapes`` holds every polygon of its input in memory, so a large mask is
+polygonized in windows. Each window is a pure function of (path, window) and traces its
+polygons in *pixel* coordinates of the whole mask, where every vertex is an integer and the
+same pixel corner seen from two windows is the same float. Pieces that reach an inner window
+edge may continue next door: same-class pieces that share an edge segment (not just a
+corner, as ``shapes`` uses 4-connectivity) are unioned. Only then are coordinates mapped to
+the mask's CRS, so the result is the same polygons whatever the window size.
+
+Simplification is done on the whole set at once as a polygon *coverage*
+(``shapely.coverage_simplify``): neighbouring polygons keep sharing their edges, so no gaps
+or slivers open between classes, which per-polygon simplification would cause.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyproj
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import shapes
+from rasterio.windows import Window, subdivide
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from tiles.classes import ClassSchema
+from tiles.console import progress as progress_bar
+from tiles.errors import TrustmapError
+from tiles.io import atomic_path
+from tiles.raster import open_raster, require_crs
+
+COLUMNS = ["code", "name", "area", "geometry"]
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Polygons traced in one window, in pixel coordinates of the whole mask."""
+
+    geoms: np.ndarray  # shapely Polygons
+    codes: np.ndarray  # uint8 class code per polygon
+    on_seam: np.ndarray  # bool: reaches an inner window edge, so it may continue next door
+
+    @classmethod
+    def concat(cls, parts: list[Pieces]) -> Pieces:
+        if not parts:
+            return cls(np.empty(0, dtype=object), np.empty(0, dtype=np.uint8), np.empty(0, dtype=bool))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("geoms", "codes", "on_seam")))
+
+
+def polygonize_window(
+    path: str | os.PathLike, window: Window, schema: ClassSchema, shape: tuple[int, int]
+) -> Pieces:
+    """Trace the class polygons of ``window`` of the mask at ``path`` (``shape`` = its height, width).
+
+    Pixels that are nodata (the dataset mask) or ``ignore`` are left out through the
+    ``mask`` argument of ``shapes``, which is True for *valid* pixels.
+    """
+    with rasterio.open(path) as src:
+        data = src.read(1, window=window)
+        valid = src.read_masks(1, window=window) > 0
+    valid &= data != schema.ignore
+    schema.check_codes(data[valid], path)
+    data = np.where(valid, data, schema.ignore).astype(np.uint8)
+
+    col0, row0 = int(window.col_off), int(window.row_off)
+    col1, row1 = col0 + int(window.width), row0 + int(window.height)
+    traced = shapes(data, mask=valid, connectivity=4, transform=Affine.translation(col0, row0))
+    geoms, codes = [], []
+    for geojson, value in traced:
+        geoms.append(shapely.geometry.shape(geojson))
+        codes.append(int(value))
+    geoms_arr = np.array(geoms, dtype=object)
+    if not len(geoms_arr):
+        return Pieces.concat([])
+    minx, miny, maxx, maxy = shapely.bounds(geoms_arr).T
+    height, width = shape
+    on_seam = (
+        ((minx == col0) & (col0 > 0))
+        | ((maxx == col1) & (col1 < width))
+        | ((miny == row0) & (row0 > 0))
+        | ((maxy == row1) & (row1 < height))
+    )
+    return Pieces(geoms_arr, np.array(codes, dtype=np.uint8), on_seam)
+
+
+def merge_seams(pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
+    """Union same-class pieces that share an edge across window seams; polygons and codes."""
+    inner = ~pieces.on_seam
+    seam, codes = pieces.geoms[pieces.on_seam], pieces.codes[pieces.on_seam]
+    if not len(seam):
+        return pieces.geoms[inner], pieces.codes[inner]
+    left, right = shapely.STRtree(seam).query(seam, predicate="touches")
+    pair = (left < right) & (codes[left] == codes[right])
+    left, right = left[pair], right[pair]
+    # Boundaries meeting along a line (dimension 1), not only at a corner point.
+    edge = shapely.relate_pattern(seam[left], seam[right], "****1****")
+    n = len(seam)
+    graph = coo_matrix((np.ones(int(edge.sum())), (left[edge], right[edge])), shape=(n, n))
+    count, label = connected_components(graph, directed=False)
+    order = np.argsort(label, kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(label, minlength=count))[:-1])
+    merged = np.array(
+        [seam[g[0]] if len(g) == 1 else shapely.union_all(seam[g]) for g in groups], dtype=object
+    )
+    merged_codes = np.array([codes[g[0]] for g in groups], dtype=np.uint8)
+    return np.concatenate([pieces.geoms[inner], merged]), np.concatenate([pieces.codes[inner], merged_codes])
+
+
+def polygon_parts(geoms: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Valid, non-empty Polygons only: make_valid, split multi-parts, drop anything else."""
+    geoms = np.asarray(geoms, dtype=object)
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        geoms = geoms.copy()
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    parts, owner = shapely.get_parts(geoms, return_index=True)
+    # a repaired geometry may be a collection holding MultiPolygons: flatten twice
+    parts, inner = shapely.get_parts(parts, return_index=True)
+    owner = owner[inner]
+    keep = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & ~shapely.is_empty(parts)
+    return parts[keep], codes[owner[keep]]
+
+
+def _to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    """Pixel (col, row) coordinates to the mask's CRS, all geometries at once."""
+    a, b, c, d, e, f = transform[:6]
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+
+    return shapely.transform(geoms, apply)
+
+
+def polygon_areas(geoms: np.ndarray, crs) -> np.ndarray:
+    """Areas in map units² (m² for metric CRSs); geodesic m² for a geographic CRS."""
+    crs = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if not crs.is_geographic:
+        return shapely.area(geoms)
+    geod = crs.get_geod()
+    return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=float)
+
+
+def vectorize_mask(
+    mask_path: str | os.PathLike,
+    schema: ClassSchema,
+    min_area: float = 0.0,
+    simplify: float | None = None,
+    window_size: int = 2048,
+    min_pixels: int = 0,
+    progress: bool = True,
+) -> gpd.GeoDataFrame:
+    """Polygons of every class in a class mask, in the mask's CRS.
+
+    Columns ``code``, ``name``, ``area`` (see :func:`polygon_areas`) and ``geometry``; one
+    row per 4-connected region, ordered by code then top-left position. Polygons smaller
+    than ``min_area`` (``area`` units) or ``min_pixels`` pixels are dropped; ``simplify``
+    is the coverage-simplification tolerance in map units.
+    """
+    if window_size < 1:
+        raise TrustmapError(f"window_size must be positive, got {window_size}")
+    if simplify is not None and simplify < 0:
+        raise TrustmapError(f"simplify tolerance must be >= 0, got {simplify}")
+    with open_raster(mask_path) as src:
+        require_crs(src, mask_path)
+        if src.count != 1:
+            raise TrustmapError(f"has {src.count} bands; a class mask must be single-band", mask_path)
+        if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            raise TrustmapError(f"has {src.dtypes[0]} pixels; a class mask holds integer codes", mask_path)
+        crs, transform, shape = src.crs, src.transform, (src.height, src.width)
+        bh, bw = src.block_shapes[0]
+    # Whole blocks per window: a windowed read pulls whole blocks anyway.
+    step_r = max(bh, window_size // bh * bh) if window_size >= bh else window_size
+    step_c = max(bw, window_size // bw * bw) if window_size >= bw else window_size
+    windows = subdivide(Window(0, 0, shape[1], shape[0]), step_r, step_c)
+    if progress:
+        windows = progress_bar(windows, desc="vectorize", total=len(windows), unit="window")
+    pieces = Pieces.concat([polygonize_window(mask_path, w, schema, shape) for w in windows])
+    geoms, codes = merge_seams(pieces)
+
+    if min_pixels > 0:
+        keep = shapely.area(geoms) >= min_pixels  # pixel space: area is the pixel count
+        geoms, codes = geoms[keep], codes[keep]
+    minx, miny = shapely.bounds(geoms)[:, 0], shapely.bounds(geoms)[:, 1]
+    order = np.lexsort((minx, miny, codes)) if len(geoms) else np.empty(0, dtype=int)
+    geoms, codes = geoms[order], codes[order]
+    if simplify:
+        # Edge-match the coverage (node T-junctions) so shared edges simplify as one.
+        geoms = shapely.coverage_clean(geoms, snapping_distance=0.0) if len(geoms) else geoms
+    geoms = _to_map(geoms, transform)
+    if min_area > 0:
+        keep = polygon_areas(geoms, crs) >= min_area
+        geoms, codes = geoms[keep], codes[keep]
+    if simplify and len(geoms):
+        geoms = shapely.coverage_simplify(geoms, simplify)
+    geoms, codes = polygon_parts(geoms, codes)
+
+    names = {c.code: c.name for c in schema.classes}
+    return gpd.GeoDataFrame(
+        {
+            "code": codes.astype(np.int32),
+            "name": [names[int(c)] for c in codes],
+            "area": polygon_areas(geoms, crs),
+        },
+        geometry=gpd.GeoSeries(geoms, crs=crs),
+        columns=COLUMNS[:-1],
+    ).set_geometry(gpd.GeoSeries(geoms, crs=crs))
+
+
+def write_polygons(gdf: gpd.GeoDataFrame, out_path: str | os.PathLike, layer: str = "polygons") -> Path:
+    """Write ``gdf`` as one Polygon layer of a new GeoPackage, atomically; returns the path."""
+    out = Path(out_path)
+    if out.suffix.lower() != ".gpkg":
+        raise TrustmapError("polygons are written as a GeoPackage; use a .gpkg file name", out)
+    with atomic_path(out) as tmp:
+        gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio", geometry_type="Polygon")
+    return out
