@@ -379,10 +379,9 @@ class Detections:
         kw: dict[str, Any] = {"prob_category_ids": pci.pop(), "source": parts[0].source}
         for name in ("image_id", "bbox", "category_id", "score", *_OPTIONAL):
             cols = [getattr(p, name) for p in parts]
-            if any(c is None for c in cols):
-                if name in _OPTIONAL:
-                    kw[name] = None
-                    continue
+            if any(c is None for c in cols):  # only optional columns can be None
+                kw[name] = None
+                continue
             kw[name] = np.concatenate(cols)
         return cls(**kw)
 

@@ -87,8 +87,10 @@ def pairwise_iou(det_xywh: np.ndarray, gt_xywh: np.ndarray, region: np.ndarray) 
     The region rule is COCO's crowd IoU: a detection wholly inside a crowd scores 1
     however large the crowd.
     """
-    dx0, dy0, dw, dh = det_xywh.T
-    gx0, gy0, gw, gh = gt_xywh.T
+    return _iou_cols(*det_xywh.T, *gt_xywh.T, region)
+
+
+def _iou_cols(dx0, dy0, dw, dh, gx0, gy0, gw, gh, region) -> np.ndarray:
     iw = np.minimum(dx0 + dw, gx0 + gw) - np.maximum(dx0, gx0)
     ih = np.minimum(dy0 + dh, gy0 + gh) - np.maximum(dy0, gy0)
     inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
@@ -149,13 +151,16 @@ def match(
     iou_out = np.zeros((T, n))
     gidx = np.full((T, n), -1, np.int64)
     max_iou = np.zeros(n)
+    dcol = [np.ascontiguousarray(c) for c in dets.bbox[order].T]
+    gcol = [np.ascontiguousarray(c) for c in an.bbox.T]
     for a, b in _chunks(block_start, n_pairs, n):
         det_p = np.repeat(np.arange(a, b), n_pairs[a:b])  # sorted-det position of each pair
         first = np.cumsum(n_pairs[a:b]) - n_pairs[a:b]
         within = np.arange(len(det_p)) - np.repeat(first, n_pairs[a:b])
         gt_p = g_order[np.repeat(lo[a:b], n_pairs[a:b]) + within]
         reg_p = region[gt_p]
-        ious = pairwise_iou(dets.bbox[order[det_p]], an.bbox[gt_p], reg_p)
+        # det_p is sorted, so repeating is a streaming copy rather than a random gather
+        ious = _iou_cols(*(np.repeat(c[a:b], n_pairs[a:b]) for c in dcol), *(c[gt_p] for c in gcol), reg_p)
         seg = _Segments(det_p)
         if seg.n:
             best = seg.max(np.where(reg_p, -1.0, ious))

@@ -33,7 +33,7 @@ def _stage(cin: int, cout: int, blocks: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def sample_backbone(out_channels: int = 64) -> BackboneWithFPN:
+def sample_backbone(out_channels: int = 32) -> BackboneWithFPN:
     """Conv stages at strides 2, 4, 8, 16 with an FPN on the last three."""
     body = nn.Sequential(
         OrderedDict(
@@ -67,10 +67,10 @@ def sample_fasterrcnn(num_classes: int = 5, **kwargs) -> FasterRCNN:
         min_size=SAMPLE_IMAGE_SIZE,
         max_size=SAMPLE_IMAGE_SIZE,
         rpn_pre_nms_top_n_train=1000,
-        rpn_post_nms_top_n_train=500,
+        rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=500,
         rpn_post_nms_top_n_test=300,
-        box_batch_size_per_image=256,
+        box_batch_size_per_image=128,
         representation_size=256,
     )
     defaults.update(kwargs)

@@ -335,9 +335,9 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
                 objects.append((TANK, poly))
 
     for _ in range(rng.integers(0, 10)):  # vehicles on roads, along the road
-        if not road_angles:
-            break
         rr, cc = np.nonzero(cv.road)
+        if not rr.size:
+            break
         k = rng.integers(rr.size)
         ang = float(cv.road_angle[rr[k], cc[k]])
         _vehicle(cv, rng, objects, cc[k] + 0.5, rr[k] + 0.5, ang + rng.choice([0, np.pi]), shadow, on_road=True)

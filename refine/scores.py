@@ -103,6 +103,15 @@ def _entropy(p: np.ndarray, axis: int = 0) -> np.ndarray:
     return -np.sum(p * np.log(np.maximum(p, np.finfo(np.float32).tiny)), axis=axis)
 
 
+def predicted_class(probs: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """argmax_k p_k as int16 (H, W), row block by row block (numpy's argmax gives int64)."""
+    probs = _probs(probs)
+    out = np.empty(probs.shape[1:], np.int16)
+    for rows in row_chunks(probs.shape[1], _chunk_bytes(probs), chunk_bytes):
+        out[rows] = np.argmax(probs[:, rows], axis=0)
+    return out
+
+
 # --- label-free uncertainty ------------------------------------------------------------------
 def least_confidence(
     probs: np.ndarray, labels: np.ndarray | None = None, *, chunk_bytes: int = CHUNK_BYTES
@@ -245,7 +254,11 @@ def self_confidence(
     """
     probs = _probs(probs)
     labels = _labels(labels, probs.shape[1:], probs.shape[0])
-    t = class_thresholds(probs, labels, chunk_bytes=chunk_bytes) if thresholds is None else thresholds
+    t = (
+        class_thresholds(probs, labels, chunk_bytes=chunk_bytes)
+        if thresholds is None
+        else thresholds
+    )
     t = np.asarray(t, np.float64)
     if t.shape != (probs.shape[0],):
         raise TrustmapError(f"need one threshold per class ({probs.shape[0]}), got {t.shape}")
@@ -284,7 +297,11 @@ def label_issues(
     probs = _probs(probs)
     num_classes = probs.shape[0]
     labels = _labels(labels, probs.shape[1:], num_classes)
-    t = class_thresholds(probs, labels, chunk_bytes=chunk_bytes) if thresholds is None else thresholds
+    t = (
+        class_thresholds(probs, labels, chunk_bytes=chunk_bytes)
+        if thresholds is None
+        else thresholds
+    )
     t_adj = (np.asarray(t, np.float64) - FLOAT_TOLERANCE).astype(np.float32)[:, None, None]
     out = np.zeros(probs.shape[1:], bool)
     if method == "confident_joint":
@@ -295,7 +312,9 @@ def label_issues(
             out[rows] = above.any(axis=0) & (j != y) & (np.argmax(p, axis=0) != y) & (y >= 0)
         return out
     if method != "cleanlab":
-        raise TrustmapError(f"unknown label-issue method {method!r}; use confident_joint or cleanlab")
+        raise TrustmapError(
+            f"unknown label-issue method {method!r}; use confident_joint or cleanlab"
+        )
     py_all = np.full(probs.shape[1:], np.inf, np.float32)
     n_issues = 0
     for rows in row_chunks(probs.shape[1], _chunk_bytes(probs), chunk_bytes):
@@ -343,7 +362,9 @@ def annotator_disagreement(
         return (1.0 - a).astype(np.float32)
     v = np.asarray(votes)
     if v.ndim != 3 or not np.issubdtype(v.dtype, np.integer):
-        raise TrustmapError(f"votes must be integer class indices (A, H, W), got {v.dtype} {v.shape}")
+        raise TrustmapError(
+            f"votes must be integer class indices (A, H, W), got {v.dtype} {v.shape}"
+        )
     n_cls = int(num_classes) if num_classes is not None else int(v.max()) + 1
     n_cls = max(n_cls, 1)
     scale = 1.0
@@ -388,7 +409,9 @@ def compute_score(
     try:
         fn = SCORES[name]
     except KeyError:
-        raise TrustmapError(f"unknown score {name!r}; choose one of {', '.join(sorted(SCORES))}") from None
+        raise TrustmapError(
+            f"unknown score {name!r}; choose one of {', '.join(sorted(SCORES))}"
+        ) from None
     if name in NEEDS_LABELS and labels is None:
         raise TrustmapError(f"score {name!r} needs the current labels")
     if probs is None and name != "annotator_disagreement":

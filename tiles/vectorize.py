@@ -36,7 +36,7 @@ from tiles.errors import TrustmapError
 from tiles.io import atomic_path
 from tiles.raster import open_raster, require_crs
 
-COLUMNS = ["code", "name", "area", "geometry"]
+COLUMNS = ["code", "name", "area", "geometry"]  # the GeoPackage layer's fields
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,12 @@ class Pieces:
     @classmethod
     def concat(cls, parts: list[Pieces]) -> Pieces:
         if not parts:
-            return cls(np.empty(0, dtype=object), np.empty(0, dtype=np.uint8), np.empty(0, dtype=bool))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("geoms", "codes", "on_seam")))
+            return cls(
+                np.empty(0, dtype=object), np.empty(0, dtype=np.uint8), np.empty(0, dtype=bool)
+            )
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("geoms", "codes", "on_seam"))
+        )
 
 
 def polygonize_window(
@@ -60,7 +64,8 @@ def polygonize_window(
     """Trace the class polygons of ``window`` of the mask at ``path`` (``shape`` = its height, width).
 
     Pixels that are nodata (the dataset mask) or ``ignore`` are left out through the
-    ``mask`` argument of ``shapes``, which is True for *valid* pixels.
+    ``mask`` argument of ``shapes``, which is True for *valid* pixels. Windows that are
+    multiples of the mask's block size read fastest.
     """
     with rasterio.open(path) as src:
         data = src.read(1, window=window)
@@ -110,7 +115,9 @@ def merge_seams(pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
         [seam[g[0]] if len(g) == 1 else shapely.union_all(seam[g]) for g in groups], dtype=object
     )
     merged_codes = np.array([codes[g[0]] for g in groups], dtype=np.uint8)
-    return np.concatenate([pieces.geoms[inner], merged]), np.concatenate([pieces.codes[inner], merged_codes])
+    return np.concatenate([pieces.geoms[inner], merged]), np.concatenate(
+        [pieces.codes[inner], merged_codes]
+    )
 
 
 def polygon_parts(geoms: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,15 +178,15 @@ def vectorize_mask(
     with open_raster(mask_path) as src:
         require_crs(src, mask_path)
         if src.count != 1:
-            raise TrustmapError(f"has {src.count} bands; a class mask must be single-band", mask_path)
+            raise TrustmapError(
+                f"has {src.count} bands; a class mask must be single-band", mask_path
+            )
         if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
-            raise TrustmapError(f"has {src.dtypes[0]} pixels; a class mask holds integer codes", mask_path)
+            raise TrustmapError(
+                f"has {src.dtypes[0]} pixels; a class mask holds integer codes", mask_path
+            )
         crs, transform, shape = src.crs, src.transform, (src.height, src.width)
-        bh, bw = src.block_shapes[0]
-    # Whole blocks per window: a windowed read pulls whole blocks anyway.
-    step_r = max(bh, window_size // bh * bh) if window_size >= bh else window_size
-    step_c = max(bw, window_size // bw * bw) if window_size >= bw else window_size
-    windows = subdivide(Window(0, 0, shape[1], shape[0]), step_r, step_c)
+    windows = subdivide(Window(0, 0, shape[1], shape[0]), window_size, window_size)
     if progress:
         windows = progress_bar(windows, desc="vectorize", total=len(windows), unit="window")
     pieces = Pieces.concat([polygonize_window(mask_path, w, schema, shape) for w in windows])
@@ -188,8 +195,8 @@ def vectorize_mask(
     if min_pixels > 0:
         keep = shapely.area(geoms) >= min_pixels  # pixel space: area is the pixel count
         geoms, codes = geoms[keep], codes[keep]
-    minx, miny = shapely.bounds(geoms)[:, 0], shapely.bounds(geoms)[:, 1]
-    order = np.lexsort((minx, miny, codes)) if len(geoms) else np.empty(0, dtype=int)
+    bounds = shapely.bounds(geoms).reshape(-1, 4)
+    order = np.lexsort((bounds[:, 0], bounds[:, 1], codes))  # by code, then top-left corner
     geoms, codes = geoms[order], codes[order]
     if simplify:
         # Edge-match the coverage (node T-junctions) so shared edges simplify as one.
@@ -210,11 +217,12 @@ def vectorize_mask(
             "area": polygon_areas(geoms, crs),
         },
         geometry=gpd.GeoSeries(geoms, crs=crs),
-        columns=COLUMNS[:-1],
-    ).set_geometry(gpd.GeoSeries(geoms, crs=crs))
+    )
 
 
-def write_polygons(gdf: gpd.GeoDataFrame, out_path: str | os.PathLike, layer: str = "polygons") -> Path:
+def write_polygons(
+    gdf: gpd.GeoDataFrame, out_path: str | os.PathLike, layer: str = "polygons"
+) -> Path:
     """Write ``gdf`` as one Polygon layer of a new GeoPackage, atomically; returns the path."""
     out = Path(out_path)
     if out.suffix.lower() != ".gpkg":
