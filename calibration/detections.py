@@ -55,7 +55,8 @@ def _read_json(path: str | os.PathLike) -> Any:
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise TrustmapError(
-            f"not valid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno} column {exc.colno}", p
+            f"not valid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno} column {exc.colno}",
+            p,
         ) from None
     except UnicodeDecodeError:
         raise TrustmapError("not a text JSON file (binary content)", p) from None
@@ -135,18 +136,25 @@ class GroundTruth:
         return np.array(sorted(self.categories), dtype=np.int64)
 
     @classmethod
-    def from_coco(cls, data: dict[str, Any], source: str | os.PathLike | None = None) -> GroundTruth:
+    def from_coco(
+        cls, data: dict[str, Any], source: str | os.PathLike | None = None
+    ) -> GroundTruth:
         """Build from a COCO annotations dict (``images``, ``annotations``, ``categories``)."""
         src = None if source is None else str(source)
-        if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
+        if not isinstance(data, dict) or not all(
+            k in data for k in ("images", "annotations", "categories")
+        ):
             hint = " (this looks like a detections/results list)" if isinstance(data, list) else ""
             raise TrustmapError(
-                f"not a COCO annotations file: needs 'images', 'annotations' and 'categories'{hint}", src
+                f"not a COCO annotations file: needs 'images', 'annotations' and 'categories'{hint}",
+                src,
             )
         try:
             cats = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
         except (KeyError, TypeError, ValueError) as exc:
-            raise TrustmapError(f"categories: every entry needs an integer 'id' ({exc!r})", src) from None
+            raise TrustmapError(
+                f"categories: every entry needs an integer 'id' ({exc!r})", src
+            ) from None
         imgs = data["images"]
         try:
             images = ImageTable(
@@ -156,7 +164,9 @@ class GroundTruth:
                 height=np.array([float(im["height"]) for im in imgs], dtype=np.float64),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise TrustmapError(f"images: every entry needs 'id', 'width' and 'height' ({exc!r})", src) from None
+            raise TrustmapError(
+                f"images: every entry needs 'id', 'width' and 'height' ({exc!r})", src
+            ) from None
         anns = data["annotations"]
         rows = []
         for i, a in enumerate(anns):
@@ -213,7 +223,9 @@ class GroundTruth:
         from tiles.boxes import read_boxes, to_coco
 
         table = read_boxes(raster, boxes, **kwargs)
-        return cls.from_coco(to_coco([table], categories=categories, first_image_id=image_id), source=boxes)
+        return cls.from_coco(
+            to_coco([table], categories=categories, first_image_id=image_id), source=boxes
+        )
 
     def validate(self) -> None:
         """Check ids, boxes and shapes; raise naming the first bad annotation."""
@@ -230,19 +242,38 @@ class GroundTruth:
             "image",
         )
         name = lambda i: f"{i} (id {int(an.id[i])})"  # noqa: E731
-        _first_bad(_xywh_problems(an.bbox), lambda i: _box_problem(an.bbox, i), name, src, "annotation")
+        _first_bad(
+            _xywh_problems(an.bbox), lambda i: _box_problem(an.bbox, i), name, src, "annotation"
+        )
         row = im.index_of(an.image_id)
-        _first_bad(row < 0, lambda i: f"image_id {int(an.image_id[i])} has no image", name, src, "annotation")
+        _first_bad(
+            row < 0,
+            lambda i: f"image_id {int(an.image_id[i])} has no image",
+            name,
+            src,
+            "annotation",
+        )
         known = np.isin(an.category_id, self.category_ids)
         _first_bad(
-            ~known, lambda i: f"category_id {int(an.category_id[i])} is not a known category", name, src, "annotation"
+            ~known,
+            lambda i: f"category_id {int(an.category_id[i])} is not a known category",
+            name,
+            src,
+            "annotation",
         )
         x1, y1 = an.bbox[:, 0] + an.bbox[:, 2], an.bbox[:, 1] + an.bbox[:, 3]
         tol = EDGE_TOLERANCE_PX
-        outside = (an.bbox[:, 0] < -tol) | (an.bbox[:, 1] < -tol) | (x1 > im.width[row] + tol) | (y1 > im.height[row] + tol)
+        outside = (
+            (an.bbox[:, 0] < -tol)
+            | (an.bbox[:, 1] < -tol)
+            | (x1 > im.width[row] + tol)
+            | (y1 > im.height[row] + tol)
+        )
         _first_bad(
             outside,
-            lambda i: f"bbox {an.bbox[i].tolist()} lies outside its {im.width[row[i]]:g}x{im.height[row[i]]:g} image",
+            lambda i: (
+                f"bbox {an.bbox[i].tolist()} lies outside its {im.width[row[i]]:g}x{im.height[row[i]]:g} image"
+            ),
             name,
             src,
             "annotation",
@@ -302,7 +333,7 @@ def _num(v: float) -> int | float:
 # --------------------------------------------------------------------------- detections
 
 
-@dataclass
+@dataclass(eq=False)
 class Detections:
     """Detections of one model on one image set, one row per box.
 
@@ -335,25 +366,58 @@ class Detections:
         n = len(self.image_id)
         for name in ("bbox", "category_id", "score"):
             if len(getattr(self, name)) != n:
-                raise TrustmapError(f"detections: column '{name}' has {len(getattr(self, name))} rows, image_id has {n}", src)
+                raise TrustmapError(
+                    f"detections: column '{name}' has {len(getattr(self, name))} rows, image_id has {n}",
+                    src,
+                )
         for name in ("probs", "logits"):
             v = getattr(self, name)
             if v is not None:
                 v = np.asarray(v, dtype=np.float64)
                 if v.ndim != 2 or len(v) != n:
-                    raise TrustmapError(f"detections: '{name}' must be (N, classes) with N={n}, got {v.shape}", src)
+                    raise TrustmapError(
+                        f"detections: '{name}' must be (N, classes) with N={n}, got {v.shape}", src
+                    )
                 setattr(self, name, v)
-        if self.probs is not None and self.logits is not None and self.probs.shape != self.logits.shape:
-            raise TrustmapError(f"detections: probs {self.probs.shape} and logits {self.logits.shape} differ in shape", src)
+        if (
+            self.probs is not None
+            and self.logits is not None
+            and self.probs.shape != self.logits.shape
+        ):
+            raise TrustmapError(
+                f"detections: probs {self.probs.shape} and logits {self.logits.shape} differ in shape",
+                src,
+            )
         if self.proposal_index is not None:
             self.proposal_index = np.asarray(self.proposal_index, dtype=np.int64).reshape(-1)
             if len(self.proposal_index) != n:
-                raise TrustmapError(f"detections: 'proposal_index' has {len(self.proposal_index)} rows, expected {n}", src)
+                raise TrustmapError(
+                    f"detections: 'proposal_index' has {len(self.proposal_index)} rows, expected {n}",
+                    src,
+                )
         if self.prob_category_ids is not None:
             self.prob_category_ids = tuple(int(c) for c in self.prob_category_ids)
 
     def __len__(self) -> int:
         return len(self.image_id)
+
+    def __eq__(self, other: object) -> bool:
+        """Same columns, value for value (the source file is not compared)."""
+        if not isinstance(other, Detections):
+            return NotImplemented
+        for f in fields(self):
+            if f.name == "source":
+                continue
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if (a is None) != (b is None):
+                return False
+            if isinstance(a, np.ndarray) and not np.array_equal(a, b):
+                return False
+            if not isinstance(a, np.ndarray) and a != b:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
 
     # ----------------------------------------------------------------- building blocks
 
@@ -361,7 +425,9 @@ class Detections:
         """Rows selected by a boolean mask, an index array or a slice (a copy)."""
         sel = mask_or_idx if isinstance(mask_or_idx, slice) else np.asarray(mask_or_idx)
         if isinstance(sel, np.ndarray) and sel.dtype == bool and len(sel) != len(self):
-            raise TrustmapError(f"detections: mask has {len(sel)} rows, expected {len(self)}", self.source)
+            raise TrustmapError(
+                f"detections: mask has {len(sel)} rows, expected {len(self)}", self.source
+            )
         kw: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -375,7 +441,9 @@ class Detections:
             return cls.empty()
         pci = {p.prob_category_ids for p in parts}
         if len(pci) > 1:
-            raise TrustmapError("detections: cannot concatenate tables with different prob_category_ids")
+            raise TrustmapError(
+                "detections: cannot concatenate tables with different prob_category_ids"
+            )
         kw: dict[str, Any] = {"prob_category_ids": pci.pop(), "source": parts[0].source}
         for name in ("image_id", "bbox", "category_id", "score", *_OPTIONAL):
             cols = [getattr(p, name) for p in parts]
@@ -404,7 +472,8 @@ class Detections:
             return self.probs
         if self.logits is None:
             return None
-        k = len(self.prob_category_ids or category_ids or ())
+        cols = self.prob_category_ids if self.prob_category_ids is not None else category_ids
+        k = 0 if cols is None else len(cols)
         z = self.logits
         if k and z.shape[1] == k:
             return 1.0 / (1.0 + np.exp(-z))
@@ -419,10 +488,16 @@ class Detections:
         src = self.source
         gt = ground_truth
         name = lambda i: f"{i} (image_id {int(self.image_id[i])})"  # noqa: E731
-        _first_bad(_xywh_problems(self.bbox), lambda i: _box_problem(self.bbox, i), name, src, "detection")
+        _first_bad(
+            _xywh_problems(self.bbox), lambda i: _box_problem(self.bbox, i), name, src, "detection"
+        )
         s = self.score
         _first_bad(
-            ~np.isfinite(s) | (s < 0) | (s > 1), lambda i: f"score {s[i]!r} is outside [0, 1]", name, src, "detection"
+            ~np.isfinite(s) | (s < 0) | (s > 1),
+            lambda i: f"score {float(s[i])!r} is outside [0, 1]",
+            name,
+            src,
+            "detection",
         )
         row = gt.images.index_of(self.image_id)
         _first_bad(
@@ -434,15 +509,22 @@ class Detections:
         )
         _first_bad(
             ~np.isin(self.category_id, gt.category_ids),
-            lambda i: f"category_id {int(self.category_id[i])} is not a ground-truth category "
-            f"(known: {sorted(gt.categories)[:20]})",
+            lambda i: (
+                f"category_id {int(self.category_id[i])} is not a ground-truth category "
+                f"(known: {sorted(gt.categories)[:20]})"
+            ),
             name,
             src,
             "detection",
         )
         b, tol = self.bbox, EDGE_TOLERANCE_PX
         w, h = gt.images.width[row], gt.images.height[row]
-        outside = (b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 0] + b[:, 2] > w + tol) | (b[:, 1] + b[:, 3] > h + tol)
+        outside = (
+            (b[:, 0] < -tol)
+            | (b[:, 1] < -tol)
+            | (b[:, 0] + b[:, 2] > w + tol)
+            | (b[:, 1] + b[:, 3] > h + tol)
+        )
         _first_bad(
             outside,
             lambda i: f"bbox {b[i].tolist()} lies outside its {w[i]:g}x{h[i]:g} image",
@@ -458,7 +540,9 @@ class Detections:
         if cols is not None:
             unknown = [c for c in cols if c not in gt.categories]
             if unknown:
-                raise TrustmapError(f"detections: prob_category_ids {unknown} are not ground-truth categories", src)
+                raise TrustmapError(
+                    f"detections: prob_category_ids {unknown} are not ground-truth categories", src
+                )
         k = len(cols) if cols is not None else len(gt.categories)
         for vname in ("probs", "logits"):
             v = getattr(self, vname)
@@ -470,7 +554,13 @@ class Detections:
                     "(softmax head, background last) for the ground truth's categories",
                     src,
                 )
-            _first_bad(~np.isfinite(v).all(axis=1), lambda i, vn=vname: f"{vn} contain NaN or inf", name, src, "detection")
+            _first_bad(
+                ~np.isfinite(v).all(axis=1),
+                lambda i, vn=vname: f"{vn} contain NaN or inf",
+                name,
+                src,
+                "detection",
+            )
         p = self.probs
         if p is not None:
             _first_bad(
@@ -503,7 +593,9 @@ class Detections:
         src = None if source is None else str(source)
         if isinstance(entries, dict):
             hint = " (this looks like a COCO annotations file)" if "annotations" in entries else ""
-            raise TrustmapError(f"not a COCO results file: expected a list of detections{hint}", src)
+            raise TrustmapError(
+                f"not a COCO results file: expected a list of detections{hint}", src
+            )
         if not isinstance(entries, list):
             raise TrustmapError("not a COCO results file: expected a list of detections", src)
         n = len(entries)
@@ -512,7 +604,9 @@ class Detections:
         score = np.empty(n, np.float64)
         bbox = np.empty((n, 4), np.float64)
         extra: dict[str, list] = {k: [] for k in _OPTIONAL}
-        present = {k: (n > 0 and isinstance(entries[0], dict) and k in entries[0]) for k in _OPTIONAL}
+        present = {
+            k: (n > 0 and isinstance(entries[0], dict) and k in entries[0]) for k in _OPTIONAL
+        }
         for i, e in enumerate(entries):
             try:
                 image_id[i] = int(e["image_id"])
@@ -523,8 +617,11 @@ class Detections:
                     raise ValueError(f"bbox has {len(bb)} numbers, not 4")
                 bbox[i] = bb
             except (KeyError, TypeError, ValueError) as exc:
-                raise TrustmapError(f"detection {i}: malformed entry ({exc!r}); COCO results need image_id, "
-                                    "category_id, bbox [x, y, w, h] and score", src) from None
+                raise TrustmapError(
+                    f"detection {i}: malformed entry ({exc!r}); COCO results need image_id, "
+                    "category_id, bbox [x, y, w, h] and score",
+                    src,
+                ) from None
             for k in _OPTIONAL:
                 if (k in e) != present[k]:
                     raise TrustmapError(
@@ -541,7 +638,8 @@ class Detections:
                 if len(lens) != 1:
                     bad = next(i for i, v in enumerate(extra[k]) if len(v) != len(extra[k][0]))
                     raise TrustmapError(
-                        f"detection {bad}: '{k}' has {len(extra[k][bad])} values, entry 0 has {len(extra[k][0])}", src
+                        f"detection {bad}: '{k}' has {len(extra[k][bad])} values, entry 0 has {len(extra[k][0])}",
+                        src,
                     )
                 opt[k] = np.asarray(extra[k], dtype=np.float64)
         if present["proposal_index"]:
@@ -557,9 +655,13 @@ class Detections:
         )
 
     @classmethod
-    def from_coco_json(cls, path: str | os.PathLike, prob_category_ids: Sequence[int] | None = None) -> Detections:
+    def from_coco_json(
+        cls, path: str | os.PathLike, prob_category_ids: Sequence[int] | None = None
+    ) -> Detections:
         """Read a COCO results JSON (e.g. detectron2's ``coco_instances_results.json``)."""
-        return cls.from_coco_results(_read_json(path), source=path, prob_category_ids=prob_category_ids)
+        return cls.from_coco_results(
+            _read_json(path), source=path, prob_category_ids=prob_category_ids
+        )
 
     def to_coco_results(self) -> list[dict[str, Any]]:
         out = []
@@ -610,7 +712,9 @@ class Detections:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, prob_category_ids: Sequence[int] | None = None) -> Detections:
+    def load(
+        cls, path: str | os.PathLike, prob_category_ids: Sequence[int] | None = None
+    ) -> Detections:
         """Read ``.json`` or ``.npz`` by extension."""
         p = Path(path)
         suffix = p.suffix.lower()
@@ -624,7 +728,9 @@ class Detections:
             with np.load(p, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise TrustmapError(f"not a readable .npz file (truncated or corrupt?): {exc}", p) from None
+            raise TrustmapError(
+                f"not a readable .npz file (truncated or corrupt?): {exc}", p
+            ) from None
         missing = [k for k in ("image_id", "bbox", "category_id", "score") if k not in data]
         if missing:
             raise TrustmapError(f"detections .npz lacks column(s) {missing}", p)
@@ -637,9 +743,9 @@ class Detections:
             probs=data.get("probs"),
             logits=data.get("logits"),
             proposal_index=data.get("proposal_index"),
-            prob_category_ids=tuple(pci.tolist()) if pci is not None else (
-                None if prob_category_ids is None else tuple(prob_category_ids)
-            ),
+            prob_category_ids=tuple(pci.tolist())
+            if pci is not None
+            else (None if prob_category_ids is None else tuple(prob_category_ids)),
             source=str(p),
         )
 

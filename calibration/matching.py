@@ -37,7 +37,7 @@ from tiles.errors import TrustmapError
 MatchMode = Literal["greedy", "hungarian", "any"]
 MODES: tuple[str, ...] = ("greedy", "hungarian", "any")
 #: Pairs materialised at once; blocks are processed in chunks beyond this (memory bound).
-PAIR_CHUNK = 20_000_000
+PAIR_CHUNK = 4_000_000
 
 
 @dataclass
@@ -64,7 +64,9 @@ class Matches:
         """Row of ``threshold`` in the per-threshold arrays."""
         hit = np.flatnonzero(np.isclose(self.iou_thresholds, threshold, rtol=0, atol=1e-9))
         if not hit.size:
-            raise TrustmapError(f"matching was not run at IoU threshold {threshold} (ran at {self.iou_thresholds.tolist()})")
+            raise TrustmapError(
+                f"matching was not run at IoU threshold {threshold} (ran at {self.iou_thresholds.tolist()})"
+            )
         return int(hit[0])
 
     def target_column(self, threshold: float, category_ids: Sequence[int]) -> np.ndarray:
@@ -77,7 +79,11 @@ class Matches:
         cats = np.asarray(category_ids, dtype=np.int64)
         order = np.argsort(cats)
         pos = np.clip(np.searchsorted(cats[order], self.gt_category[t]), 0, max(len(cats) - 1, 0))
-        known = self.tp[t] & (cats[order][pos] == self.gt_category[t]) if len(cats) else np.zeros(len(self), bool)
+        known = (
+            self.tp[t] & (cats[order][pos] == self.gt_category[t])
+            if len(cats)
+            else np.zeros(len(self), bool)
+        )
         return np.where(known, order[pos], len(cats)).astype(np.int64)
 
 
@@ -128,8 +134,8 @@ def match(
 
     # block keys: (image row, class) for dets and gts; unknown image/class never matches
     n_cat = max(len(cats), 1)
-    d_cat = _dense(dets.category_id, cats) if class_aware else np.zeros(n, np.int64)
-    g_cat = _dense(an.category_id, cats) if class_aware else np.zeros(len(an), np.int64)
+    d_cat = index_in(dets.category_id, cats) if class_aware else np.zeros(n, np.int64)
+    g_cat = index_in(an.category_id, cats) if class_aware else np.zeros(len(an), np.int64)
     g_img = gt.images.index_of(an.image_id)
     d_key = np.where((img >= 0) & (d_cat >= 0), img * n_cat + d_cat, -1)
     g_key = np.where((g_img >= 0) & (g_cat >= 0), g_img * n_cat + g_cat, -2)
@@ -146,10 +152,7 @@ def match(
     hi = np.searchsorted(g_sorted, key_s, "right")
     n_pairs = hi - lo
 
-    tp = np.zeros((T, n), bool)
-    ign = np.zeros((T, n), bool)
-    iou_out = np.zeros((T, n))
-    gidx = np.full((T, n), -1, np.int64)
+    out = _Out(T, n)
     max_iou = np.zeros(n)
     dcol = [np.ascontiguousarray(c) for c in dets.bbox[order].T]
     gcol = [np.ascontiguousarray(c) for c in an.bbox.T]
@@ -160,25 +163,32 @@ def match(
         gt_p = g_order[np.repeat(lo[a:b], n_pairs[a:b]) + within]
         reg_p = region[gt_p]
         # det_p is sorted, so repeating is a streaming copy rather than a random gather
-        ious = _iou_cols(*(np.repeat(c[a:b], n_pairs[a:b]) for c in dcol), *(c[gt_p] for c in gcol), reg_p)
+        ious = _iou_cols(
+            *(np.repeat(c[a:b], n_pairs[a:b]) for c in dcol), *(c[gt_p] for c in gcol), reg_p
+        )
+        if len(det_p) == 0:
+            continue
         seg = _Segments(det_p)
-        if seg.n:
-            best = seg.max(np.where(reg_p, -1.0, ious))
-            max_iou[seg.ids] = np.maximum(best, 0.0)
-        for t, th in enumerate(thr):
-            cand = (ious >= th) & (ious > 0)
-            if mode == "any":
-                m_pair = _best_per_det(seg, cand, ious, reg_p)
-                _store(t, seg.ids, m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx)
-            elif mode == "greedy":
-                _greedy(t, cand, ious, det_p, gt_p, reg_p, rank_s, len(an), tp, ign, iou_out, gidx)
-            else:
-                _hungarian(t, cand, ious, seg, key_s, gt_p, reg_p, tp, ign, iou_out, gidx)
+        max_iou[seg.ids] = np.maximum(seg.max(np.where(reg_p, -1.0, ious)), 0.0)
+        if mode == "greedy":
+            _greedy(thr, det_p, gt_p, reg_p, ious, rank_s, len(an), out)
+        elif mode == "any":
+            t_i, s_i, p_i = _pick(_keys(thr, ious, reg_p), seg.starts, seg.lengths)
+            out.store(t_i, seg.ids[s_i], p_i, gt_p, reg_p, ious)
+        else:
+            _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out)
 
+    tp, ign, iou_out, gidx = out.tp, out.ign, out.iou, out.gidx
     # back to input order
     inv = np.empty(n, np.int64)
     inv[order] = np.arange(n)
-    tp, ign, iou_out, gidx, max_iou = tp[:, inv], ign[:, inv], iou_out[:, inv], gidx[:, inv], max_iou[inv]
+    tp, ign, iou_out, gidx, max_iou = (
+        tp[:, inv],
+        ign[:, inv],
+        iou_out[:, inv],
+        gidx[:, inv],
+        max_iou[inv],
+    )
     gcat = np.where(gidx >= 0, an.category_id[np.maximum(gidx, 0)] if len(an) else -1, -1)
     gcat = np.where(tp, gcat, -1)
     return Matches(
@@ -197,7 +207,7 @@ def match(
     )
 
 
-def _dense(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+def index_in(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     """Index of each value in ``sorted_ids`` (-1 if absent)."""
     if len(sorted_ids) == 0:
         return np.full(len(values), -1, np.int64)
@@ -223,105 +233,127 @@ def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int):
         j0 = j
 
 
+class _Out:
+    """Per-threshold results in sorted-detection order."""
+
+    def __init__(self, T: int, n: int):
+        self.tp = np.zeros((T, n), bool)
+        self.ign = np.zeros((T, n), bool)
+        self.iou = np.zeros((T, n))
+        self.gidx = np.full((T, n), -1, np.int64)
+
+    def store(self, t_i, d_i, p_i, gt_p, reg_p, ious) -> None:
+        """Detection ``d_i`` matched pair ``p_i`` at threshold row ``t_i`` (all arrays)."""
+        is_reg = reg_p[p_i]
+        self.tp[t_i, d_i] = ~is_reg
+        self.ign[t_i, d_i] = is_reg
+        self.iou[t_i, d_i] = np.where(is_reg, 0.0, ious[p_i])
+        self.gidx[t_i, d_i] = gt_p[p_i]
+
+
 class _Segments:
     """Contiguous runs of equal detection index in a pair array (pairs are sorted by det)."""
 
     def __init__(self, det_p: np.ndarray):
         self.n = len(det_p)
-        if self.n == 0:
-            self.starts = self.ids = self.lengths = np.zeros(0, np.int64)
-            return
-        self.starts = np.flatnonzero(np.r_[True, det_p[1:] != det_p[:-1]])
+        self.starts = (
+            np.flatnonzero(np.r_[True, det_p[1:] != det_p[:-1]])
+            if self.n
+            else np.zeros(0, np.int64)
+        )
         self.ids = det_p[self.starts]
         self.lengths = np.diff(np.r_[self.starts, self.n])
 
     def max(self, values: np.ndarray) -> np.ndarray:
         return np.maximum.reduceat(values, self.starts)
 
-    def argmax_last(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per segment: max value and the *last* pair position holding it (COCO's tie rule)."""
-        m = self.max(values)
-        pos = np.where(values == np.repeat(m, self.lengths), np.arange(self.n), -1)
-        return m, np.maximum.reduceat(pos, self.starts)
+
+def _candidates(thr: np.ndarray, ious: np.ndarray) -> np.ndarray:
+    """(T, P): IoU >= threshold and IoU > 0, so threshold 0 means any overlap."""
+    return (ious[None, :] >= thr[:, None]) & (ious > 0)[None, :]
 
 
-def _best_per_det(seg: _Segments, cand: np.ndarray, ious: np.ndarray, reg_p: np.ndarray) -> np.ndarray:
-    """Best candidate pair per detection, objects before regions; -1 where none."""
-    if seg.n == 0:
-        return np.zeros(0, np.int64)
-    key = np.where(cand, ious + np.where(reg_p, 0.0, 2.0), -1.0)
-    m, last = seg.argmax_last(key)
-    return np.where(m >= 0, last, -1)
+def _preference(ious: np.ndarray, reg_p: np.ndarray) -> np.ndarray:
+    """Objects (IoU + 2) rank above regions (IoA), as COCO tries regions only when no object fits."""
+    return np.where(reg_p, ious, ious + 2.0)
 
 
-def _store(t, det_ids, m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx) -> None:
-    ok = m_pair >= 0
-    d, p = det_ids[ok], m_pair[ok]
-    is_reg = reg_p[p]
-    tp[t, d] = ~is_reg
-    ign[t, d] = is_reg
-    iou_out[t, d] = np.where(is_reg, 0.0, ious[p])
-    gidx[t, d] = gt_p[p]
+def _keys(thr: np.ndarray, ious: np.ndarray, reg_p: np.ndarray) -> np.ndarray:
+    """(T, P) preference of each candidate pair, -1 for non-candidates."""
+    return np.where(_candidates(thr, ious), _preference(ious, reg_p)[None, :], -1.0)
 
 
-def _greedy(t, cand, ious, det_p, gt_p, reg_p, rank_s, n_ann, tp, ign, iou_out, gidx) -> None:
-    """COCO greedy matching, one round per within-block rank."""
-    if len(det_p) == 0:
-        return
+def _pick(key: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+    """Per (threshold, segment): the best pair, the *last* on ties (COCO's rule).
+
+    Returns threshold rows, segment numbers and pair positions of segments with a candidate.
+    """
+    m = np.maximum.reduceat(key, starts, axis=1)
+    pos = np.where(key == np.repeat(m, lengths, axis=1), np.arange(key.shape[1]), -1)
+    last = np.maximum.reduceat(pos, starts, axis=1)
+    t_i, s_i = np.nonzero(m >= 0)
+    return t_i, s_i, last[t_i, s_i]
+
+
+def _greedy(thr, det_p, gt_p, reg_p, ious, rank_s, n_ann, out: _Out) -> None:
+    """COCO greedy matching: one round per within-block rank, all thresholds at once.
+
+    Round r settles the r-th detection of every block; pairs are reordered by rank once
+    so that each round is a contiguous slice.
+    """
     prank = rank_s[det_p]
     by_rank = np.argsort(prank, kind="stable")  # within a rank, pairs stay grouped by det
+    det_p, gt_p, reg_p, ious = det_p[by_rank], gt_p[by_rank], reg_p[by_rank], ious[by_rank]
     bounds = np.searchsorted(prank[by_rank], np.arange(prank.max() + 2))
-    taken = np.zeros(n_ann, bool)
+    cand = _candidates(thr, ious)  # (T, P) bool: 1 byte per pair and threshold
+    pref = _preference(ious, reg_p)
+    taken = np.zeros((len(thr), n_ann), bool)
     for r in range(len(bounds) - 1):
-        sl = by_rank[bounds[r] : bounds[r + 1]]
-        if sl.size == 0:
+        s, e = bounds[r], bounds[r + 1]
+        c = cand[:, s:e]
+        if s == e or not c.any():
             continue
-        g = gt_p[sl]
-        c = cand[sl] & (reg_p[sl] | ~taken[g])
-        if not c.any():
-            continue
-        seg = _Segments(det_p[sl])
-        m_local = _best_per_det(seg, c, ious[sl], reg_p[sl])
-        ok = m_local >= 0
-        m_pair = np.where(ok, sl[np.maximum(m_local, 0)], -1)
-        _store(t, seg.ids, m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx)
-        won = m_pair[ok]
-        taken[gt_p[won][~reg_p[won]]] = True
+        g, reg = gt_p[s:e], reg_p[s:e]
+        key = np.where(c & (reg[None, :] | ~taken[:, g]), pref[None, s:e], -1.0)
+        seg = _Segments(det_p[s:e])
+        t_i, s_i, p_i = _pick(key, seg.starts, seg.lengths)
+        p_i = p_i + s
+        out.store(t_i, seg.ids[s_i], p_i, gt_p, reg_p, ious)
+        obj = ~reg_p[p_i]
+        taken[t_i[obj], gt_p[p_i[obj]]] = True
 
 
-def _hungarian(t, cand, ious, seg, key_s, gt_p, reg_p, tp, ign, iou_out, gidx) -> None:
-    """Max-IoU assignment per (image, class) block; leftovers may fall into regions."""
-    if seg.n == 0:
-        return
+def _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out: _Out) -> None:
+    """Max-IoU assignment per (image, class) block and threshold; leftovers may fall into regions."""
     # in a block every detection has the same ground-truth list, so its pairs form a matrix
     width = seg.lengths
     bkey = key_s[seg.ids]
     bstart = np.flatnonzero(np.r_[True, bkey[1:] != bkey[:-1]])
     bend = np.r_[bstart[1:], len(seg.ids)]
+    lowest = thr.min()
     for s, e in zip(bstart, bend, strict=True):
         p0, w = seg.starts[s], width[s]
         nd = e - s
-        sl = slice(p0, p0 + nd * w)
-        c = cand[sl].reshape(nd, w)
-        if not c.any():
+        io = ious[p0 : p0 + nd * w].reshape(nd, w)
+        if not ((io >= lowest) & (io > 0)).any():
             continue
-        io = ious[sl].reshape(nd, w)
-        rg = reg_p[sl].reshape(nd, w)[0]
-        obj = np.flatnonzero(~rg)
-        matched = np.full(nd, -1, np.int64)
-        if obj.size:
-            wmat = np.where(c[:, obj], io[:, obj], 0.0)
-            if wmat.any():
-                rows, cols = linear_sum_assignment(wmat, maximize=True)
-                keep = c[rows, obj[cols]]
-                matched[rows[keep]] = obj[cols[keep]]
-        regs = np.flatnonzero(rg)
-        if regs.size:
-            free = matched < 0
-            key = np.where(c[:, regs], io[:, regs], -1.0)
-            best = key.shape[1] - 1 - np.argmax(key[:, ::-1], axis=1)  # last of ties
-            hit = free & (key[np.arange(nd), best] >= 0)
-            matched[hit] = regs[best[hit]]
-        ok = matched >= 0
-        m_pair = np.where(ok, p0 + np.arange(nd) * w + np.maximum(matched, 0), -1)
-        _store(t, seg.ids[s:e], m_pair, gt_p, reg_p, ious, tp, ign, iou_out, gidx)
+        rg = reg_p[p0 : p0 + w]
+        obj, regs = np.flatnonzero(~rg), np.flatnonzero(rg)
+        for t, th in enumerate(thr):
+            c = (io >= th) & (io > 0)
+            matched = np.full(nd, -1, np.int64)
+            if obj.size:
+                wmat = np.where(c[:, obj], io[:, obj], 0.0)
+                if wmat.any():
+                    rows, cols = linear_sum_assignment(wmat, maximize=True)
+                    keep = c[rows, obj[cols]]
+                    matched[rows[keep]] = obj[cols[keep]]
+            if regs.size:
+                key = np.where(c[:, regs], io[:, regs], -1.0)
+                best = key.shape[1] - 1 - np.argmax(key[:, ::-1], axis=1)  # last of ties
+                hit = (matched < 0) & (key[np.arange(nd), best] >= 0)
+                matched[hit] = regs[best[hit]]
+            ok = np.flatnonzero(matched >= 0)
+            if ok.size:
+                p_i = p0 + ok * w + matched[ok]
+                out.store(np.full(ok.size, t), seg.ids[s + ok], p_i, gt_p, reg_p, ious)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from calibration.bootstrap import Statistic, bootstrap
 from calibration.detections import Detections, GroundTruth
-from calibration.matching import MODES, Matches, match
+from calibration.matching import MODES, Matches, index_in, match
 from tiles.errors import TrustmapError
 
 BinStrategy = Literal["width", "mass"]
@@ -65,7 +66,9 @@ def bin_edges(
         return np.linspace(lo, hi, bins + 1)
     if strategy != "mass":
         raise TrustmapError(f"bin strategy must be 'width' or 'mass', got {strategy!r}")
-    edges = np.quantile(x, np.linspace(0.0, 1.0, bins + 1)) if x.size else np.linspace(lo, hi, bins + 1)
+    edges = (
+        np.quantile(x, np.linspace(0.0, 1.0, bins + 1)) if x.size else np.linspace(lo, hi, bins + 1)
+    )
     edges[0], edges[-1] = lo, hi
     return edges
 
@@ -118,7 +121,9 @@ def binned_error(tot: np.ndarray, kind: Kind, p: int, min_count: int = 1) -> np.
     gp = gap**p
     with np.errstate(invalid="ignore", divide="ignore"):
         if kind == "ece":
-            return np.where(n > 0, np.where(ok, cnt * gp, 0.0).sum(-1) / np.where(n > 0, n, 1.0), np.nan)
+            return np.where(
+                n > 0, np.where(ok, cnt * gp, 0.0).sum(-1) / np.where(n > 0, n, 1.0), np.nan
+            )
         if kind == "ace":
             k = ok.sum(-1)
             return np.where(k > 0, np.where(ok, gp, 0.0).sum(-1) / np.maximum(k, 1), np.nan)
@@ -190,7 +195,9 @@ def calibration_error(confidence: np.ndarray, target: np.ndarray, **kwargs: Any)
     return calibration_error_statistic(confidence, target, **kwargs).value()
 
 
-def ece(confidence: np.ndarray, target: np.ndarray, bins: int = 10, norm: Norm = "l1", **kw: Any) -> float:
+def ece(
+    confidence: np.ndarray, target: np.ndarray, bins: int = 10, norm: Norm = "l1", **kw: Any
+) -> float:
     """Expected calibration error, ``(Σ_b n_b/n |a_b - c_b|^p)^(1/p)``, equal-width bins by default."""
     return calibration_error(confidence, target, bins=bins, norm=norm, kind="ece", **kw)
 
@@ -200,7 +207,9 @@ def mce(confidence: np.ndarray, target: np.ndarray, bins: int = 10, **kw: Any) -
     return calibration_error(confidence, target, bins=bins, kind="mce", **kw)
 
 
-def ace(confidence: np.ndarray, target: np.ndarray, bins: int = 10, norm: Norm = "l1", **kw: Any) -> float:
+def ace(
+    confidence: np.ndarray, target: np.ndarray, bins: int = 10, norm: Norm = "l1", **kw: Any
+) -> float:
     """Adaptive calibration error (Nixon et al. 2019): equal-mass bins, each bin weighted equally,
     ``((1/B') Σ_b |a_b - c_b|^p)^(1/p)``. Same as netcal's ``ACE(equal_intervals=False)``."""
     kw.setdefault("strategy", "mass")
@@ -239,10 +248,18 @@ def box_features(dets: Detections, gt: GroundTruth, dims: Sequence[str] = BOX_DI
     """
     row = gt.images.index_of(dets.image_id)
     if len(row) and (row < 0).any():
-        raise TrustmapError(f"detection {int(np.flatnonzero(row < 0)[0])}: image_id has no image", dets.source)
+        raise TrustmapError(
+            f"detection {int(np.flatnonzero(row < 0)[0])}: image_id has no image", dets.source
+        )
     iw, ih = gt.images.width[row], gt.images.height[row]
     x, y, w, h = dets.bbox.T
-    table = {"confidence": dets.score, "cx": (x + w / 2) / iw, "cy": (y + h / 2) / ih, "w": w / iw, "h": h / ih}
+    table = {
+        "confidence": dets.score,
+        "cx": (x + w / 2) / iw,
+        "cy": (y + h / 2) / ih,
+        "w": w / iw,
+        "h": h / ih,
+    }
     unknown = [d for d in dims if d not in table]
     if unknown:
         raise TrustmapError(f"unknown D-ECE dimension(s) {unknown}; choose from {list(table)}")
@@ -306,7 +323,9 @@ def _head(probs: np.ndarray, k: int) -> Literal["softmax", "sigmoid"]:
         return "softmax"
     if probs.shape[1] == k:
         return "sigmoid"
-    raise TrustmapError(f"probability vectors have {probs.shape[1]} columns; expected {k} (sigmoid) or {k + 1} (softmax)")
+    raise TrustmapError(
+        f"probability vectors have {probs.shape[1]} columns; expected {k} (sigmoid) or {k + 1} (softmax)"
+    )
 
 
 def top_label_statistic(
@@ -325,7 +344,12 @@ def top_label_statistic(
     """
     p = np.asarray(probs, dtype=np.float64)
     return calibration_error_statistic(
-        p.max(axis=1), p.argmax(axis=1) == np.asarray(target), group=group, bins=bins, norm=norm, strategy=strategy
+        p.max(axis=1),
+        p.argmax(axis=1) == np.asarray(target),
+        group=group,
+        bins=bins,
+        norm=norm,
+        strategy=strategy,
     )
 
 
@@ -350,7 +374,13 @@ def classwise_statistic(
         pc = p[:, c]
         edges = bin_edges(pc, bins, strategy, (0.0, 1.0))
         parts.append(
-            _aggregate(grp, c * bins + bin_index(pc, edges), np.column_stack([np.ones(n), pc, tgt == c]), ng, (k, bins))
+            _aggregate(
+                grp,
+                c * bins + bin_index(pc, edges),
+                np.column_stack([np.ones(n), pc, tgt == c]),
+                ng,
+                (k, bins),
+            )
         )
     pw = _power(norm)
     return Statistic.concat(parts, lambda tot: _mean_over_classes(binned_error(tot, "ece", pw), pw))
@@ -386,7 +416,10 @@ def nll_brier_statistics(
         nll = -(onehot * np.log(pc) + (1 - onehot) * np.log1p(-pc)).sum(axis=1)
     brier = ((p - onehot) ** 2).sum(axis=1)
     grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
-    mean = lambda tot: np.where(tot[..., 0, 0] > 0, tot[..., 0, 1] / np.maximum(tot[..., 0, 0], 1), np.nan)  # noqa: E731
+
+    def mean(tot: np.ndarray) -> np.ndarray:
+        return np.where(tot[..., 0, 0] > 0, tot[..., 0, 1] / np.maximum(tot[..., 0, 0], 1), np.nan)
+
     one = np.ones(n)
     return (
         _grouped(grp, np.zeros(n, np.int64), np.column_stack([one, nll]), (1,), mean),
@@ -427,7 +460,9 @@ def laece(
     at threshold 0 uq-detr also matches pairs with IoU 0 and of other classes; use its
     ``"independent"`` criterion (our ``mode="any"``) to compare at tau = 0.
     """
-    return calibration_error(score, iou, classes=category, bins=bins, value_range=value_range, kind="ece")
+    return calibration_error(
+        score, iou, classes=category, bins=bins, value_range=value_range, kind="ece"
+    )
 
 
 def laace(score: np.ndarray, iou: np.ndarray, category: np.ndarray, bins: int = 25) -> float:
@@ -444,7 +479,9 @@ def _coco_order(score, image_index, rank, category):
     return np.lexsort((rank, image_index, -score, category))
 
 
-def _ap_from_curves(rc: np.ndarray, pr: np.ndarray, row: np.ndarray, n_rows: int, recall_points: np.ndarray) -> np.ndarray:
+def _ap_from_curves(
+    rc: np.ndarray, pr: np.ndarray, row: np.ndarray, n_rows: int, recall_points: np.ndarray
+) -> np.ndarray:
     """COCO interpolated AP per row from concatenated PR curves (rows contiguous, rc sorted).
 
     Precision is made monotone (right-to-left running max); for each recall point r the
@@ -473,39 +510,45 @@ def average_precision(
     image_index: np.ndarray | None = None,
     rank: np.ndarray | None = None,
     max_dets: int | None = 100,
-) -> dict[int, float]:
-    """COCO 101-point interpolated AP per category id, from match flags (greedy, one threshold).
+) -> np.ndarray:
+    """COCO 101-point interpolated AP, ``(T, C)`` for ``tp`` of shape ``(T, N)`` (or ``(C,)`` for ``(N,)``).
 
-    Follows pycocotools' ``accumulate``: ignored detections and those past ``max_dets``
-    per (image, class) are dropped; detections sorted by descending score (ties by image,
-    then in-image rank); ``precision = TP / (TP + FP)``, ``recall = TP / n_gt``. Classes
-    without ground truth get NaN (pycocotools' -1) and are left out of means.
+    Columns follow ``sorted(n_gt)``. Follows pycocotools' ``accumulate`` on greedy match
+    flags: ignored detections and those past ``max_dets`` per (image, class) drop out;
+    detections are sorted by descending score (ties by image, then in-image rank, so
+    tied scores break as in pycocotools); ``precision = TP / (TP + FP)``,
+    ``recall = TP / n_gt``; precision is made monotone from the right and read at the
+    first point with recall >= r for r in 0, 0.01, ..., 1 (0 past the curve's end).
+    Classes without ground truth get NaN (pycocotools' -1) and drop out of means.
     """
     score = np.asarray(score, np.float64)
+    tp2 = np.atleast_2d(np.asarray(tp, bool))
     n = len(score)
-    keep = np.ones(n, bool) if ignored is None else ~np.asarray(ignored, bool)
-    if rank is not None and max_dets is not None:
-        keep &= np.asarray(rank) < max_dets
+    ig2 = np.zeros_like(tp2) if ignored is None else np.atleast_2d(np.asarray(ignored, bool))
     cats = np.array(sorted(n_gt), dtype=np.int64)
     cat = np.asarray(category, np.int64)
-    keep &= np.isin(cat, cats)
+    keep = np.isin(cat, cats)
+    if rank is not None and max_dets is not None:
+        keep &= np.asarray(rank) < max_dets
     img = np.zeros(n, np.int64) if image_index is None else np.asarray(image_index, np.int64)
     rk = np.zeros(n, np.int64) if rank is None else np.asarray(rank, np.int64)
     sel = np.flatnonzero(keep)
-    order = sel[_coco_order(score[sel], img[sel], rk[sel], cat[sel])]
+    order = sel[_coco_order(score[sel], img[sel], rk[sel], cat[sel])]  # one sort for all thresholds
     row = np.searchsorted(cats, cat[order])
-    t = np.asarray(tp, bool)[order].astype(np.float64)
     starts = np.searchsorted(row, np.arange(len(cats)), "left")
-    ctp = np.cumsum(t)
-    cfp = np.cumsum(1.0 - t)
-    base_tp = np.r_[0.0, ctp][starts][row]
-    base_fp = np.r_[0.0, cfp][starts][row]
-    ctp, cfp = ctp - base_tp, cfp - base_fp
     ngt = np.array([n_gt[int(c)] for c in cats], dtype=np.float64)
-    rc = ctp / np.maximum(ngt[row], 1.0)
-    pr = ctp / (ctp + cfp + np.spacing(1))
-    ap = _ap_from_curves(rc, pr, row, len(cats), COCO_RECALL_POINTS)
-    return {int(c): (float(a) if g > 0 else float("nan")) for c, a, g in zip(cats, ap, ngt, strict=True)}
+    out = np.empty((len(tp2), len(cats)))
+    for t in range(len(tp2)):
+        t_ok, ig = tp2[t, order], ig2[t, order]
+        ctp = np.cumsum(t_ok & ~ig, dtype=np.float64)
+        cfp = np.cumsum(~t_ok & ~ig, dtype=np.float64)
+        ctp -= np.r_[0.0, ctp][starts][row]  # restart the sums at each class
+        cfp -= np.r_[0.0, cfp][starts][row]
+        rc = ctp / np.maximum(ngt[row], 1.0)
+        pr = ctp / (ctp + cfp + np.spacing(1))
+        out[t] = _ap_from_curves(rc, pr, row, len(cats), COCO_RECALL_POINTS)
+    out[:, ngt == 0] = np.nan
+    return out[0] if np.ndim(tp) == 1 else out
 
 
 def ap_statistic(
@@ -514,51 +557,75 @@ def ap_statistic(
     gt: GroundTruth,
     thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
     max_dets: int | None = 100,
-    score_bins: int = 1000,
+    score_bins: int = 200,
 ) -> Statistic:
     """Mean AP over ``thresholds`` and classes, with scores binned, for the bootstrap.
 
     A bootstrap replicate cannot re-sort a million scores a thousand times; instead each
     class's scores are cut at ``score_bins`` quantiles (from the full sample) and the PR
-    curve is read at bin boundaries. The full-sample value is within a few 1e-3 of the
-    exact :func:`average_precision` (see :func:`_binned_map`; the benchmark reports the gap); use the exact one
-    (or pycocotools) for the point estimate.
+    curve is rebuilt from per-bin counts (see :func:`_binned_map`). That reads a little
+    low (about 1e-3 at 1000 bins); :func:`compute_metrics` moves the interval by the
+    full-sample gap to the exact value. Cells: ``(T+1, C, bins, 2)``, holding (TP,
+    ignored) per threshold and (count, n_gt) in the last slot, so a detection costs
+    one entry plus one per threshold where it is a TP, not one per threshold.
     """
     cats = gt.category_ids
     nc, nt, nb = len(cats), len(thresholds), score_bins
     tix = [matches.index(t) for t in thresholds]
-    cat_row = np.searchsorted(cats, dets.category_id)
-    known = (cat_row < nc) & (cats[np.minimum(cat_row, nc - 1)] == dets.category_id) if nc else np.zeros(len(dets), bool)
-    base = known & (matches.image_index >= 0)
+    cat_row = index_in(dets.category_id, cats)
+    base = (cat_row >= 0) & (matches.image_index >= 0)
     if max_dets is not None:
         base &= matches.rank < max_dets
+    sel = np.flatnonzero(base)
     # score bins per class, highest scores in bin 0 so cumulative sums run best-first
     sbin = np.zeros(len(dets), np.int64)
     for c in range(nc):
-        sel = np.flatnonzero(base & (cat_row == c))
-        if sel.size:
-            edges = bin_edges(-dets.score[sel], nb, "mass", (float(-dets.score[sel].max()), float(-dets.score[sel].min())))
-            sbin[sel] = bin_index(-dets.score[sel], edges)
+        sc = sel[cat_row[sel] == c]
+        if sc.size:
+            neg = -dets.score[sc]
+            sbin[sc] = bin_index(
+                neg, bin_edges(neg, nb, "mass", (float(neg.min()), float(neg.max())))
+            )
+    shape = (nt + 1, nc, nb)
+    ng = max(len(gt.images), 1)
+    img = matches.image_index[sel]
+    cb = cat_row[sel] * nb + sbin[sel]
+    parts = [
+        _aggregate(
+            img,
+            nt * nc * nb + cb,
+            np.column_stack([np.ones(sel.size), np.zeros(sel.size)]),
+            ng,
+            shape,
+        )
+    ]
+    for k, t in enumerate(tix):
+        tp_k, ig_k = matches.tp[t, sel], matches.ignored[t, sel]
+        hit = np.flatnonzero(tp_k | ig_k)
+        parts.append(
+            _aggregate(
+                img[hit], k * nc * nb + cb[hit], np.column_stack([tp_k[hit], ig_k[hit]]), ng, shape
+            )
+        )
     an = gt.annotations
     obj = ~an.is_region
-    g_row = np.searchsorted(cats, an.category_id[obj])
+    g_row = index_in(an.category_id[obj], cats)
     g_img = gt.images.index_of(an.image_id[obj])
-    parts = []
-    ng = max(len(gt.images), 1)
-    for k, t in enumerate(tix):
-        use = base & ~matches.ignored[t]
-        sel = np.flatnonzero(use)
-        tpk = matches.tp[t, sel]
-        cell = (k * nc + cat_row[sel]) * nb + sbin[sel]
-        parts.append(_aggregate(matches.image_index[sel], cell, np.column_stack([tpk, ~tpk, np.zeros(sel.size)]), ng, (nt, nc, nb)))
-        parts.append(
-            _aggregate(g_img, (k * nc + g_row) * nb, np.column_stack([np.zeros(len(g_row)), np.zeros(len(g_row)), np.ones(len(g_row))]), ng, (nt, nc, nb))
+    ok = (g_row >= 0) & (g_img >= 0)
+    parts.append(
+        _aggregate(
+            g_img[ok],
+            nt * nc * nb + g_row[ok] * nb,
+            np.column_stack([np.zeros(ok.sum()), np.ones(ok.sum())]),
+            ng,
+            shape,
         )
+    )
     return Statistic.concat(parts, _binned_map)
 
 
 def _binned_map(tot: np.ndarray) -> np.ndarray:
-    """mAP from ``tot[..., T, C, bins, (tp, fp, n_gt)]`` with bins ordered best score first.
+    """mAP from ``tot[..., T+1, C, bins, 2]`` (see :func:`ap_statistic`), bins best score first.
 
     The PR curve is known at bin ends; inside a bin, TPs and FPs are taken as evenly
     interleaved (a straight line in (TP, FP) space, along which precision is monotone).
@@ -566,20 +633,29 @@ def _binned_map(tot: np.ndarray) -> np.ndarray:
     where ``env`` is the right-to-left running max over bin ends. Reading only bin ends
     would bias AP low by ~1.7 / bins; the line cuts that several-fold.
     """
-    tpb, fpb = tot[..., 0], tot[..., 1]
+    t_n = tot.shape[-4] - 1
+    count = tot[..., t_n : t_n + 1, :, :, 0]
+    ngt_c = tot[..., t_n, :, :, 1].sum(-1)  # (..., C)
+    tpb = tot[..., :t_n, :, :, 0]
+    fpb = count - tpb - tot[..., :t_n, :, :, 1]
     lead, nb = tpb.shape[:-1], tpb.shape[-1]
     rows = int(np.prod(lead))
     tpb, fpb = tpb.reshape(rows, nb), fpb.reshape(rows, nb)
-    ngt = tot[..., 2].sum(-1).reshape(rows)
+    ngt = np.broadcast_to(ngt_c[..., None, :], lead).reshape(rows)
     ctp, cfp = np.cumsum(tpb, axis=1), np.cumsum(fpb, axis=1)
     rc = ctp / np.maximum(ngt, 1.0)[:, None]
     env = np.maximum.accumulate((ctp / (ctp + cfp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
     r = COCO_RECALL_POINTS
-    off = 2.0 * np.arange(rows)[:, None]  # disjoint ranges per row: one searchsorted for all
-    pos = np.searchsorted((rc + off).ravel(), (r[None, :] + off).ravel(), "left").reshape(rows, -1)
-    pos -= np.arange(rows)[:, None] * nb
-    b = np.minimum(pos, nb - 1)
-    take = lambda a: np.take_along_axis(a, b, axis=1)  # noqa: E731
+    nr = len(r)
+    # first bin with recall >= r_j = number of bins with recall < r_j (recall rises along a
+    # row): count, per row, the bins by how many recall points they reach
+    reach = np.searchsorted(r, rc, side="right")  # (rows, nb) in 0..nr
+    hist = np.bincount(
+        (np.arange(rows)[:, None] * (nr + 1) + reach).ravel(), minlength=rows * (nr + 1)
+    )
+    pos = np.cumsum(hist.reshape(rows, nr + 1), axis=1)[:, :nr]
+    flat = (np.arange(rows)[:, None] * nb + np.minimum(pos, nb - 1)).ravel()
+    take = lambda a: a.ravel()[flat].reshape(rows, nr)  # noqa: E731
     t_b, f_b = take(tpb), take(fpb)
     prev_tp, prev_fp = take(ctp) - t_b, take(cfp) - f_b
     x = r[None, :] * ngt[:, None]
@@ -592,35 +668,68 @@ def _binned_map(tot: np.ndarray) -> np.ndarray:
     return np.where(k > 0, np.where(has, ap, 0.0).sum(axis=(-1, -2)) / np.maximum(k, 1), np.nan)
 
 
-COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")
+COCO_STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 
 
 def coco_eval(dets: Detections, gt: GroundTruth, max_dets: int = 100) -> dict[str, Any]:
     """AP/AR through pycocotools' ``COCOeval`` on in-memory COCO objects (prints suppressed).
 
-    Returns the 12 summary numbers (``AR`` is AR@max_dets) and per-category AP
-    (IoU .50:.95, all areas, ``max_dets``; NaN for categories without ground truth).
+    Returns the 12 numbers of ``COCOeval.summarize()`` (``AR`` is AR@max_dets; -1 where
+    undefined, as pycocotools) and per-category AP (IoU .50:.95, all areas,
+    ``max_dets``; NaN for categories without ground truth).
     """
     from pycocotools.cocoeval import COCOeval
 
     coco_gt = gt.to_coco()
     cats = [int(c) for c in gt.category_ids]
     if len(dets) == 0:
-        return {"stats": dict.fromkeys(COCO_STAT_NAMES, 0.0), "per_category_ap": dict.fromkeys(cats, float("nan"))}
-    arr = np.column_stack([dets.image_id, dets.bbox, dets.score, dets.category_id]).astype(np.float64)
+        return {
+            "stats": dict.fromkeys(COCO_STAT_NAMES, 0.0),
+            "per_category_ap": dict.fromkeys(cats, float("nan")),
+        }
+    arr = np.column_stack([dets.image_id, dets.bbox, dets.score, dets.category_id]).astype(
+        np.float64
+    )
+    max_list = sorted({1, 10, int(max_dets)})
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(arr)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.params.maxDets = [1, 10, max_dets]
+        ev.params.maxDets = max_list
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    prec = ev.eval["precision"][:, :, :, 0, -1]  # (T, R, K) all areas, max_dets
+    # summarize() assumes exactly three distinct maxDets; read its numbers off the arrays
+    prec, rec = ev.eval["precision"], ev.eval["recall"]  # (T, R, K, A, M), (T, K, A, M)
+    thr = ev.params.iouThrs
+    md = max_list.index(int(max_dets))
+
+    def mean(v: np.ndarray) -> float:
+        return float(v[v > -1].mean()) if (v > -1).any() else -1.0
+
+    t50, t75 = int(np.argmin(np.abs(thr - 0.5))), int(np.argmin(np.abs(thr - 0.75)))
+    vals = [
+        mean(prec[..., 0, md]), mean(prec[t50, ..., 0, md]), mean(prec[t75, ..., 0, md]),
+        mean(prec[..., 1, md]), mean(prec[..., 2, md]), mean(prec[..., 3, md]),
+        mean(rec[..., 0, max_list.index(1)]), mean(rec[..., 0, max_list.index(10)]), mean(rec[..., 0, md]),
+        mean(rec[..., 1, md]), mean(rec[..., 2, md]), mean(rec[..., 3, md]),
+    ]  # fmt: skip
     per_cat = {}
     for k, c in enumerate(ev.params.catIds):
-        v = prec[:, :, k]
+        v = prec[:, :, k, 0, md]
         per_cat[int(c)] = float(v[v > -1].mean()) if (v > -1).any() else float("nan")
-    return {"stats": dict(zip(COCO_STAT_NAMES, (float(s) for s in ev.stats), strict=True)), "per_category_ap": per_cat}
+    return {"stats": dict(zip(COCO_STAT_NAMES, vals, strict=True)), "per_category_ap": per_cat}
 
 
 # -------------------------------------------------------------------------- the audit
@@ -632,19 +741,31 @@ class MetricsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     match_mode: Literal["greedy", "hungarian", "any"] = "greedy"
-    iou_threshold: float = Field(0.5, ge=0.0, le=1.0, description="TP threshold for ECE, D-ECE, NLL, Brier.")
-    bins: int = Field(10, ge=1, description="Bins of ECE/MCE/ACE and the top-label/classwise errors.")
+    iou_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="TP threshold for ECE, D-ECE, NLL, Brier."
+    )
+    bins: int = Field(
+        10, ge=1, description="Bins of ECE/MCE/ACE and the top-label/classwise errors."
+    )
     bin_strategy: Literal["width", "mass"] = "width"
-    norm: Literal["l1", "l2"] = Field("l1", description="Norm of ECE/ACE (top-label and classwise use classwise_norm).")
-    classwise_norm: Literal["l1", "l2"] = Field("l2", description="Huseljic et al. use L2 with 10 bins.")
+    norm: Literal["l1", "l2"] = Field(
+        "l1", description="Norm of ECE/ACE (top-label and classwise use classwise_norm)."
+    )
+    classwise_norm: Literal["l1", "l2"] = Field(
+        "l2", description="Huseljic et al. use L2 with 10 bins."
+    )
     dece_dims: tuple[str, ...] = BOX_DIMS
     dece_bins: tuple[int, ...] = (10, 5, 5, 5, 5)
     laece_bins: int = Field(25, ge=1)
-    laece_tau: float = Field(0.0, ge=0.0, le=1.0, description="TP IoU threshold of LaECE/LaACE; 0 = any overlap.")
+    laece_tau: float = Field(
+        0.0, ge=0.0, le=1.0, description="TP IoU threshold of LaECE/LaACE; 0 = any overlap."
+    )
     ap_backend: Literal["pycocotools", "trustmap"] = "pycocotools"
     ap_max_dets: int = Field(100, ge=1)
-    ap_score_bins: int = Field(1000, ge=2, description="Score bins of the bootstrapped AP.")
-    n_boot: int = Field(1000, ge=0, description="Bootstrap replicates over images; 0 = no intervals.")
+    ap_score_bins: int = Field(200, ge=2, description="Score bins of the bootstrapped AP.")
+    n_boot: int = Field(
+        1000, ge=0, description="Bootstrap replicates over images; 0 = no intervals."
+    )
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     seed: int | None = 0
 
@@ -653,19 +774,25 @@ class MetricsConfig(BaseModel):
     def _dims(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         bad = [d for d in v if d not in BOX_DIMS]
         if bad or not v or v[0] != "confidence":
-            raise ValueError(f"must start with 'confidence' and use only {list(BOX_DIMS)}; got {list(v)}")
+            raise ValueError(
+                f"must start with 'confidence' and use only {list(BOX_DIMS)}; got {list(v)}"
+            )
         return v
 
     @model_validator(mode="after")
     def _bins_match_dims(self) -> MetricsConfig:
         if len(self.dece_bins) != len(self.dece_dims):
-            raise ValueError(f"dece_bins has {len(self.dece_bins)} entries for {len(self.dece_dims)} dece_dims")
+            raise ValueError(
+                f"dece_bins has {len(self.dece_bins)} entries for {len(self.dece_dims)} dece_dims"
+            )
         if any(b < 1 for b in self.dece_bins):
             raise ValueError("dece_bins must be >= 1")
         return self
 
 
-def load_config(config: MetricsConfig | Mapping[str, Any] | None, source: str | None = None) -> MetricsConfig:
+def load_config(
+    config: MetricsConfig | Mapping[str, Any] | None, source: str | None = None
+) -> MetricsConfig:
     """Validate a config mapping, turning pydantic's errors into one TrustmapError line."""
     if isinstance(config, MetricsConfig):
         return config
@@ -715,15 +842,25 @@ def compute_metrics(
     common = {"group": g, "bins": cfg.bins, "strategy": cfg.bin_strategy}
     stats["ece"] = calibration_error_statistic(s, tp, norm=cfg.norm, kind="ece", **common)
     stats["mce"] = calibration_error_statistic(s, tp, kind="mce", **common)
-    stats["ace"] = calibration_error_statistic(s, tp, norm=cfg.norm, kind="ace", group=g, bins=cfg.bins, strategy="mass")
-    stats["dece"] = dece_statistic(box_features(dets, gt, cfg.dece_dims)[valid], tp, cfg.dece_bins, cfg.bin_strategy, group=g)
-    stats["detection_top_label_ce"] = calibration_error_statistic(s, tp, norm=cfg.classwise_norm, **common)
-    stats["detection_classwise_ce"] = calibration_error_statistic(s, tp, classes=cat, norm=cfg.classwise_norm, **common)
+    stats["ace"] = calibration_error_statistic(
+        s, tp, norm=cfg.norm, kind="ace", group=g, bins=cfg.bins, strategy="mass"
+    )
+    stats["dece"] = dece_statistic(
+        box_features(dets, gt, cfg.dece_dims)[valid], tp, cfg.dece_bins, cfg.bin_strategy, group=g
+    )
+    stats["detection_top_label_ce"] = calibration_error_statistic(
+        s, tp, norm=cfg.classwise_norm, **common
+    )
+    stats["detection_classwise_ce"] = calibration_error_statistic(
+        s, tp, classes=cat, norm=cfg.classwise_norm, **common
+    )
 
     vt = ~m.ignored[tt]
     la = {"classes": dets.category_id[vt], "group": group[vt], "bins": cfg.laece_bins}
     stats["laece"] = calibration_error_statistic(dets.score[vt], m.iou[tt, vt], kind="ece", **la)
-    stats["laace"] = calibration_error_statistic(dets.score[vt], m.iou[tt, vt], kind="ace", strategy="mass", **la)
+    stats["laace"] = calibration_error_statistic(
+        dets.score[vt], m.iou[tt, vt], kind="ace", strategy="mass", **la
+    )
 
     probs = dets.class_probabilities(cats)
     if probs is None:
@@ -735,31 +872,47 @@ def compute_metrics(
         va = ~ma.ignored[0]
         target = ma.target_column(thr, col_cats)[va]
         pv, ga = probs[va], group[va]
-        stats["top_label_ce"] = top_label_statistic(pv, target, group=ga, bins=cfg.bins, norm=cfg.classwise_norm, strategy=cfg.bin_strategy)
-        stats["classwise_ce"] = classwise_statistic(pv, target, group=ga, bins=cfg.bins, norm=cfg.classwise_norm, strategy=cfg.bin_strategy)
+        stats["top_label_ce"] = top_label_statistic(
+            pv, target, group=ga, bins=cfg.bins, norm=cfg.classwise_norm, strategy=cfg.bin_strategy
+        )
+        stats["classwise_ce"] = classwise_statistic(
+            pv, target, group=ga, bins=cfg.bins, norm=cfg.classwise_norm, strategy=cfg.bin_strategy
+        )
         stats["nll"], stats["brier"] = nll_brier_statistics(pv, target, len(col_cats), group=ga)
 
-    stats["map"] = ap_statistic(m_ap, dets, gt, COCO_IOU_THRESHOLDS, cfg.ap_max_dets, cfg.ap_score_bins)
-    stats["ap50"] = ap_statistic(m_ap, dets, gt, (0.5,), cfg.ap_max_dets, cfg.ap_score_bins)
+    stats["map"] = ap_statistic(
+        m_ap, dets, gt, COCO_IOU_THRESHOLDS, cfg.ap_max_dets, cfg.ap_score_bins
+    )
+    i50 = COCO_IOU_THRESHOLDS.index(0.5)
+    n_t = len(COCO_IOU_THRESHOLDS)
+    stats["ap50"] = replace(
+        stats["map"], finalize=lambda tot: _binned_map(tot[..., [i50, n_t], :, :, :])
+    )
 
     values = {k: v.value() for k, v in stats.items()}
     # exact AP for the point estimate (bins are for the bootstrap only)
-    per_t = {}
-    for t in COCO_IOU_THRESHOLDS:
-        k = m_ap.index(t)
-        per_t[t] = average_precision(
-            dets.score, m_ap.tp[k], dets.category_id, m_ap.n_gt, ignored=m_ap.ignored[k],
-            image_index=m_ap.image_index, rank=m_ap.rank, max_dets=cfg.ap_max_dets,
-        )
-    ours_ap = {c: float(np.mean([per_t[t][c] for t in COCO_IOU_THRESHOLDS])) for c in m_ap.n_gt}
+    kk = [m_ap.index(t) for t in COCO_IOU_THRESHOLDS]
+    table = average_precision(
+        dets.score,
+        m_ap.tp[kk],
+        dets.category_id,
+        m_ap.n_gt,
+        ignored=m_ap.ignored[kk],
+        image_index=m_ap.image_index,
+        rank=m_ap.rank,
+        max_dets=cfg.ap_max_dets,
+    )  # (T, C)
+    ap_cats = [int(c) for c in sorted(m_ap.n_gt)]
+    ours = {"map": _nanmean(table.ravel()), "ap50": _nanmean(table[i50])}
+    ours_ap = {c: _nanmean(table[:, j]) for j, c in enumerate(ap_cats)}
+    ours_ap50 = {c: float(table[i50, j]) for j, c in enumerate(ap_cats)}
     coco = None
     if cfg.ap_backend == "pycocotools":
         coco = coco_eval(dets, gt, cfg.ap_max_dets)
         values["map"], values["ap50"] = coco["stats"]["AP"], coco["stats"]["AP50"]
         ap_by_cat = coco["per_category_ap"]
     else:
-        values["map"] = _nanmean(list(ours_ap.values()))
-        values["ap50"] = _nanmean(list(per_t[0.5].values()))
+        values["map"], values["ap50"] = ours["map"], ours["ap50"]
         ap_by_cat = ours_ap
 
     intervals = bootstrap(stats, len(gt.images), cfg.n_boot, cfg.seed, cfg.ci_level)
@@ -796,9 +949,23 @@ def compute_metrics(
             "n_detections": int((dets.category_id == c).sum()),
             "n_tp": int(m.tp[ti, sel].sum()),
             "ap": _none_if_nan(ap_by_cat.get(c, float("nan"))),
-            "ap50": _none_if_nan(per_t[0.5][c]),
-            "ece": _none_if_nan(calibration_error(dets.score[sel], m.tp[ti, sel], bins=cfg.bins, strategy=cfg.bin_strategy, norm=cfg.norm)) if sel.any() else None,
-            "laece": _none_if_nan(calibration_error(dets.score[selt], m.iou[tt, selt], bins=cfg.laece_bins)) if selt.any() else None,
+            "ap50": _none_if_nan(ours_ap50.get(c, float("nan"))),
+            "ece": _none_if_nan(
+                calibration_error(
+                    dets.score[sel],
+                    m.tp[ti, sel],
+                    bins=cfg.bins,
+                    strategy=cfg.bin_strategy,
+                    norm=cfg.norm,
+                )
+            )
+            if sel.any()
+            else None,
+            "laece": _none_if_nan(
+                calibration_error(dets.score[selt], m.iou[tt, selt], bins=cfg.laece_bins)
+            )
+            if selt.any()
+            else None,
         }
     return {
         "config": cfg.model_dump(mode="json"),
@@ -813,11 +980,11 @@ def compute_metrics(
         "metrics": metrics,
         "per_category": per_category,
         "coco": coco["stats"] if coco else None,
-        "ap_trustmap": {"map": _nanmean(list(ours_ap.values())), "ap50": _nanmean(list(per_t[0.5].values()))},
+        "ap_trustmap": ours,
     }
 
 
-def _nanmean(v: list[float]) -> float:
+def _nanmean(v: Sequence[float] | np.ndarray) -> float:
     a = np.asarray(v, np.float64)
     return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else float("nan")
 
@@ -830,22 +997,27 @@ def _none_if_nan(v: float) -> float | None:
 
 
 def _aggregate(
-    group: np.ndarray, cell: np.ndarray, values: np.ndarray, n_groups: int, cell_shape: tuple[int, ...]
+    group: np.ndarray,
+    cell: np.ndarray,
+    values: np.ndarray,
+    n_groups: int,
+    cell_shape: tuple[int, ...],
 ) -> Statistic:
-    """Sum rows sharing (group, cell) first when the dense table is small: fewer bootstrap entries."""
+    """Entries of a statistic; rows sharing (group, cell) are summed first when the table is small."""
     n_cells = int(np.prod(cell_shape))
     s = values.shape[1]
     if len(group) == 0:
         return Statistic.from_rows(group, cell, values, cell_shape, _unset)
+    if n_groups * n_cells > max(4 * len(group), 100_000):
+        # large grids (D-ECE, AP): rows rarely share a cell within an image, so a dense
+        # table would be mostly empty; the sparse conversion adds the few duplicates
+        return Statistic.from_rows(group, cell, values, cell_shape, _unset)
     key = np.asarray(group, np.int64) * n_cells + np.asarray(cell, np.int64)
-    if n_groups * n_cells <= 5_000_000:  # dense sums: O(N + table), no sort
-        size = n_groups * n_cells
-        sums = np.column_stack([np.bincount(key, weights=values[:, j], minlength=size) for j in range(s)])
-        used = np.flatnonzero(sums.any(axis=1))
-        return Statistic.from_rows(used // n_cells, used % n_cells, sums[used], cell_shape, _unset)
-    uniq, inv = np.unique(key, return_inverse=True)
-    sums = np.column_stack([np.bincount(inv, weights=values[:, j], minlength=len(uniq)) for j in range(s)])
-    return Statistic.from_rows(uniq // n_cells, uniq % n_cells, sums, cell_shape, _unset)
+    sums = np.column_stack(
+        [np.bincount(key, weights=values[:, j], minlength=n_groups * n_cells) for j in range(s)]
+    )
+    used = np.flatnonzero(sums.any(axis=1))
+    return Statistic.from_rows(used // n_cells, used % n_cells, sums[used], cell_shape, _unset)
 
 
 def _grouped(group, cell, values, cell_shape, finalize) -> Statistic:

@@ -26,7 +26,9 @@ def _stage(cin: int, cout: int, blocks: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(blocks):
         layers += [
-            nn.Conv2d(cin if i == 0 else cout, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False),
+            nn.Conv2d(
+                cin if i == 0 else cout, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False
+            ),
             nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
         ]
@@ -61,7 +63,9 @@ def sample_fasterrcnn(num_classes: int = 5, **kwargs) -> FasterRCNN:
     """
     backbone = sample_backbone()
     # one anchor size per pyramid level ('0','1','2' and the FPN's extra 'pool' level)
-    anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    anchors = AnchorGenerator(
+        sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4
+    )
     roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     defaults = dict(
         min_size=SAMPLE_IMAGE_SIZE,

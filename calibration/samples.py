@@ -20,7 +20,7 @@ import functools
 import json
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ DOMAINS: dict[str, Domain] = {
         tree=(96, 100, 60),
     ),
 }
-DOMAINS["arid_unseen"] = Domain(**{**DOMAINS["arid"].__dict__, "name": "arid_unseen", "unseen_objects": True})
+DOMAINS["arid_unseen"] = replace(DOMAINS["arid"], name="arid_unseen", unseen_objects=True)
 
 _CAR_COLOURS = np.array(
     [(235, 235, 235), (30, 30, 34), (170, 30, 30), (40, 60, 150), (160, 165, 170), (200, 180, 60)],
@@ -101,11 +101,20 @@ def make_detection_set(
     ``out_dir`` is the images root for every split.
     """
     counts = {"train": n_train, "cal": n_cal, "test": n_test}
-    return {s: make_split(out_dir, s, n, size=size, seed=seed, domain=domain) for s, n in counts.items() if n > 0}
+    return {
+        s: make_split(out_dir, s, n, size=size, seed=seed, domain=domain)
+        for s, n in counts.items()
+        if n > 0
+    }
 
 
 def make_split(
-    out_dir: str | Path, split: str, n: int, size: int = 256, seed: int = 0, domain: str = "temperate"
+    out_dir: str | Path,
+    split: str,
+    n: int,
+    size: int = 256,
+    seed: int = 0,
+    domain: str = "temperate",
 ) -> Path:
     """Write one split (images and its COCO json) and return the json's path."""
     if domain not in DOMAINS:
@@ -119,17 +128,26 @@ def make_split(
     images, annotations = [], []
     with atomic_dir(out / split) as tmp:
         for i in range(n):
-            rng = np.random.default_rng([seed, zlib.crc32(dom.name.encode()), zlib.crc32(split.encode()), i])
+            rng = np.random.default_rng(
+                [seed, zlib.crc32(dom.name.encode()), zlib.crc32(split.encode()), i]
+            )
             pixels, objects = render_scene(rng, size, dom)
             name = f"{i + 1:06d}.png"
             Image.fromarray(pixels).save(tmp / name, compress_level=6)
-            images.append({"id": i + 1, "file_name": f"{split}/{name}", "width": size, "height": size})
+            images.append(
+                {"id": i + 1, "file_name": f"{split}/{name}", "width": size, "height": size}
+            )
             for cat, poly in objects:
                 annotations.append(_annotation(len(annotations) + 1, i + 1, cat, poly))
     categories = list(CATEGORIES) + (list(UNSEEN_CATEGORIES) if dom.unseen_objects else [])
     coco = {
-        "info": {"description": f"trustmap synthetic aerial detection set ({split})", "seed": seed,
-                 "domain": dom.name, "size": size, "version": 1},
+        "info": {
+            "description": f"trustmap synthetic aerial detection set ({split})",
+            "seed": seed,
+            "domain": dom.name,
+            "size": size,
+            "version": 1,
+        },
         "images": images,
         "annotations": annotations,
         "categories": categories,
@@ -148,7 +166,12 @@ def _annotation(ann_id: int, image_id: int, cat: int, poly: np.ndarray) -> dict[
         "id": ann_id,
         "image_id": image_id,
         "category_id": cat,
-        "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+        "bbox": [
+            round(float(x0), 2),
+            round(float(y0), 2),
+            round(float(x1 - x0), 2),
+            round(float(y1 - y0), 2),
+        ],
         "area": round(area, 2),
         "iscrowd": 0,
         "segmentation": [[round(float(v), 2) for v in poly.reshape(-1)]],
@@ -183,8 +206,13 @@ class _Canvas:
         rr, cc = self.mask(poly)
         self.img[rr, cc] *= factor
 
-    def free(self, poly: np.ndarray, margin: int = 2, within: np.ndarray | None = None,
-             avoid: np.ndarray | None = None) -> bool:
+    def free(
+        self,
+        poly: np.ndarray,
+        margin: int = 2,
+        within: np.ndarray | None = None,
+        avoid: np.ndarray | None = None,
+    ) -> bool:
         """Is the polygon inside the image, clear of other objects (and inside ``within``)?"""
         x0, y0 = np.floor(poly.min(axis=0)).astype(int) - margin
         x1, y1 = np.ceil(poly.max(axis=0)).astype(int) + margin
@@ -200,11 +228,16 @@ class _Canvas:
     def claim(self, poly: np.ndarray, margin: int = 2) -> None:
         x0, y0 = np.floor(poly.min(axis=0)).astype(int) - margin
         x1, y1 = np.ceil(poly.max(axis=0)).astype(int) + margin
-        self.taken[max(y0, 0):y1, max(x0, 0):x1] = True
+        self.taken[max(y0, 0) : y1, max(x0, 0) : x1] = True
 
 
 def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> np.ndarray:
-    return _place(np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]]) * [length, width], cx, cy, angle)
+    return _place(
+        np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]]) * [length, width],
+        cx,
+        cy,
+        angle,
+    )
 
 
 def _place(local: np.ndarray, cx: float, cy: float, angle: float) -> np.ndarray:
@@ -233,10 +266,14 @@ def _noise(rng: np.random.Generator, size: int, cells: tuple[int, ...]) -> np.nd
 def _upsampler(n: int, size: int) -> np.ndarray:
     """(size, n) linear-interpolation matrix: ``A @ grid @ A.T`` upsamples a grid bilinearly."""
     pos = (np.arange(size) + 0.5) * n / size - 0.5
-    return np.stack([np.interp(pos, np.arange(n), np.eye(n)[j]) for j in range(n)], axis=1).astype(np.float32)
+    return np.stack([np.interp(pos, np.arange(n), np.eye(n)[j]) for j in range(n)], axis=1).astype(
+        np.float32
+    )
 
 
-def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def render_scene(
+    rng: np.random.Generator, size: int, dom: Domain
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draw one scene; return ``(uint8 HxWx3, [(category_id, polygon (n,2) x/y)])``."""
     cv = _Canvas(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -250,7 +287,9 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
         poly = _rect(*rng.uniform(0, size, 2), *rng.uniform(0.25, 0.6, 2) * size, ang)
         rr, cc = cv.mask(poly)
         period = rng.uniform(4, 9)
-        stripes = np.sin(2 * np.pi * (xx[rr, cc] * math.cos(ang) + yy[rr, cc] * math.sin(ang)) / period)
+        stripes = np.sin(
+            2 * np.pi * (xx[rr, cc] * math.cos(ang) + yy[rr, cc] * math.sin(ang)) / period
+        )
         colour = np.asarray(dom.fields[rng.integers(len(dom.fields))], np.float32)
         cv.img[rr, cc] = colour * (1 + 0.06 * stripes[:, None]) * (0.9 + 0.2 * n[rr, cc, None])
 
@@ -270,7 +309,9 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
         else:
             ang, width = rng.uniform(0, np.pi), rng.uniform(0.15, 0.35) * size
             d = (xx - size / 2) * math.sin(ang) - (yy - size / 2) * math.cos(ang)
-            d += 12 * np.sin(2 * np.pi * ((xx * math.cos(ang) + yy * math.sin(ang)) / size + rng.random()))
+            d += 12 * np.sin(
+                2 * np.pi * ((xx * math.cos(ang) + yy * math.sin(ang)) / size + rng.random())
+            )
             wet = np.abs(d - rng.uniform(-0.3, 0.3) * size) < width / 2
         wet = ndimage.binary_opening(wet, iterations=2)
         ripple = _noise(rng, size, (15, 31))
@@ -285,34 +326,57 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
 
     if rng.random() < 0.3:  # a parking lot with rows of cars
         ang = rng.uniform(0, np.pi)
-        lot = _rect(*rng.uniform(0.25, 0.75, 2) * size, rng.uniform(50, 90), rng.uniform(32, 56), ang)
+        lot = _rect(
+            *rng.uniform(0.25, 0.75, 2) * size, rng.uniform(50, 90), rng.uniform(32, 56), ang
+        )
         if cv.free(lot, within=land):
             rr, cc = cv.paint(lot, np.asarray(dom.road) * 1.15)
             cv.lot[rr, cc] = True
             for u in np.arange(-40, 41, rng.uniform(6.5, 8.5)):
                 for v in (-9.0, 9.0):
                     if rng.random() < 0.55:
-                        cx, cy = (_place(np.array([[u, v]]), 0, 0, ang)[0] + lot.mean(axis=0))
-                        _vehicle(cv, rng, objects, cx, cy, ang + np.pi / 2 + rng.normal(0, 0.08), shadow, lot=True)
+                        cx, cy = _place(np.array([[u, v]]), 0, 0, ang)[0] + lot.mean(axis=0)
+                        _vehicle(
+                            cv,
+                            rng,
+                            objects,
+                            cx,
+                            cy,
+                            ang + np.pi / 2 + rng.normal(0, 0.08),
+                            shadow,
+                            lot=True,
+                        )
 
     for _ in range(rng.integers(0, 9)):  # buildings: rectangles and L shapes, gable or flat roofs
         for _try in range(12):
             length, width = rng.uniform(12, 40), rng.uniform(9, 28)
-            ang = rng.uniform(0, np.pi) if rng.random() < 0.5 else (road_angles[0] if road_angles else 0.0)
+            ang = (
+                rng.uniform(0, np.pi)
+                if rng.random() < 0.5
+                else (road_angles[0] if road_angles else 0.0)
+            )
             cx, cy = rng.uniform(0, size, 2)
             if rng.random() < 0.3:
                 a, b = rng.uniform(0.4, 0.7) * length, rng.uniform(0.4, 0.7) * width
-                local = np.array([[0, 0], [length, 0], [length, b], [a, b], [a, width], [0, width]]) - [length / 2, width / 2]
+                local = np.array(
+                    [[0, 0], [length, 0], [length, b], [a, b], [a, width], [0, width]]
+                ) - [length / 2, width / 2]
                 poly = _place(local, cx, cy, ang)
             else:
                 poly = _rect(cx, cy, length, width, ang)
             if cv.free(poly, margin=3, within=land, avoid=cv.road | cv.lot):
                 cv.shade(poly + shadow * rng.uniform(3, 6), 0.5)
-                roof = rng.choice([(150, 60, 50), (120, 120, 125), (175, 165, 150), (90, 70, 60), (200, 200, 205)])
+                roof = rng.choice(
+                    [(150, 60, 50), (120, 120, 125), (175, 165, 150), (90, 70, 60), (200, 200, 205)]
+                )
                 roof = np.asarray(roof, np.float32) * rng.uniform(0.85, 1.1)
                 cv.paint(poly, roof)
                 if len(poly) == 4 and rng.random() < 0.6:  # gable: one half darker
-                    cv.shade(_rect(cx, cy, length, width / 2, ang) + _place(np.array([[0, width / 4]]), 0, 0, ang), 0.78)
+                    cv.shade(
+                        _rect(cx, cy, length, width / 2, ang)
+                        + _place(np.array([[0, width / 4]]), 0, 0, ang),
+                        0.78,
+                    )
                 cv.claim(poly, 3)
                 objects.append((BUILDING, poly))
                 break
@@ -329,7 +393,9 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
                 cv.shade(poly + shadow * rng.uniform(2, 4), 0.5)
                 shade = rng.uniform(190, 235)
                 cv.paint(poly, (shade, shade, shade * 0.98))
-                cv.paint(_circle(cx, cy, r * 0.62), (shade * 0.85,) * 3, alpha=0.6)  # floating roof ring
+                cv.paint(
+                    _circle(cx, cy, r * 0.62), (shade * 0.85,) * 3, alpha=0.6
+                )  # floating roof ring
                 cv.paint(_circle(cx, cy, r * 0.5), (shade,) * 3)
                 cv.claim(poly)
                 objects.append((TANK, poly))
@@ -340,7 +406,16 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
             break
         k = rng.integers(rr.size)
         ang = float(cv.road_angle[rr[k], cc[k]])
-        _vehicle(cv, rng, objects, cc[k] + 0.5, rr[k] + 0.5, ang + rng.choice([0, np.pi]), shadow, on_road=True)
+        _vehicle(
+            cv,
+            rng,
+            objects,
+            cc[k] + 0.5,
+            rr[k] + 0.5,
+            ang + rng.choice([0, np.pi]),
+            shadow,
+            on_road=True,
+        )
 
     for _ in range(rng.integers(0, 4)):  # a few vehicles parked anywhere on land
         _vehicle(cv, rng, objects, *rng.uniform(0, size, 2), rng.uniform(0, 2 * np.pi), shadow)
@@ -352,33 +427,68 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
             ang = rng.uniform(0, 2 * np.pi)
             rr, cc = np.nonzero(cv.water)
             k = rng.integers(rr.size)
-            local = np.array([[-0.5, -0.5], [0.25, -0.5], [0.5, 0.0], [0.25, 0.5], [-0.5, 0.5]]) * [length, width]
+            local = np.array([[-0.5, -0.5], [0.25, -0.5], [0.5, 0.0], [0.25, 0.5], [-0.5, 0.5]]) * [
+                length,
+                width,
+            ]
             poly = _place(local, cc[k] + 0.5, rr[k] + 0.5, ang)
-            wake = _place(np.array([[-0.5 * length, -0.4 * width], [-1.6 * length, -0.9 * width],
-                                    [-1.6 * length, 0.9 * width], [-0.5 * length, 0.4 * width]]), cc[k] + 0.5, rr[k] + 0.5, ang)
+            wake = _place(
+                np.array(
+                    [
+                        [-0.5 * length, -0.4 * width],
+                        [-1.6 * length, -0.9 * width],
+                        [-1.6 * length, 0.9 * width],
+                        [-0.5 * length, 0.4 * width],
+                    ]
+                ),
+                cc[k] + 0.5,
+                rr[k] + 0.5,
+                ang,
+            )
             if cv.free(poly, margin=3, within=cv.water):
                 if rng.random() < 0.6:
                     cv.paint(wake, (200, 210, 215), alpha=0.25)
                 deck = rng.uniform(150, 235)
                 cv.paint(poly, (deck, deck, deck * rng.uniform(0.9, 1.0)))
-                cv.paint(_rect(*(_place(np.array([[-0.15 * length, 0]]), cc[k] + 0.5, rr[k] + 0.5, ang)[0]),
-                               0.25 * length, 0.55 * width, ang), (deck * 0.7,) * 3)  # superstructure
+                cv.paint(
+                    _rect(
+                        *(
+                            _place(np.array([[-0.15 * length, 0]]), cc[k] + 0.5, rr[k] + 0.5, ang)[
+                                0
+                            ]
+                        ),
+                        0.25 * length,
+                        0.55 * width,
+                        ang,
+                    ),
+                    (deck * 0.7,) * 3,
+                )  # superstructure
                 cv.claim(poly, 3)
                 objects.append((SHIP, poly))
         for _ in range(rng.integers(0, 8)):  # hard negatives: wave crests on water
             rr, cc = np.nonzero(cv.water)
             k = rng.integers(rr.size)
-            poly = _rect(cc[k] + 0.5, rr[k] + 0.5, rng.uniform(4, 10), rng.uniform(1, 2.5), rng.uniform(0, np.pi))
+            poly = _rect(
+                cc[k] + 0.5,
+                rr[k] + 0.5,
+                rng.uniform(4, 10),
+                rng.uniform(1, 2.5),
+                rng.uniform(0, np.pi),
+            )
             if cv.free(poly, within=cv.water):
                 cv.paint(poly, (210, 220, 225), alpha=rng.uniform(0.4, 0.8))
                 cv.claim(poly)
 
-    for _ in range(rng.integers(0, 4)):  # hard negatives: soft bright round patches (no rim, no shadow)
+    for _ in range(
+        rng.integers(0, 4)
+    ):  # hard negatives: soft bright round patches (no rim, no shadow)
         r = rng.uniform(5, 13)
         cx, cy = rng.uniform(0, size, 2)
         poly = _circle(cx, cy, r)
         if cv.free(poly, within=land):
-            blob = np.exp(-(((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2) / (2 * (0.6 * r) ** 2)))[..., None]
+            blob = np.exp(-(((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2) / (2 * (0.6 * r) ** 2)))[
+                ..., None
+            ]
             cv.img += blob * (rng.uniform(150, 215) - cv.img) * rng.uniform(0.7, 0.95)
             cv.claim(poly)
 
@@ -393,13 +503,26 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
             cv.claim(poly)
 
     if dom.unseen_objects:
-        for _ in range(rng.integers(0, 3)):  # aircraft: fuselage plus wings, unknown to the detector
+        for _ in range(
+            rng.integers(0, 3)
+        ):  # aircraft: fuselage plus wings, unknown to the detector
             span = rng.uniform(18, 40)
             cx, cy, ang = *rng.uniform(0, size, 2), rng.uniform(0, 2 * np.pi)
             body = _rect(cx, cy, span, span * 0.14, ang)
             wings = _rect(cx, cy, span * 0.2, span, ang)
-            tail = _place(np.array([[-0.45 * span, -0.2 * span], [-0.38 * span, -0.2 * span],
-                                    [-0.38 * span, 0.2 * span], [-0.45 * span, 0.2 * span]]), cx, cy, ang)
+            tail = _place(
+                np.array(
+                    [
+                        [-0.45 * span, -0.2 * span],
+                        [-0.38 * span, -0.2 * span],
+                        [-0.38 * span, 0.2 * span],
+                        [-0.45 * span, 0.2 * span],
+                    ]
+                ),
+                cx,
+                cy,
+                ang,
+            )
             hull = np.concatenate([body, wings, tail])
             if cv.free(hull, within=land):
                 for part in (body, wings, tail):
@@ -424,8 +547,17 @@ def render_scene(rng: np.random.Generator, size: int, dom: Domain) -> tuple[np.n
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), objects
 
 
-def _vehicle(cv: _Canvas, rng: np.random.Generator, objects: list, cx: float, cy: float, ang: float,
-             shadow: np.ndarray, on_road: bool = False, lot: bool = False) -> None:
+def _vehicle(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    objects: list,
+    cx: float,
+    cy: float,
+    ang: float,
+    shadow: np.ndarray,
+    on_road: bool = False,
+    lot: bool = False,
+) -> None:
     length = rng.uniform(8, 15)
     width = length * rng.uniform(0.42, 0.5)
     if on_road:  # keep to a lane: shift sideways from the sampled road pixel

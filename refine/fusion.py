@@ -3,11 +3,14 @@
 With several sources (crowd workers, models), refinement starts from a fused label, and the
 sources' disagreement is itself a score of where that label is likely wrong.
 
-Every fusion here depends on a pixel only through its *vote pattern* (the tuple of labels the
-A sources gave it), and a scene has few distinct patterns (at most (C+1)^A, in practice a few
-hundred). So patterns are counted once with ``np.bincount`` and all the work — majority vote,
-Dawid–Skene EM, vote entropy — runs over patterns weighted by their pixel counts, then is
-mapped back to pixels with one lookup. That makes EM on an 8192² scene as cheap as on a tile.
+Both fusions depend on a pixel only through its *vote pattern* (the tuple of labels the A
+sources gave it), and a scene has few distinct patterns (at most (C+1)^A, in practice a few
+hundred). So patterns are counted once with ``np.bincount``, the majority vote and the
+Dawid–Skene EM run over patterns weighted by their pixel counts, and the result is mapped back
+to pixels with one lookup. That makes EM on an 8192² scene as cheap as on a tile.
+
+The agreement map is the input of ``refine.scores.annotator_disagreement`` (which also
+scores vote entropy from the votes themselves).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ __all__ = [
     "agreement_map",
     "dawid_skene",
     "majority_vote",
-    "vote_entropy",
 ]
 
 _BINCOUNT_MAX = 1 << 22  # pattern codes up to this are counted with bincount, beyond by sorting
@@ -139,7 +141,7 @@ def dawid_skene(
     max_iter: int = 50,
     tol: float = 1e-6,
     smoothing: float = 0.01,
-    diagonal_prior: float = 0.2,
+    diagonal_prior: float = 0.05,
 ) -> DawidSkeneResult:
     """Fuse sources by Dawid & Skene's EM (1979): learn each source's confusion matrix.
 
@@ -151,9 +153,10 @@ def dawid_skene(
     The confusions get a Dirichlet prior: ``smoothing`` pseudo-counts on every entry (unseen
     pairs keep some probability) plus, on the diagonal, ``diagonal_prior`` times the class's
     majority-vote pixel count. DS treats pixels as independent votes, but a mislabelled field
-    is one decision repeated over thousands of pixels; without the diagonal prior EM over-fits
-    such clumps and can turn a rare class into a label for some disagreement pattern (on
-    crowd labels of the sample scene it then ends up worse than the majority vote). With
+    is one decision repeated over thousands of pixels; EM can then over-fit such clumps and
+    turn a rare class into a label for some disagreement pattern (seen on simulated crowds of
+    the sample scene: worse than the majority vote). The mild default guards against that
+    and costs well under a point where pixels are truly independent. With
     ``diagonal_prior=0`` this is classical maximum-likelihood Dawid–Skene.
     """
     if max_iter < 1 or smoothing <= 0 or diagonal_prior < 0:
@@ -211,8 +214,8 @@ def agreement_map(stack: np.ndarray, fused: np.ndarray, ignore: int) -> np.ndarr
     """Fraction of the sources that labelled a pixel and agree with ``fused`` there, float32.
 
     1 means unanimous; low values mark pixels worth an expert's look. Sources that left the
-    pixel unlabelled (``ignore``) do not count; where none labelled it the map is 1 (nobody
-    disagrees).
+    pixel unlabelled (``ignore``) do not count; where none labelled it the map is NaN, the
+    "no score" of ``refine.scores``.
     """
     stack, fused = np.asarray(stack), np.asarray(fused)
     if stack.ndim != 3 or stack.shape[1:] != fused.shape:
@@ -221,22 +224,6 @@ def agreement_map(stack: np.ndarray, fused: np.ndarray, ignore: int) -> np.ndarr
         )
     labelled = (stack != ignore).sum(axis=0)
     agree = ((stack == fused) & (stack != ignore)).sum(axis=0)
-    out = np.ones(fused.shape, dtype=np.float32)
+    out = np.full(fused.shape, np.nan, dtype=np.float32)
     np.divide(agree, labelled, out=out, where=labelled > 0, casting="unsafe")
     return out
-
-
-def vote_entropy(stack: np.ndarray, schema: ClassSchema) -> np.ndarray:
-    """Entropy of each pixel's vote distribution, divided by its maximum, float32 in [0, 1].
-
-    The maximum is log(min(A, C)), reached when the A sources spread over as many classes as
-    they can. 0 where the sources agree or at most one labelled the pixel.
-    """
-    pat = _vote_patterns(stack, schema)
-    votes = pat.one_hot().sum(axis=1)  # (P, C)
-    share = votes / np.maximum(votes.sum(axis=1, keepdims=True), 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.where(share > 0, share * np.log(share), 0.0).sum(axis=1)
-    top = np.log(min(pat.votes.shape[1], schema.num_classes))
-    norm = ent / top if top > 0 else np.zeros_like(ent)
-    return pat.to_pixels(np.clip(norm, 0.0, 1.0).astype(np.float32))

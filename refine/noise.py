@@ -6,12 +6,14 @@ smoothing and tells nothing about how a method copes with a mislabelled field. S
 
 - ``simulate_crowd`` makes errors at the object level, as a person does: whole polygons get a
   plausible wrong class, outlines are shifted, wobbly and biased, small objects are missed.
-- ``simulate_model`` makes the errors of a weak spectral classifier under an unseen, smooth
-  spectral shift: confusions between spectrally similar classes, in blobs.
+- ``simulate_model`` makes the errors of a weak spectral classifier, majority-filtered:
+  confusions between spectrally similar classes, in blobs.
 
 Both are deterministic by seed and calibrate themselves to a target wrong-pixel rate
 (``noise``); ``noise_rate`` measures the rate actually achieved. Ignore pixels of the truth
-stay ignore in every cheap label. Work is done in row strips so 8192² scenes fit in memory.
+stay ignore in every cheap label. Smooth fields, warps and the model run in row strips, so
+no float or per-class array of a whole scene is held; on 8192² scenes the peak is a few
+full-scene integer label images.
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ class CrowdConfig:
     jitter_scale_px: float = 48.0  # width of the boundary wobble
     min_object_px: int = 64  # truth objects smaller than this may be missed...
     miss_prob: float = 0.3  # ...with this chance, for an average annotator
-    parcel_px: int = 96  # areas over 2 parcel_px² are labelled as polygons about this wide
+    parcel_px: int = 96  # areas over 2 parcel_px² are labelled as polygons about this wide...
+    max_object_frac: float = 0.01  # ...narrower on small scenes, so no object exceeds this
     confusable: tuple[tuple[str, str, float], ...] = DEFAULT_CONFUSABLE
     seed: int = 0
 
@@ -208,6 +211,8 @@ class CrowdConfig:
             raise TrustmapError("crowd: boundary_px must be >= 0 and jitter_scale_px > 0")
         if self.parcel_px < 4 or self.min_object_px < 0 or not 0 <= self.miss_prob <= 1:
             raise TrustmapError("crowd: need parcel_px >= 4, min_object_px >= 0, 0<=miss_prob<=1")
+        if not 0 < self.max_object_frac <= 1:
+            raise TrustmapError("crowd: max_object_frac must be in (0, 1]")
 
     def skill_weights(self) -> np.ndarray:
         """Relative error rate of each non-spammer annotator (best first), mean 1."""
@@ -237,29 +242,34 @@ def _fill_from_neighbours(
 
     Where neighbours compete the class of highest ``rank`` wins; a per-annotator random rank
     keeps the fill free of a bias toward any class code. Ignore pixels are never a source.
-    Holes that cannot be reached keep their label.
+    Holes that cannot be reached keep their label. Only hole pixels and their 8 neighbours
+    are touched, so the cost follows the holes, not the scene.
     """
-    inv = np.argsort(rank)
-    r = np.where(lab >= 0, rank[np.maximum(lab, 0)] + 1, 0).astype(np.uint8)
-    r[hole] = 0
-    todo = hole.copy()
+    height, width = lab.shape
+    r = np.where(lab >= 0, rank[np.maximum(lab, 0)] + 1, 0).astype(np.uint8).ravel()
+    flat = np.flatnonzero(hole)
+    r[flat] = 0
+    ys, xs = np.divmod(flat, width)
+    nbrs = np.stack(
+        [
+            np.clip(ys + dy, 0, height - 1) * width + np.clip(xs + dx, 0, width - 1)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if dy or dx
+        ],
+        axis=1,
+    )  # out-of-image neighbours clip onto the pixel itself, still 0: no vote
+    pending = np.arange(flat.size)
     for _ in range(max_iter):
-        rows = np.flatnonzero(todo.any(axis=1))
-        if rows.size == 0:
+        if pending.size == 0:
             break
-        cols = np.flatnonzero(todo.any(axis=0))
-        box = (
-            slice(max(rows[0] - 1, 0), rows[-1] + 2),
-            slice(max(cols[0] - 1, 0), cols[-1] + 2),
-        )
-        grown = ndimage.grey_dilation(r[box], size=(3, 3), mode="constant", cval=0)
-        sub = todo[box]
-        r[box][sub] = grown[sub]
-        todo[box] &= r[box] == 0
-    out = lab.copy()
-    filled = hole & (r > 0)
-    out[filled] = inv[r[filled].astype(np.intp) - 1]
-    return out
+        got = r[nbrs[pending]].max(axis=1)  # all from the previous layer, then assigned
+        r[flat[pending]] = got
+        pending = pending[got == 0]
+    out = lab.copy().ravel()
+    filled = flat[r[flat] > 0]
+    out[filled] = np.argsort(rank)[r[filled].astype(np.intp) - 1]
+    return out.reshape(lab.shape)
 
 
 def _warp_nearest(lab: np.ndarray, s: _Sloppiness, amp: float) -> np.ndarray:
@@ -411,7 +421,9 @@ def simulate_crowd(
     are biased per class (grown or shrunk), shifted and wobbled, then each drawn object gets a
     class from the annotator's own structured confusion. The outline sloppiness is fixed by
     ``boundary_px``/``miss_prob`` (scaled down only if it alone exceeds the target); object
-    confusions fill the rest of the annotator's target wrong-pixel rate.
+    confusions fill the rest of the annotator's target wrong-pixel rate. The rate moves in
+    steps of one object, so objects are capped at ``max_object_frac`` of the labelled pixels:
+    on small scenes the parcels shrink below ``parcel_px``.
     """
     cfg = config or CrowdConfig()
     idx = _truth_index(truth, schema)
@@ -421,11 +433,13 @@ def simulate_crowd(
     n_valid = int(np.count_nonzero(valid))
     if n_valid == 0:
         return out
-    comp = label_components(idx, background=-1, connectivity=1)
+    comp = label_components(idx, background=-1, connectivity=2)  # diagonal touches join
     small = np.bincount(comp.ravel()) < cfg.min_object_px
     small[0] = False
     freq = np.bincount(idx[valid], minlength=n_cls) / n_valid
     base_aff = confusability(schema, cfg.confusable)
+    split_px = max(64, min(2 * cfg.parcel_px**2, int(cfg.max_object_frac * n_valid)))
+    cell = max(4, min(cfg.parcel_px, math.isqrt(split_px // 2)))
     weights = cfg.skill_weights()
     n_good = weights.size
     streams = np.random.SeedSequence(cfg.seed).spawn(cfg.n_annotators)
@@ -462,8 +476,7 @@ def simulate_crowd(
         if not spammer:
             affinity = base_aff * rng.lognormal(0.0, 0.5, base_aff.shape)  # its own habits
             affinity = 0.5 * (affinity + affinity.T)
-        parcels = _parcels(idx.shape, cfg.parcel_px, rng)
-        obj = _objects(outline, parcels, n_cls, 2 * cfg.parcel_px**2)
+        obj = _objects(outline, _parcels(idx.shape, cell, rng), n_cls, split_px)
         lab = _label_objects(outline, idx, valid, obj, target, affinity, freq, rng)
         out[a] = _to_codes(lab, schema)
         log.info(
@@ -484,9 +497,11 @@ class ModelNoiseConfig:
     """Settings of the simulated weak model.
 
     A nearest-class-mean classifier on B, G, R, NIR and NDVI, trained on ``n_train_spectra``
-    sampled pixels, sees the scene through a smooth spectral shift (haze, illumination,
-    phenology) of ``shift_scale_px`` wavelength; its strength is calibrated so that the output,
-    after a ``2*smooth_px+1`` majority filter, is wrong on about ``noise`` of the pixels.
+    sampled pixels, its output cleaned by a ``2*smooth_px+1`` majority filter. One strength is
+    calibrated so that it is wrong on about ``noise`` of the pixels: above the classifier's own
+    error the model sees the scene through a smooth spectral shift (haze, illumination,
+    phenology) of ``shift_scale_px`` wavelength; below it, the model is pulled toward the truth
+    by a smoothly varying amount (what a better model would know).
     """
 
     noise: float = 0.25
@@ -545,24 +560,28 @@ class _NearestMean:
 
     def position(self, idx: np.ndarray) -> np.ndarray:
         """Truth class index -> its position in ``classes`` (-1 if unknown or ignore)."""
+        # One spare slot at the end, never assigned: ignore (-1) indexes it and gets -1.
         lut = np.full(max(int(self.classes.max()), int(idx.max())) + 2, -1, dtype=np.int8)
         lut[self.classes] = np.arange(self.classes.size)
         return lut[idx]
 
     @staticmethod
-    def predict(a: np.ndarray, b: np.ndarray, truth: np.ndarray, strength: float) -> np.ndarray:
+    def predict(
+        a: np.ndarray, b: np.ndarray, truth: np.ndarray, know: np.ndarray, strength: float
+    ) -> np.ndarray:
         """Position in ``classes`` of the nearest mean (ties: the first).
 
-        ``strength`` > 0 shifts the spectra by ``strength * pert``; < 0 instead pulls every
-        pixel toward its true class by ``-strength`` (squared std units), standing for what a
-        better model would know: the residual errors are where the spectra mislead most.
+        ``strength`` > 0 shifts the spectra by ``strength * pert``; < 0 instead pulls each
+        pixel toward its true class by ``-strength * know`` (squared std units), standing for
+        what a better model would know. ``know`` varies smoothly in space, so the residual
+        errors gather where the model knows least and the spectra mislead most.
         """
         sigma, bonus = np.float32(max(strength, 0.0)), np.float32(max(-strength, 0.0))
         best = arg = None
         for k in range(a.shape[0]):
             d = a[k] + sigma * b[k]
             if bonus:
-                d -= bonus * (truth == k)
+                d -= bonus * know * (truth == k)
             if best is None:
                 best, arg = d, np.zeros(d.shape, dtype=np.intp)
             else:
@@ -598,7 +617,9 @@ def _train(
     return _NearestMean(present, (means / scale).astype(np.float32), scale.astype(np.float32))
 
 
-def _majority(pred: np.ndarray, n_cls: int, radius: int, inside: np.ndarray | None = None):
+def _majority(
+    pred: np.ndarray, n_cls: int, radius: int, inside: np.ndarray | None = None
+) -> np.ndarray:
     """Majority filter over a (2r+1)² box, counting only pixels inside the image.
 
     Integer counts make it exact and reproducible; ties go to the centre's own class, then to
@@ -663,9 +684,10 @@ def simulate_model(
 ) -> np.ndarray:
     """Predictions of a weak spectral model, (H, W) uint8 codes, about ``noise`` wrong.
 
-    The shift strength is found by bisection; on large scenes it is evaluated on a uniform
-    sample of pixels with their filter windows, so calibration costs the same on any scene
-    size, and the scene is then rendered in strips with the same arithmetic.
+    Errors are systematic (between spectrally similar classes) and come in blobs. The strength
+    is found by bisection; on large scenes it is evaluated on a uniform sample of pixels with
+    their filter windows, so calibration costs the same on any scene size, and the scene is
+    then rendered in strips with the same arithmetic. Warns if ``noise`` is out of reach.
     """
     cfg = config or ModelNoiseConfig()
     idx = _truth_index(truth, schema)
@@ -681,20 +703,24 @@ def simulate_model(
     rng = np.random.default_rng(cfg.seed)
     model = _train(idx, valid, bands, cfg.n_train_spectra, rng)
     shift = _SmoothFields(idx.shape, cfg.shift_scale_px, _N_FEATURES, rng)
+    know = _SmoothFields(idx.shape, cfg.shift_scale_px, 1, rng)
     r = cfg.smooth_px
     n_k = model.classes.size
 
-    def render(a: np.ndarray, b: np.ndarray, y: np.ndarray, strength: float) -> np.ndarray:
-        return model.classes[_majority(model.predict(a, b, y, strength), n_k, r)]
+    def render(
+        a: np.ndarray, b: np.ndarray, y: np.ndarray, k: np.ndarray, strength: float
+    ) -> np.ndarray:
+        return model.classes[_majority(model.predict(a, b, y, k, strength), n_k, r)]
 
     small = idx.size <= cfg.n_calibration * (2 * r + 1) ** 2
     if small:
         # Small scene: the whole of it is cheaper than the patch sample, and exact.
         a_full, b_full = model.terms(_features(bands), shift.rows(0, height))
-        y_full = model.position(idx)
+        y_full, k_full = model.position(idx), np.exp(know.rows(0, height)[0])
 
         def rate(strength: float) -> float:
-            return float(np.mean(render(a_full, b_full, y_full, strength)[valid] != idx[valid]))
+            pred = render(a_full, b_full, y_full, k_full, strength)
+            return float(np.mean(pred[valid] != idx[valid]))
 
     else:
         # Uniform sample of labelled pixels with their filter windows; rows or columns
@@ -708,10 +734,12 @@ def simulate_model(
             _features(bands[:, ys[:, :, None], xs[:, None, :]]), shift.patches(ys, xs)
         )
         y_pat = model.position(idx[ys[:, :, None], xs[:, None, :]])
+        k_pat = np.exp(know.patches(ys, xs)[0])
         wanted = idx[cy, cx]
 
         def rate(strength: float) -> float:
-            pred = _majority(model.predict(a_pat, b_pat, y_pat, strength), n_k, r, inside)
+            pred = model.predict(a_pat, b_pat, y_pat, k_pat, strength)
+            pred = _majority(pred, n_k, r, inside)
             return float(np.mean(model.classes[pred] != wanted))
 
     strength, expected = _calibrate(rate, cfg.noise)
@@ -723,14 +751,15 @@ def simulate_model(
         )
     to_code = schema.index_to_code()
     if small:
-        out = to_code[render(a_full, b_full, y_full, strength)]
+        out = to_code[render(a_full, b_full, y_full, k_full, strength)]
     else:
         codes = to_code[model.classes]
         out = np.empty(idx.shape, dtype=np.uint8)
         for r0, r1 in _strips(height):
             h0, h1 = max(0, r0 - r), min(height, r1 + r)  # halo rows complete every window
             a, b = model.terms(_features(bands[:, h0:h1]), shift.rows(h0, h1))
-            pred = model.predict(a, b, model.position(idx[h0:h1]), strength)
+            k = np.exp(know.rows(h0, h1)[0])
+            pred = model.predict(a, b, model.position(idx[h0:h1]), k, strength)
             out[r0:r1] = codes[_majority(pred, n_k, r)][r0 - h0 : r1 - h0]
     out[~valid] = schema.ignore
     log.info(

@@ -97,6 +97,21 @@ def _top2(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return m1, m2
 
 
+def _argmax0(p: np.ndarray) -> np.ndarray:
+    """argmax over axis 0 of a (C, h, w) block as intp, ties to the lowest index.
+
+    A running comparison over the (few) classes: numpy's argmax along a leading axis
+    transposes the block first and is slower.
+    """
+    best = p[0].copy()
+    idx = np.zeros(best.shape, np.intp)
+    for k in range(1, p.shape[0]):
+        better = p[k] > best
+        idx[better] = k
+        np.maximum(best, p[k], out=best)
+    return idx
+
+
 def _entropy(p: np.ndarray, axis: int = 0) -> np.ndarray:
     """Shannon entropy in nats, -sum p log p, with 0 log 0 = 0."""
     p = p.astype(np.float32, copy=False)
@@ -108,7 +123,7 @@ def predicted_class(probs: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> np.
     probs = _probs(probs)
     out = np.empty(probs.shape[1:], np.int16)
     for rows in row_chunks(probs.shape[1], _chunk_bytes(probs), chunk_bytes):
-        out[rows] = np.argmax(probs[:, rows], axis=0)
+        out[rows] = _argmax0(probs[:, rows])
     return out
 
 
@@ -308,8 +323,8 @@ def label_issues(
         for rows in row_chunks(probs.shape[1], _chunk_bytes(probs), chunk_bytes):
             p, y = probs[:, rows], labels[rows]
             above = p >= t_adj
-            j = np.argmax(np.where(above, p, -1.0), axis=0)
-            out[rows] = above.any(axis=0) & (j != y) & (np.argmax(p, axis=0) != y) & (y >= 0)
+            j = _argmax0(np.where(above, p, -1.0))
+            out[rows] = above.any(axis=0) & (j != y) & (_argmax0(p) != y) & (y >= 0)
         return out
     if method != "cleanlab":
         raise TrustmapError(
@@ -319,7 +334,7 @@ def label_issues(
     n_issues = 0
     for rows in row_chunks(probs.shape[1], _chunk_bytes(probs), chunk_bytes):
         p, y = probs[:, rows], labels[rows]
-        pred = np.argmax(p, axis=0)
+        pred = _argmax0(p)
         p_pred = np.take_along_axis(p, pred[None], axis=0)[0]
         n_issues += int(np.count_nonzero((pred != y) & (p_pred >= t_adj[pred, 0, 0]) & (y >= 0)))
         py = _label_prob(p, y)

@@ -59,38 +59,31 @@ def _extreme(region_ids: np.ndarray, score: np.ndarray, n: int, op: np.ufunc) ->
 
 
 def _top_quantile(region_ids: np.ndarray, score: np.ndarray, n: int, q: float) -> np.ndarray:
-    """Mean of the top ceil(q * n_r) scores of each region (at least one).
+    """Mean of the top k_r = ceil(q * n_r) scores of each region (at least one).
 
     The pixels are sorted once by the uint64 key (region << 32 | sortable score bits), so
-    each region's scores end up contiguous and ascending; the top k_r of region r are the
-    last k_r of its run, picked by their rank within the run and summed with bincount.
+    each region's scores end up contiguous and ascending and its top k_r are the last k_r
+    of its run; only those sum(k_r) positions are gathered and summed with bincount.
     """
     key = np.empty(region_ids.size, np.uint64)
+    count = np.zeros(n, np.int64)
     m = 0
     for r, v in _pixel_blocks(region_ids, score):
         key[m : m + r.size] = (r.astype(np.uint64) << np.uint64(32)) | _sortable_bits(v)
+        count += np.bincount(r, minlength=n)
         m += r.size
     key = key[:m]
     key.sort()
-    count = np.zeros(n, np.int64)
-    total = np.zeros(n)
-    # region runs: counts from the sorted keys, run end = cumulative count
-    for i in range(0, key.size, CHUNK_PIXELS):
-        count += np.bincount(
-            (key[i : i + CHUNK_PIXELS] >> np.uint64(32)).astype(np.intp), minlength=n
-        )
+    k = np.where(count > 0, np.maximum(1, np.ceil(q * count)), 0).astype(np.int64)
     end = np.cumsum(count)
-    k = np.maximum(1, np.ceil(q * count)).astype(np.int64)
-    first_top = end - k  # position of the first kept score of each region
-    for i in range(0, key.size, CHUNK_PIXELS):
-        blk = key[i : i + CHUNK_PIXELS]
-        r = (blk >> np.uint64(32)).astype(np.intp)
-        pos = np.arange(i, i + blk.size)
-        keep = pos >= first_top[r]
-        vals = _from_sortable_bits((blk[keep] & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-        total += np.bincount(r[keep], weights=vals.astype(np.float64), minlength=n)
+    # positions end_r - k_r .. end_r - 1 for every region, without a loop over regions
+    owner = np.repeat(np.arange(n), k)
+    offset = np.arange(owner.size) - np.repeat(np.cumsum(k) - k, k)
+    pos = np.repeat(end - k, k) + offset
+    vals = _from_sortable_bits((key[pos] & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    total = np.bincount(owner, weights=vals.astype(np.float64), minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.minimum(k, np.maximum(count, 1)), np.nan)
+        return np.where(count > 0, total / np.maximum(k, 1), np.nan)
 
 
 def _pooled(

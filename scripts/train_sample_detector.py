@@ -82,17 +82,27 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, images: list[np.ndarray], targets: list[dict], coco: COCO) -> dict:
+def evaluate(
+    model: torch.nn.Module, images: list[np.ndarray], targets: list[dict], coco: COCO
+) -> dict:
     """COCO mAP of the model's own (torchvision-post-processed) detections."""
     model.eval()
     results = []
     for start in range(0, len(images), 16):
         batch = [to_tensor(im) for im in images[start : start + 16]]
         for out, tgt in zip(model(batch), targets[start : start + 16], strict=True):
-            for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True):
+            for box, score, label in zip(
+                out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
+            ):
                 x0, y0, x1, y1 = box
-                results.append({"image_id": tgt["image_id"], "category_id": int(label),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+                results.append(
+                    {
+                        "image_id": tgt["image_id"],
+                        "category_id": int(label),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(score),
+                    }
+                )
     if not results:
         return {"mAP": 0.0, "mAP50": 0.0, "AP50_per_class": {}}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -104,15 +114,25 @@ def evaluate(model: torch.nn.Module, images: list[np.ndarray], targets: list[dic
     per_class = {}
     for k, cat_id in enumerate(ev.params.catIds):
         p = ev.eval["precision"][0, :, k, 0, -1]
-        per_class[coco.cats[cat_id]["name"]] = round(float(p[p > -1].mean()), 4) if (p > -1).any() else None
-    return {"mAP": round(float(ev.stats[0]), 4), "mAP50": round(float(ev.stats[1]), 4),
-            "AP50_per_class": per_class, "n_detections": len(results)}
+        per_class[coco.cats[cat_id]["name"]] = (
+            round(float(p[p > -1].mean()), 4) if (p > -1).any() else None
+        )
+    return {
+        "mAP": round(float(ev.stats[0]), 4),
+        "mAP50": round(float(ev.stats[1]), 4),
+        "AP50_per_class": per_class,
+        "n_detections": len(results),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT / "build" / "sample_detection_set",
-                    help="synthetic set folder (generated there if missing)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "build" / "sample_detection_set",
+        help="synthetic set folder (generated there if missing)",
+    )
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-cal", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=200)
@@ -121,10 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--max-minutes", type=float, default=12.0,
-                    help="time box: stop after this long even if epochs remain (reported)")
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=12.0,
+        help="time box: stop after this long even if epochs remain (reported; 0 = none)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared machine")
-    ap.add_argument("--out", type=Path, default=ROOT / "calibration" / "weights" / "sample_detector.pt")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "calibration" / "weights" / "sample_detector.pt"
+    )
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "sample_detector.ckpt")
     ap.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     args = ap.parse_args(argv)
@@ -134,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if not all((args.data / f"{s}.json").exists() for s in ("train", "test")):
         t0 = time.time()
-        make_detection_set(args.data, args.n_train, args.n_cal, args.n_test, size=SAMPLE_IMAGE_SIZE, seed=args.data_seed)
+        make_detection_set(
+            args.data,
+            args.n_train,
+            args.n_cal,
+            args.n_test,
+            size=SAMPLE_IMAGE_SIZE,
+            seed=args.data_seed,
+        )
         print(f"generated {args.data} in {time.time() - t0:.1f}s", flush=True)
     train_images, train_targets, _ = load_split(args.data, "train")
     test_images, test_targets, test_coco = load_split(args.data, "test")
@@ -147,9 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     total = args.epochs * per_epoch
     warmup = max(1, min(100, total // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
+        opt,
+        lambda i: (
+            min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
+        ),
     )
-    step, elapsed, history = 0, 0.0, []
+    command = "scripts/train_sample_detector.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    step, elapsed, history, commands = 0, 0.0, [], [command]
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
@@ -157,13 +196,24 @@ def main(argv: list[str] | None = None) -> int:
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
+        commands = state.get("commands", ["(earlier run, command not recorded)"]) + commands
         print(f"resumed {ckpt_path} at step {step}", flush=True)
 
     def save_checkpoint() -> None:
         with atomic_path(ckpt_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
-                        "history": history}, tmp)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "history": history,
+                    "commands": commands,
+                },
+                tmp,
+            )
 
     start, last_ckpt, stopped_early = time.time() - elapsed, time.time(), False
     model.train()
@@ -187,15 +237,20 @@ def main(argv: list[str] | None = None) -> int:
         sched.step()
         step += 1
         elapsed = time.time() - start
-        history.append([step, round(float(loss.detach()), 4)] + [round(float(v), 4) for v in losses.values()])
+        history.append(
+            [step, round(float(loss.detach()), 4)] + [round(float(v), 4) for v in losses.values()]
+        )
         if step % 10 == 0 or step == total:
-            print(f"step {step}/{total} epoch {epoch + 1} loss {float(loss):.3f} "
-                  + " ".join(f"{k[5:]}={float(v):.3f}" for k, v in losses.items())
-                  + f" lr={sched.get_last_lr()[0]:.2e} {elapsed / 60:.1f} min", flush=True)
+            print(
+                f"step {step}/{total} epoch {epoch + 1} loss {float(loss):.3f} "
+                + " ".join(f"{k[5:]}={float(v):.3f}" for k, v in losses.items())
+                + f" lr={sched.get_last_lr()[0]:.2e} {elapsed / 60:.1f} min",
+                flush=True,
+            )
         if time.time() - last_ckpt > 60:
             save_checkpoint()
             last_ckpt = time.time()
-        if elapsed > args.max_minutes * 60 and step < total:
+        if args.max_minutes > 0 and elapsed > args.max_minutes * 60 and step < total:
             stopped_early = True
             print(f"time box of {args.max_minutes} min reached at step {step}/{total}", flush=True)
             break
@@ -204,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     metrics = evaluate(model, test_images, test_targets, test_coco)
-    print(f"test split ({len(test_images)} images): {json.dumps(metrics)} [{time.time() - t0:.0f}s]", flush=True)
-    command = "scripts/train_sample_detector.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(
+        f"test split ({len(test_images)} images): {json.dumps(metrics)} [{time.time() - t0:.0f}s]",
+        flush=True,
+    )
     with atomic_path(args.out) as tmp:
         torch.save(
             {
@@ -214,10 +271,17 @@ def main(argv: list[str] | None = None) -> int:
                 "num_classes": num_classes,
                 "categories": [dict(c) for c in CATEGORIES],
                 "image_size": SAMPLE_IMAGE_SIZE,
-                "training": {"command": command, "steps": step, "planned_steps": total,
-                             "stopped_early": stopped_early, "train_minutes": round(train_minutes, 2),
-                             "n_train": len(train_images), "data_seed": args.data_seed, "seed": args.seed,
-                             "torch": torch.__version__},
+                "training": {
+                    "commands": commands,
+                    "steps": step,
+                    "planned_steps": total,
+                    "stopped_early": stopped_early,
+                    "train_minutes": round(train_minutes, 2),
+                    "n_train": len(train_images),
+                    "data_seed": args.data_seed,
+                    "seed": args.seed,
+                    "torch": torch.__version__,
+                },
                 "test_metrics": metrics,
             },
             tmp,

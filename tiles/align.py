@@ -12,6 +12,7 @@ window by window, in any order, on any worker.
 
 from __future__ import annotations
 
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -31,8 +32,6 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window, from_bounds, subdivide
-from rasterio.windows import bounds as window_bounds
-from rasterio.windows import transform as window_transform
 
 from tiles.classes import ClassSchema
 from tiles.console import progress as progress_bar
@@ -49,6 +48,11 @@ CLASS_FIELD_CANDIDATES = ("class", "code", "label", "name")
 EAGER_CODE_CHECK_PIXELS = 1 << 24
 # Coverage at or above this counts as full: reprojected footprints are not exact.
 FULL_COVERAGE = 0.9995
+# GDAL's default approximate transformer (1/8 px error) interpolates across the region being
+# read, so ~0.4% of pixels along class edges change with the window layout. A near-zero
+# tolerance transforms every pixel exactly (tolerance=0 itself fails in rasterio 1.4): a
+# pixel's label then never depends on which window it was read in. Same-CRS grids stay fast.
+WARP_TOLERANCE = 1e-9
 
 
 # --- the target grid ------------------------------------------------------------------------
@@ -63,6 +67,11 @@ class SceneGrid:
     width: int
     height: int
     name: str = "scene"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crs", CRS.from_user_input(self.crs))
+        if self.width <= 0 or self.height <= 0:
+            raise TrustmapError(f"scene grid has no pixels ({self.width}x{self.height})", self.name)
 
     @classmethod
     def of(cls, scene: str | os.PathLike | Mapping[str, Any] | Any) -> SceneGrid:
@@ -79,21 +88,30 @@ class SceneGrid:
                 raise TrustmapError(f"scene profile lacks {', '.join(missing)}")
             if not scene.get("crs"):
                 raise TrustmapError("has no CRS (coordinate reference system)", "scene profile")
-            crs = CRS.from_user_input(scene["crs"])
-            return cls(crs, scene["transform"], int(scene["width"]), int(scene["height"]))
+            return cls(scene["crs"], scene["transform"], int(scene["width"]), int(scene["height"]))
         require_crs(scene)  # an open dataset
         return cls(scene.crs, scene.transform, scene.width, scene.height, scene.name)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return window_bounds(Window(0, 0, self.width, self.height), self.transform)
+        return self.window_bounds(Window(0, 0, self.width, self.height))
+
+    def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) of a window, in the scene CRS."""
+        c0, r0 = window.col_off, window.row_off
+        c1, r1 = c0 + window.width, r0 + window.height
+        xs, ys = zip(
+            *(self.transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c0, r1), (c1, r1))),
+            strict=True,
+        )
+        return min(xs), min(ys), max(xs), max(ys)
 
     @property
     def box(self) -> shapely.Polygon:
         return shapely.box(*self.bounds)
 
     def window_transform(self, window: Window) -> Affine:
-        return window_transform(window, self.transform)
+        return self.transform @ Affine.translation(window.col_off, window.row_off)
 
     def profile(self) -> dict[str, Any]:
         return {
@@ -105,7 +123,7 @@ class SceneGrid:
 
 
 def _fmt_bounds(b: tuple[float, float, float, float]) -> str:
-    return f"({b[0]:.6g}, {b[1]:.6g}, {b[2]:.6g}, {b[3]:.6g})"
+    return "(" + ", ".join(f"{v:.10g}" for v in b) + ")"
 
 
 def _disjoint(
@@ -152,10 +170,10 @@ class LabelSource(ABC):
             raise TrustmapError("label file not found", path)
         grid = SceneGrid.of(scene)
         if path.suffix.lower() in VECTOR_SUFFIXES:
-            return VectorLabels.open(path, grid, schema, class_field=class_field, layer=layer)
+            return VectorLabels.from_file(path, grid, schema, class_field=class_field, layer=layer)
         if class_field is not None or layer is not None:
             raise TrustmapError("class_field and layer apply to vector labels, not rasters", path)
-        return RasterLabels.open(path, grid, schema)
+        return RasterLabels.from_file(path, grid, schema)
 
     @abstractmethod
     def read(self, window: Window) -> np.ndarray:
@@ -174,7 +192,8 @@ class RasterLabels(LabelSource):
         self.checked = checked  # all codes were scanned at open; read() need not check again
 
     @classmethod
-    def open(cls, path: Path, grid: SceneGrid, schema: ClassSchema) -> RasterLabels:
+    def from_file(cls, path: Path, grid: SceneGrid, schema: ClassSchema) -> RasterLabels:
+        """Validate the raster against ``grid`` and ``schema``."""
         with open_raster(path) as src:
             require_crs(src, path)
             if src.count != 1:
@@ -213,16 +232,14 @@ def _raster_coverage(src, grid: SceneGrid, path: Path) -> float:
 def _check_raster_codes(src, grid: SceneGrid, schema: ClassSchema, path: Path) -> bool:
     """Scan the codes of the part of ``src`` under the scene, if small; True when done."""
     left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
-    full = Window(0, 0, src.width, src.height)
-    try:
-        part = (
-            from_bounds(left, bottom, right, top, src.transform)
-            .round_offsets("floor")
-            .round_lengths("ceil")
-        )
-        part = part.intersection(full)
-    except rasterio.errors.WindowError:
+    under = from_bounds(left, bottom, right, top, src.transform)
+    # widen to whole pixels, then clip to the raster
+    col0, row0 = max(0, math.floor(under.col_off)), max(0, math.floor(under.row_off))
+    col1 = min(src.width, math.ceil(under.col_off + under.width))
+    row1 = min(src.height, math.ceil(under.row_off + under.height))
+    if col1 <= col0 or row1 <= row0:
         return True  # nothing of the raster lies under the scene
+    part = Window(col0, row0, col1 - col0, row1 - row0)
     if part.width * part.height > EAGER_CODE_CHECK_PIXELS:
         return False
     bh, bw = src.block_shapes[0]
@@ -251,6 +268,7 @@ def read_raster_labels(
             height=grid.height,
             resampling=Resampling.nearest,
             nodata=schema.ignore,
+            tolerance=WARP_TOLERANCE,
         ) as vrt,
     ):
         data = vrt.read(1, window=window)
@@ -281,7 +299,7 @@ class VectorLabels(LabelSource):
         self.tree = shapely.STRtree(geoms)
 
     @classmethod
-    def open(
+    def from_file(
         cls,
         path: Path,
         grid: SceneGrid,
@@ -289,6 +307,7 @@ class VectorLabels(LabelSource):
         class_field: str | None = None,
         layer: str | None = None,
     ) -> VectorLabels:
+        """Read, check, repair and reproject the features; reject what cannot be used."""
         gdf = _read_vector(path, layer)
         if gdf.crs is None:
             raise TrustmapError(
@@ -344,9 +363,7 @@ def rasterize_labels(
 ) -> np.ndarray:
     """Burn the features that reach ``window`` into a uint8 array, in file order."""
     height, width = int(window.height), int(window.width)
-    hits = np.sort(
-        tree.query(shapely.box(*window_bounds(window, grid.transform)), predicate="intersects")
-    )
+    hits = np.sort(tree.query(shapely.box(*grid.window_bounds(window)), predicate="intersects"))
     if not len(hits):
         return np.full((height, width), ignore, dtype=np.uint8)
     return rasterize(
@@ -485,7 +502,7 @@ class AlignReport:
     source: str
     kind: Literal["raster", "vector"]
     out: str
-    coverage: float
+    covered: float  # fraction of the scene inside the labels' footprint
     counts: dict[int, int]  # pixels per code on the scene grid, ignore included
     labelled_fraction: float  # share of scene pixels that received a class (not ignore)
     repaired: int = 0
@@ -497,7 +514,7 @@ class AlignReport:
             "source": self.source,
             "kind": self.kind,
             "out": self.out,
-            "coverage": self.coverage,
+            "covered": self.covered,
             "labelled_fraction": self.labelled_fraction,
             "counts": {str(k): v for k, v in self.counts.items()},
             "repaired": self.repaired,
@@ -510,7 +527,7 @@ class AlignReport:
         names = {c.code: c.name for c in schema.classes} | {schema.ignore: "(ignore)"}
         lines = [
             f"aligned {self.kind} labels {self.source} -> {self.out}",
-            f"  footprint covers {self.coverage:.1%} of the scene; {self.labelled_fraction:.1%} of pixels labelled",
+            f"  footprint covers {self.covered:.1%} of the scene; {self.labelled_fraction:.1%} of pixels labelled",
         ]
         total = sum(self.counts.values()) or 1
         for code, n in sorted(self.counts.items()):
@@ -534,19 +551,18 @@ def align_labels(
     Windows are written in turn, so memory stays at one ``tile_size`` window whatever the
     scene's size, and the file appears at ``out_path`` only once complete.
     """
-    if tile_size <= 0 or tile_size % 16:
-        raise TrustmapError(f"tile_size must be a positive multiple of 16, got {tile_size}")
+    if tile_size <= 0:
+        raise TrustmapError(f"tile_size must be positive, got {tile_size}")
     source = LabelSource.open(label_path, scene_path, schema, class_field=class_field, layer=layer)
     grid = source.grid
-    block = 256 if tile_size % 256 == 0 else 16
     profile = {
         "driver": "GTiff",
         "dtype": "uint8",
         "count": 1,
         "nodata": schema.ignore,
         "tiled": True,
-        "blockxsize": block,
-        "blockysize": block,
+        "blockxsize": 256,  # a tile_size that is a multiple of 256 writes whole blocks
+        "blockysize": 256,
         "compress": "deflate",
         "BIGTIFF": "IF_SAFER",
         **grid.profile(),
@@ -565,7 +581,7 @@ def align_labels(
         source=str(label_path),
         kind=source.kind,
         out=str(out_path),
-        coverage=source.coverage,
+        covered=source.coverage,
         counts={int(c): int(counts[c]) for c in np.flatnonzero(counts)},
         labelled_fraction=float(1.0 - counts[schema.ignore] / counts.sum()),
         repaired=source.repaired,

@@ -73,7 +73,10 @@ def read_boxes(
         xyxy, labels, rows = _read_vector(bpath, crs, transform, label_column)
         mode = outside or "clip"
     else:
-        raise TrustmapError(f"unknown box file type '{bpath.suffix}': use .csv or a vector file ({sorted(VECTOR_SUFFIXES)})", bpath)
+        raise TrustmapError(
+            f"unknown box file type '{bpath.suffix}': use .csv or a vector file ({sorted(VECTOR_SUFFIXES)})",
+            bpath,
+        )
     xyxy, labels = _fit_to_image(xyxy, labels, rows, width, height, mode, bpath)
     return BoxTable(rpath.name, width, height, xyxy, labels, crs, transform)
 
@@ -94,13 +97,17 @@ def _read_csv(path: Path, image_name: str, label_column: str, image_column: str)
         keep = (names == image_name).to_numpy()
         if not keep.any():
             raise TrustmapError(
-                f"no boxes for image '{image_name}' (column '{image_column}' has {sorted(set(names))[:5]})", path
+                f"no boxes for image '{image_name}' (column '{image_column}' has {sorted(set(names))[:5]})",
+                path,
             )
         df, rows = df[keep], rows[keep]
     coords = df[list(CSV_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(coords).all(axis=1))
     if bad.size:
-        raise TrustmapError(f"line {rows[bad[0]]}: box coordinates {df.iloc[bad[0]][list(CSV_COLUMNS)].tolist()} are not numbers", path)
+        raise TrustmapError(
+            f"line {rows[bad[0]]}: box coordinates {df.iloc[bad[0]][list(CSV_COLUMNS)].tolist()} are not numbers",
+            path,
+        )
     labels = df[label_column].astype(str).to_numpy()
     return coords, labels, [f"line {r}" for r in rows]
 
@@ -112,11 +119,19 @@ def _read_vector(path: Path, crs, transform, label_column: str):
     try:
         gdf = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several unrelated types for unreadable files
-        raise TrustmapError(f"not a readable vector file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path) from None
+        raise TrustmapError(
+            f"not a readable vector file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            path,
+        ) from None
     if label_column not in gdf.columns:
-        raise TrustmapError(f"vector file lacks the label column '{label_column}'; has {[c for c in gdf.columns if c != 'geometry']}", path)
+        raise TrustmapError(
+            f"vector file lacks the label column '{label_column}'; has {[c for c in gdf.columns if c != 'geometry']}",
+            path,
+        )
     if gdf.crs is None:
-        raise TrustmapError("vector file has no CRS, so its boxes cannot be placed on the raster", path)
+        raise TrustmapError(
+            "vector file has no CRS, so its boxes cannot be placed on the raster", path
+        )
     geoms = gdf.geometry.to_numpy()
     names = [f"feature {i}" for i in range(len(gdf))]
     empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
@@ -131,8 +146,16 @@ def _read_vector(path: Path, crs, transform, label_column: str):
         step = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / DENSIFY_SEGMENTS
         geoms = shapely.segmentize(geoms, np.where(step > 0, step, np.inf))
         geoms = gpd.GeoSeries(geoms, crs=gdf.crs).to_crs(crs).to_numpy()
-    inv = ~transform
-    to_pixel = lambda xy: np.column_stack(inv * (xy[:, 0], xy[:, 1]))  # noqa: E731
+    inv = ~transform  # map -> pixel (col, row), fractional
+
+    def to_pixel(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack(
+            [
+                inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c,
+                inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f,
+            ]
+        )
+
     xyxy = shapely.bounds(shapely.transform(geoms, to_pixel)).astype(np.float64)
     return xyxy, gdf[label_column].astype(str).to_numpy(), names
 
@@ -141,7 +164,9 @@ def _fit_to_image(xyxy, labels, rows, width, height, mode, path):
     x0, y0, x1, y1 = xyxy.T
     bad = np.flatnonzero((x1 <= x0) | (y1 <= y0))
     if bad.size:
-        raise TrustmapError(f"{rows[bad[0]]}: box {xyxy[bad[0]].tolist()} has xmax <= xmin or ymax <= ymin", path)
+        raise TrustmapError(
+            f"{rows[bad[0]]}: box {xyxy[bad[0]].tolist()} has xmax <= xmin or ymax <= ymin", path
+        )
     out = (x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height)
     if mode == "error":
         bad = np.flatnonzero(out)
@@ -152,7 +177,14 @@ def _fit_to_image(xyxy, labels, rows, width, height, mode, path):
                 path,
             )
         return xyxy, labels
-    clipped = np.column_stack([np.clip(x0, 0, width), np.clip(y0, 0, height), np.clip(x1, 0, width), np.clip(y1, 0, height)])
+    clipped = np.column_stack(
+        [
+            np.clip(x0, 0, width),
+            np.clip(y0, 0, height),
+            np.clip(x1, 0, width),
+            np.clip(y1, 0, height),
+        ]
+    )
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return clipped[keep], labels[keep]
 
@@ -173,10 +205,14 @@ def to_coco(
     images, anns = [], []
     for k, t in enumerate(tables):
         img_id = first_image_id + k
-        images.append({"id": img_id, "file_name": t.file_name, "width": int(t.width), "height": int(t.height)})
+        images.append(
+            {"id": img_id, "file_name": t.file_name, "width": int(t.width), "height": int(t.height)}
+        )
         unknown = sorted({str(lab) for lab in t.labels} - set(by_name))
         if unknown:
-            raise TrustmapError(f"labels {unknown} of '{t.file_name}' are not among the categories {sorted(by_name)}")
+            raise TrustmapError(
+                f"labels {unknown} of '{t.file_name}' are not among the categories {sorted(by_name)}"
+            )
         for box, lab in zip(t.xyxy, t.labels, strict=True):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
             anns.append(

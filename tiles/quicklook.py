@@ -78,7 +78,9 @@ def _check_bands(bands: Sequence[int], count: int, path: str) -> tuple[int, int,
     return picked  # type: ignore[return-value]
 
 
-def stretch(values: np.ndarray, valid: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
+def stretch(
+    values: np.ndarray, valid: np.ndarray, low: float = 2.0, high: float = 98.0
+) -> np.ndarray:
     """Linear percentile stretch of one band to 0..255, percentiles over ``valid`` pixels."""
     v = values[valid]
     if v.size == 0:
@@ -108,14 +110,15 @@ def render_rgb(
     unique = list(dict.fromkeys(picked))
     resampling = Resampling.average if (h, w) != (src.height, src.width) else Resampling.nearest
     data = src.read(unique, out_shape=(len(unique), h, w), resampling=resampling)
-    masks = src.read_masks(unique, out_shape=(len(unique), h, w), resampling=Resampling.nearest)
-    valid = (masks > 0).all(axis=0)
+    # GDAL's dataset mask: a pixel is nodata only where every band is (the collar, the wedge),
+    # so a genuinely black value in one band stays visible.
+    valid = src.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     layers = {b: stretch(data[k], valid) for k, b in enumerate(unique)}
     rgb = np.stack([layers[b] for b in picked], axis=-1)
     rgb[~valid] = 0
-    transform = src.transform * Affine.scale(src.width / w, src.height / h)
+    transform = src.transform @ Affine.scale(src.width / w, src.height / h)
     return rgb, valid, transform, picked
 
 
@@ -148,9 +151,23 @@ def write_quicklook(
         tif = Path(out_tif)
         h, w = valid.shape
         data = np.where(valid[None], np.maximum(rgb.transpose(2, 0, 1), 1), 0).astype(np.uint8)
-        profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs=crs, transform=transform,
-                       nodata=0, photometric="RGB", tiled=True, blockxsize=256, blockysize=256,
-                       compress="deflate", predictor=2, interleave="pixel")
+        profile = dict(
+            driver="GTiff",
+            width=w,
+            height=h,
+            count=3,
+            dtype="uint8",
+            crs=crs,
+            transform=transform,
+            nodata=0,
+            photometric="RGB",
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+            predictor=2,
+            interleave="pixel",
+        )
         with atomic_path(tif) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
             dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]

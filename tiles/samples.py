@@ -25,12 +25,12 @@ from typing import NamedTuple
 import numpy as np
 import rasterio
 import shapely
-from shapely.ops import substring
 from affine import Affine
 from rasterio.enums import ColorInterp
 from rasterio.features import rasterize
 from rasterio.windows import Window
 from scipy.ndimage import gaussian_filter
+from shapely.ops import substring
 
 from tiles.classes import ClassSchema, load_schema
 from tiles.errors import TrustmapError
@@ -124,7 +124,7 @@ _PROPS: dict[Mat, _Props] = {
     Mat.SOIL_RED: _Props(SOIL, (700, 1040, 1560, 2300), 0.10, 0.05, 0.10, 0.10),
     Mat.SOIL_PLOUGH: _Props(SOIL, (540, 750, 1050, 1600), 0.10, 0.07, 0.08, 0.12),
     Mat.SOIL_LIGHT: _Props(SOIL, (1000, 1300, 1650, 2200), 0.08, 0.05, 0.08, 0.10),
-    Mat.ROCK: _Props(SOIL, (1650, 1800, 1950, 2250), 0.10, 0.08, 0.00, 0.08),
+    Mat.ROCK: _Props(SOIL, (1300, 1420, 1530, 1800), 0.12, 0.16, 0.00, 0.10),
     Mat.MUD: _Props(SOIL, (560, 700, 850, 1200), 0.12, 0.05, 0.15, 0.10),
     Mat.GROUND: _Props(SOIL, (820, 1050, 1350, 1700), 0.08, 0.06, 0.05, 0.08),
     Mat.TREE: _Props(TREE, (310, 560, 330, 3500), 0.08, 0.30, 0.10, 0.18),
@@ -133,7 +133,7 @@ _PROPS: dict[Mat, _Props] = {
     Mat.WATER_CLEAR: _Props(WATER, (420, 480, 300, 150), 0.04, 0.01, 0.00, 0.08),
     Mat.WATER_TURBID: _Props(WATER, (520, 640, 560, 300), 0.05, 0.01, 0.00, 0.08),
     Mat.WATER_ALGAL: _Props(WATER, (360, 600, 400, 520), 0.06, 0.02, 0.05, 0.10),
-    Mat.WATER_DARK: _Props(WATER, (400, 540, 440, 280), 0.05, 0.02, 0.00, 0.08),
+    Mat.WATER_DARK: _Props(WATER, (360, 540, 400, 260), 0.05, 0.02, 0.00, 0.08),
     Mat.WATER_WEED: _Props(WATER, (420, 720, 480, 2400), 0.08, 0.10, 0.10, 0.10),
     Mat.ROOF_CONCRETE: _Props(BUILT, (1700, 1800, 1900, 2150), 0.03, 0.03, 0.00, 0.12),
     Mat.ROOF_TILE: _Props(BUILT, (900, 1100, 1800, 2250), 0.03, 0.04, 0.00, 0.10),
@@ -141,8 +141,8 @@ _PROPS: dict[Mat, _Props] = {
     Mat.ROOF_BLUE: _Props(BUILT, (1750, 1520, 1080, 1450), 0.02, 0.02, 0.00, 0.10),
     Mat.ROOF_DARK: _Props(BUILT, (780, 860, 900, 1100), 0.03, 0.03, 0.00, 0.10),
     Mat.PAVED: _Props(BUILT, (1350, 1450, 1550, 1800), 0.05, 0.03, 0.00, 0.08),
-    Mat.ASPHALT: _Props(ROAD, (720, 800, 860, 980), 0.05, 0.03, 0.00, 0.08),
-    Mat.CONCRETE_ROAD: _Props(ROAD, (1150, 1250, 1350, 1600), 0.05, 0.03, 0.00, 0.08),
+    Mat.ASPHALT: _Props(ROAD, (640, 740, 830, 960), 0.05, 0.03, 0.00, 0.08),
+    Mat.CONCRETE_ROAD: _Props(ROAD, (1100, 1200, 1350, 1550), 0.05, 0.03, 0.00, 0.08),
     Mat.DIRT_ROAD: _Props(ROAD, (1050, 1330, 1750, 2250), 0.06, 0.05, 0.03, 0.08),
     Mat.ORCHARD: _Props(CROP, (840, 1060, 1340, 2250), 0.10, 0.05, 0.25, 0.10),
     Mat.PLANTATION: _Props(TREE, (420, 640, 490, 2900), 0.06, 0.22, 0.05, 0.08),
@@ -166,22 +166,42 @@ _NOISE_SD = np.array([22, 22, 26, 40], dtype=np.float32)
 # Estates are the large cells fields are laid out in; each kind has its own parcel mix.
 _ESTATE_KINDS: dict[str, tuple[float, dict[Mat, float]]] = {
     "fields": (
-        0.64,
+        0.66,
         {
-            Mat.CROP: 0.20, Mat.CROP_DENSE: 0.08, Mat.CROP_YOUNG: 0.14, Mat.CROP_DRY: 0.11,
-            Mat.GRASS: 0.05, Mat.SOIL_RED: 0.15, Mat.SOIL_PLOUGH: 0.14, Mat.SOIL_LIGHT: 0.06,
-            Mat.ORCHARD: 0.03, Mat.PLANTATION: 0.01, Mat.SCRUB: 0.03,
+            Mat.CROP: 0.20,
+            Mat.CROP_DENSE: 0.08,
+            Mat.CROP_YOUNG: 0.14,
+            Mat.CROP_DRY: 0.11,
+            Mat.GRASS: 0.05,
+            Mat.SOIL_RED: 0.15,
+            Mat.SOIL_PLOUGH: 0.14,
+            Mat.SOIL_LIGHT: 0.06,
+            Mat.ORCHARD: 0.03,
+            Mat.PLANTATION: 0.01,
+            Mat.SCRUB: 0.03,
         },
     ),
     "orchard": (0.08, {Mat.ORCHARD: 0.7, Mat.CROP_DRY: 0.1, Mat.GRASS: 0.1, Mat.SOIL_RED: 0.1}),
-    "plantation": (0.06, {Mat.PLANTATION: 0.75, Mat.SOIL_RED: 0.1, Mat.SCRUB: 0.15}),
+    "plantation": (0.04, {Mat.PLANTATION: 0.55, Mat.SOIL_RED: 0.15, Mat.SCRUB: 0.3}),
     "scrub": (
         0.11,
-        {Mat.SCRUB: 0.6, Mat.GRASS: 0.15, Mat.CROP_DRY: 0.1, Mat.SOIL_LIGHT: 0.1, Mat.SOIL_RED: 0.05},
+        {
+            Mat.SCRUB: 0.6,
+            Mat.GRASS: 0.15,
+            Mat.CROP_DRY: 0.1,
+            Mat.SOIL_LIGHT: 0.1,
+            Mat.SOIL_RED: 0.05,
+        },
     ),
     "fallow": (
         0.11,
-        {Mat.SOIL_RED: 0.3, Mat.SOIL_LIGHT: 0.25, Mat.SOIL_PLOUGH: 0.2, Mat.CROP_DRY: 0.15, Mat.SCRUB: 0.1},
+        {
+            Mat.SOIL_RED: 0.3,
+            Mat.SOIL_LIGHT: 0.25,
+            Mat.SOIL_PLOUGH: 0.2,
+            Mat.CROP_DRY: 0.15,
+            Mat.SCRUB: 0.1,
+        },
     ),
 }
 _KIND_NAMES = list(_ESTATE_KINDS)
@@ -264,8 +284,18 @@ class _Objects:
     ax: list[float] = field(default_factory=list)  # unit normal of a gable ridge
     ay: list[float] = field(default_factory=list)
 
-    def add(self, geom, mat: Mat, height: float = 0.0, kind: int = _PLAIN, cx: float = 0.0,
-            cy: float = 0.0, r: float = 1.0, ax: float = 0.0, ay: float = 0.0) -> None:
+    def add(
+        self,
+        geom,
+        mat: Mat,
+        height: float = 0.0,
+        kind: int = _PLAIN,
+        cx: float = 0.0,
+        cy: float = 0.0,
+        r: float = 1.0,
+        ax: float = 0.0,
+        ay: float = 0.0,
+    ) -> None:
         self.geoms.append(geom)
         self.mat.append(int(mat))
         self.height.append(height)
@@ -278,18 +308,28 @@ class _Objects:
 
 
 @dataclass
+class _Estates:
+    """Large Voronoi cells, each laid out in field rows of its own direction, width and crop mix."""
+
+    geoms: np.ndarray  # shapely polygons; index = estate id
+    edges: np.ndarray  # Voronoi edges (candidate tracks)
+    cos: np.ndarray
+    sin: np.ndarray
+    width: np.ndarray  # field-row width, m
+    length: np.ndarray  # field length, m
+    phase: np.ndarray
+    bunds: np.ndarray  # bool: fields separated by grassy bunds
+    bund_trees: np.ndarray  # probability of a tree per 12 m of bund
+    lut: np.ndarray  # (n, 256) uint8: parcel material by a hash byte
+
+
+@dataclass
 class _Layout:
+    """Everything drawn from the seed; the renderer reads it, never changes it."""
+
     size: int
     seed: int  # the hash seed of every per-pixel field
-    est_geoms: np.ndarray  # estate polygons (shapely), index = estate id
-    est_cos: np.ndarray
-    est_sin: np.ndarray
-    est_width: np.ndarray  # field-row width, m
-    est_length: np.ndarray  # field length, m
-    est_phase: np.ndarray
-    est_bunds: np.ndarray  # bool: fields separated by grassy bunds
-    est_bund_trees: np.ndarray  # probability of a tree per 12 m of bund
-    est_lut: np.ndarray  # (n_estates, 256) uint8: parcel material by hash byte
+    est: _Estates
     geoms: np.ndarray  # vector objects, paint order
     tree: shapely.STRtree
     v_mat: np.ndarray
@@ -300,12 +340,19 @@ class _Layout:
     v_r: np.ndarray
     v_ax: np.ndarray
     v_ay: np.ndarray
-    obj_var: np.ndarray  # (n_obj, 6) uniform [-1, 1]: per-object gain, band jitter, vigour
+    obj_var: np.ndarray  # (6, n_obj) uniform [-1, 1]: per-object gain, 4 band jitters, vigour
     nodata_line: tuple[float, float, float]  # a x + b y + c < 0 is the missing-data wedge
 
 
-def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, step: float,
-          max_len: float, turn_sd: float, size: int) -> shapely.LineString:
+def _walk(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    heading: float,
+    step: float,
+    max_len: float,
+    turn_sd: float,
+    size: int,
+) -> shapely.LineString:
     """A smooth random walk (roads, canals): the turn rate itself wanders."""
     pts, p, h, dh = [start.copy()], start.copy(), heading, 0.0
     pad = 60.0
@@ -319,8 +366,16 @@ def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, step: flo
     return shapely.LineString(pts)
 
 
-def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float, rough: float = 0.22,
-          elong: float = 1.0, theta: float = 0.0, n: int = 72) -> shapely.Polygon:
+def _blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    radius: float,
+    rough: float = 0.22,
+    elong: float = 1.0,
+    theta: float = 0.0,
+    n: int = 72,
+) -> shapely.Polygon:
     """An irregular closed shape: a circle whose radius is a random Fourier series."""
     phi = np.linspace(0, 2 * np.pi, n, endpoint=False)
     rad = np.ones(n)
@@ -332,8 +387,9 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float, rough: 
     return shapely.Polygon(np.c_[cx + c * x - s * y, cy + s * x + c * y]).buffer(0)
 
 
-def _rects(cx: np.ndarray, cy: np.ndarray, along: np.ndarray, across: np.ndarray,
-           theta: np.ndarray) -> np.ndarray:
+def _rects(
+    cx: np.ndarray, cy: np.ndarray, along: np.ndarray, across: np.ndarray, theta: np.ndarray
+) -> np.ndarray:
     """Rotated rectangles (buildings, plots) as a shapely array, vectorised."""
     ux, uy = np.cos(theta), np.sin(theta)
     sx = np.array([1, 1, -1, -1, 1]) * 0.5
@@ -355,7 +411,7 @@ def _choice(rng: np.random.Generator, options: dict[Mat, float], n: int) -> np.n
     return np.array(keys)[rng.choice(len(keys), size=n, p=p / p.sum())]
 
 
-def _estates(rng: np.random.Generator, size: int) -> dict:
+def _estates(rng: np.random.Generator, size: int) -> _Estates:
     pad = 250.0
     n = max(6, round((size + 2 * pad) ** 2 / 330.0**2))
     pts = rng.uniform(-pad, size + pad, size=(n, 2))
@@ -365,7 +421,9 @@ def _estates(rng: np.random.Generator, size: int) -> dict:
     edges = shapely.voronoi_polygons(shapely.multipoints(pts), extend_to=env, only_edges=True)
     kinds = rng.choice(len(_KIND_NAMES), size=n, p=[v[0] for v in _ESTATE_KINDS.values()])
     main_dir = rng.uniform(0, np.pi)
-    theta = np.where(rng.random(n) < 0.65, main_dir + rng.normal(0, 0.3, n), rng.uniform(0, np.pi, n))
+    theta = np.where(
+        rng.random(n) < 0.65, main_dir + rng.normal(0, 0.3, n), rng.uniform(0, np.pi, n)
+    )
     width = rng.uniform(14, 42, n)
     length = rng.uniform(30, 110, n)
     big = np.isin(kinds, [_KIND_NAMES.index("scrub"), _KIND_NAMES.index("plantation")])
@@ -376,13 +434,23 @@ def _estates(rng: np.random.Generator, size: int) -> dict:
         mix = _ESTATE_KINDS[_KIND_NAMES[k]][1]
         p = rng.dirichlet(np.array(list(mix.values())) * 12 + 0.05)
         edges_q = np.round(np.cumsum(p) * 256).astype(int)
-        lut[i] = np.array(list(mix))[np.searchsorted(edges_q, np.arange(256), side="right").clip(0, len(p) - 1)]
+        lut[i] = np.array(list(mix))[
+            np.searchsorted(edges_q, np.arange(256), side="right").clip(0, len(p) - 1)
+        ]
     bunds = np.isin(kinds, [_KIND_NAMES.index("fields"), _KIND_NAMES.index("fallow")])
     bund_trees = np.where(bunds, rng.uniform(0, 1, n) ** 2 * 0.5, 0.0)
-    return dict(
-        geoms=geoms, edges=shapely.get_parts(edges), kinds=kinds, cos=np.cos(theta), sin=np.sin(theta),
-        width=width, length=length, phase=rng.uniform(0, 1, n), bunds=bunds, bund_trees=bund_trees,
-        lut=lut, pts=pts,
+    f32 = np.float32
+    return _Estates(
+        geoms=geoms,
+        edges=shapely.get_parts(edges),
+        cos=np.cos(theta).astype(f32),
+        sin=np.sin(theta).astype(f32),
+        width=width.astype(f32),
+        length=length.astype(f32),
+        phase=rng.uniform(0, 1, n).astype(f32),
+        bunds=bunds,
+        bund_trees=bund_trees.astype(f32),
+        lut=lut,
     )
 
 
@@ -394,7 +462,9 @@ class _Road:
     kind: str  # main | secondary | track | lane
 
 
-def _first_crossing(line: shapely.LineString, network: list[_Road], skip: float) -> shapely.LineString:
+def _first_crossing(
+    line: shapely.LineString, network: list[_Road], skip: float
+) -> shapely.LineString:
     """Cut a new road where it first meets the network (beyond ``skip`` m from its start)."""
     if not network:
         return line
@@ -409,7 +479,7 @@ def _first_crossing(line: shapely.LineString, network: list[_Road], skip: float)
     return substring(line, 0.0, float(d.min()) + 2.0)
 
 
-def _roads(rng: np.random.Generator, size: int, est: dict) -> list[_Road]:
+def _roads(rng: np.random.Generator, size: int, est: _Estates) -> list[_Road]:
     area = (size / 1000.0) ** 2
     roads: list[_Road] = []
     centre = np.array([size / 2, size / 2])
@@ -417,9 +487,17 @@ def _roads(rng: np.random.Generator, size: int, est: dict) -> list[_Road]:
     for i in range(n_main):
         side = rng.integers(4)
         t = rng.uniform(0.1, 0.9) * size
-        start = [np.array([t, -40.0]), np.array([size + 40.0, t]), np.array([t, size + 40.0]),
-                 np.array([-40.0, t])][side]
-        target = centre + rng.uniform(-0.2, 0.2, 2) * size if i == 0 else rng.uniform(0.15, 0.85, 2) * size
+        start = [
+            np.array([t, -40.0]),
+            np.array([size + 40.0, t]),
+            np.array([t, size + 40.0]),
+            np.array([-40.0, t]),
+        ][side]
+        target = (
+            centre + rng.uniform(-0.2, 0.2, 2) * size
+            if i == 0
+            else rng.uniform(0.15, 0.85, 2) * size
+        )
         head = float(np.arctan2(*(target - start)[::-1]))
         line = _walk(rng, start, head, 25.0, 4 * size, 0.012, size)
         if i > 0 and rng.random() < 0.3:  # some end where they meet another main road
@@ -436,14 +514,16 @@ def _roads(rng: np.random.Generator, size: int, est: dict) -> list[_Road]:
         roads.append(_Road(line, rng.uniform(5, 9), Mat(mat), "secondary"))
     # Tracks follow estate boundaries, so they connect at the Voronoi vertices.
     box = shapely.box(-20, -20, size + 20, size + 20)
-    for edge in est["edges"]:
+    for edge in est.edges:
         if rng.random() < 0.3 and edge.intersects(box):
             seg = shapely.segmentize(edge.intersection(box), 25.0)
             xy = shapely.get_coordinates(seg)
             if len(xy) < 2:
                 continue
             xy[1:-1] += rng.normal(0, 1.2, xy[1:-1].shape)
-            mat = _choice(rng, {Mat.DIRT_ROAD: 0.75, Mat.ASPHALT: 0.15, Mat.CONCRETE_ROAD: 0.1}, 1)[0]
+            mat = _choice(rng, {Mat.DIRT_ROAD: 0.75, Mat.ASPHALT: 0.15, Mat.CONCRETE_ROAD: 0.1}, 1)[
+                0
+            ]
             roads.append(_Road(shapely.LineString(xy), rng.uniform(3, 5), Mat(mat), "track"))
     return roads
 
@@ -456,21 +536,42 @@ def _lakes(rng: np.random.Generator, size: int, objs: _Objects, trees: list) -> 
     for i in range(n * 4):
         if len(lakes) >= n:
             break
-        radius = min(rng.uniform(70, 230), 0.17 * size) if i == 0 else rng.uniform(50, 230)
-        c = rng.uniform(0.35, 0.65, 2) * size if i == 0 else rng.uniform(-0.05, 1.05, 2) * size
-        poly = _blob(rng, c[0], c[1], radius, rough=0.3, elong=rng.uniform(1, 1.8), theta=rng.uniform(0, np.pi))
+        radius = min(rng.uniform(70, 230), 0.14 * size) if i == 0 else rng.uniform(50, 230)
+        c = (
+            rng.choice([0.27, 0.73], 2) * size + rng.normal(0, 0.03 * size, 2)
+            if i == 0
+            else rng.uniform(-0.05, 1.05, 2) * size
+        )
+        poly = _blob(
+            rng,
+            c[0],
+            c[1],
+            radius,
+            rough=0.3,
+            elong=rng.uniform(1, 1.8),
+            theta=rng.uniform(0, np.pi),
+        )
         if any(poly.buffer(40).intersects(o) for o in lakes):
             continue
         lakes.append(poly)
         shore = poly.buffer(rng.uniform(3, 14))
         objs.add(shore, Mat.MUD if rng.random() < 0.6 else Mat.GRASS)
-        water = _choice(rng, {Mat.WATER_CLEAR: 0.3, Mat.WATER_TURBID: 0.35, Mat.WATER_ALGAL: 0.35}, 1)[0]
+        water = _choice(
+            rng, {Mat.WATER_CLEAR: 0.3, Mat.WATER_TURBID: 0.35, Mat.WATER_ALGAL: 0.35}, 1
+        )[0]
         objs.add(poly, Mat(water))
         ring = shore.buffer(5).exterior
         for d in np.arange(0, ring.length, rng.uniform(6, 12)):
             if rng.random() < 0.55:
                 p = ring.interpolate(d + rng.uniform(-2, 2))
-                trees.append((p.x + rng.normal(0, 2), p.y + rng.normal(0, 2), rng.uniform(2.5, 6.5), Mat.TREE))
+                trees.append(
+                    (
+                        p.x + rng.normal(0, 2),
+                        p.y + rng.normal(0, 2),
+                        rng.uniform(2.5, 6.5),
+                        Mat.TREE,
+                    )
+                )
     return lakes
 
 
@@ -484,10 +585,17 @@ def _canals(rng: np.random.Generator, size: int, lakes: list, objs: _Objects, tr
         via = lakes[rng.integers(len(lakes))].centroid
         head = float(np.arctan2(via.y - start[1], via.x - start[0]))
         line = _walk(rng, start, head, 12.0, 3 * size, 0.025, size)
-        width = rng.uniform(6, 14)
+        width = rng.uniform(9, 22)
         poly = line.buffer(width / 2)
         objs.add(line.buffer(width / 2 + rng.uniform(2, 5)), Mat.GRASS)  # embankments
-        objs.add(poly, Mat.WATER_DARK if rng.random() < 0.6 else Mat.WATER_TURBID)
+        objs.add(
+            poly,
+            Mat(
+                _choice(rng, {Mat.WATER_DARK: 0.5, Mat.WATER_TURBID: 0.3, Mat.WATER_ALGAL: 0.2}, 1)[
+                    0
+                ]
+            ),
+        )
         out.append(poly)
         for side in (-1, 1):
             bank = line.offset_curve(side * (width / 2 + 5))
@@ -498,8 +606,14 @@ def _canals(rng: np.random.Generator, size: int, lakes: list, objs: _Objects, tr
     return out
 
 
-def _village(rng: np.random.Generator, cx: float, cy: float, theta: float, foot: shapely.Polygon,
-             radius: float) -> tuple[list[shapely.LineString], tuple[np.ndarray, ...]]:
+def _village(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    theta: float,
+    foot: shapely.Polygon,
+    radius: float,
+) -> tuple[list[shapely.LineString], tuple[np.ndarray, ...]]:
     """A dense village: a lattice of small houses, with every few rows left open for a lane.
 
     Lanes run down the empty lattice rows and columns, so houses crowd right up to them.
@@ -512,16 +626,26 @@ def _village(rng: np.random.Generator, cx: float, cy: float, theta: float, foot:
     ia, ib = ia.ravel(), ib.ravel()
     a, b = ia * ca, ib * cb
     c, s = np.cos(theta), np.sin(theta)
-    x, y = cx + a * c - b * s, cy + a * s + b * c
+    bend_a, bend_b = rng.uniform(-0.2, 0.2, 2) / radius  # villages grow organically, not on a grid
+
+    def to_xy(la: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        la, lb = la + bend_b * lb**2, lb + bend_a * la**2
+        return cx + la * c - lb * s, cy + la * s + lb * c
+
+    x, y = to_xy(a, b)
     dist = np.hypot(a, b) / radius
     open_row = (ib % nb == 0) | (ia % na == 0)
     keep = shapely.contains_xy(foot, x, y) & ~open_row & (rng.random(x.size) < 1.0 - 0.35 * dist**2)
     k = int(keep.sum())
     # Some houses span two plots; the neighbour they overlap merges into one block.
     span = np.where(rng.random(k) < 0.2, 2.0, 1.0)
-    houses = (x[keep] + (span - 1) * ca / 2 * c + rng.normal(0, 0.4, k),
-              y[keep] + (span - 1) * ca / 2 * s + rng.normal(0, 0.4, k),
-              span * ca - rng.uniform(0.3, 2.0, k), cb - rng.uniform(0.3, 2.0, k), np.full(k, theta))
+    houses = (
+        x[keep] + (span - 1) * ca / 2 * c + rng.normal(0, 0.6, k),
+        y[keep] + (span - 1) * ca / 2 * s + rng.normal(0, 0.6, k),
+        span * ca - rng.uniform(0.3, 2.0, k),
+        cb - rng.uniform(0.3, 2.0, k),
+        theta + np.arctan(2 * bend_a * a[keep]) + rng.normal(0, 0.04, k),
+    )
     lanes = []
     t = np.linspace(-2 * radius, 2 * radius, 40)
     for dirn, cell, step in ((0, cb, nb), (1, ca, na)):
@@ -532,12 +656,38 @@ def _village(rng: np.random.Generator, cx: float, cy: float, theta: float, foot:
                 continue
             off = j * step * cell + np.cumsum(rng.normal(0, 0.12, t.size))
             la, lb = (t, off) if dirn == 0 else (off, t)
-            line = shapely.LineString(np.c_[cx + la * c - lb * s, cy + la * s + lb * c]).intersection(foot)
+            line = shapely.LineString(np.c_[to_xy(la, lb)]).intersection(foot)
             lanes += [part for part in shapely.get_parts(line) if part.length > 20]
     return lanes, houses
 
 
-def _settlements(rng: np.random.Generator, size: int, roads: list[_Road], lakes: list, est: dict) -> dict:
+@dataclass
+class _Town:
+    """The built-up layer before it is checked against roads and water."""
+
+    grounds: list[tuple]  # (polygon, material): village ground, yards, cleared layouts
+    houses: list[tuple]  # batches of (x, y, along, across, theta, roof materials, heights)
+    trees: list[tuple]  # (x, y, radius, material)
+    roads: list[_Road]  # lanes and layout streets
+
+
+def _village_site(line: shapely.LineString, water, size: int) -> float:
+    """Where along ``line`` the first village goes: inside the scene's core, clear of water.
+
+    This is what guarantees built-up pixels in every scene, however small.
+    """
+    d = np.arange(0.0, line.length, 5.0)
+    pts = shapely.line_interpolate_point(line, d)
+    xy = shapely.get_coordinates(pts)
+    core = ((xy > 0.2 * size) & (xy < 0.8 * size)).all(axis=1)
+    clear = shapely.distance(water, pts) if not water.is_empty else np.full(d.size, np.inf)
+    score = np.minimum(clear, 0.12 * size) - 0.05 * np.hypot(*(xy - size / 2).T) - 1e6 * ~core
+    return float(d[np.argmax(score)])
+
+
+def _settlements(
+    rng: np.random.Generator, size: int, roads: list[_Road], lakes: list, est: _Estates
+) -> _Town:
     """Villages on the roads, ribbon shops along them, industrial sheds, housing layouts."""
     area = (size / 1000.0) ** 2
     grounds: list[tuple] = []  # (polygon, material)
@@ -547,15 +697,20 @@ def _settlements(rng: np.random.Generator, size: int, roads: list[_Road], lakes:
     water = shapely.union_all(lakes)
     main = [r for r in roads if r.kind == "main"]
     busy = [r for r in roads if r.kind in ("main", "secondary")]
-    village_roofs = {Mat.ROOF_TILE: 0.38, Mat.ROOF_CONCRETE: 0.40, Mat.ROOF_DARK: 0.10,
-                     Mat.ROOF_METAL: 0.09, Mat.ROOF_BLUE: 0.03}
+    village_roofs = {
+        Mat.ROOF_TILE: 0.38,
+        Mat.ROOF_CONCRETE: 0.40,
+        Mat.ROOF_DARK: 0.10,
+        Mat.ROOF_METAL: 0.09,
+        Mat.ROOF_BLUE: 0.03,
+    }
 
     n_vil = 1 + rng.poisson(area * 2.5)
     for i in range(n_vil * 3):
         if sum(1 for g in grounds if g[1] == Mat.GROUND) >= n_vil:
             break
         road = main[0] if i == 0 else busy[rng.integers(len(busy))]
-        d = road.line.project(shapely.Point(size / 2, size / 2)) if i == 0 else rng.uniform(0, road.line.length)
+        d = _village_site(road.line, water, size) if i == 0 else rng.uniform(0, road.line.length)
         p = road.line.interpolate(d)
         if not (0 <= p.x < size and 0 <= p.y < size):
             continue
@@ -575,12 +730,26 @@ def _settlements(rng: np.random.Generator, size: int, roads: list[_Road], lakes:
         for x, y in zip(hx[gap], hy[gap], strict=True):
             trees.append((x, y, rng.uniform(2.5, 5.5), Mat.TREE))
         keep = ~gap
-        houses.append((hx[keep], hy[keep], ha[keep], hb[keep], ht[keep], roof[keep],
-                       rng.uniform(3, 8, int(keep.sum()))))
+        houses.append(
+            (
+                hx[keep],
+                hy[keep],
+                ha[keep],
+                hb[keep],
+                ht[keep],
+                roof[keep],
+                rng.uniform(3, 8, int(keep.sum())),
+            )
+        )
 
     # Ribbon development: shops and houses fronting the busier roads.
-    ribbon_roofs = {Mat.ROOF_CONCRETE: 0.58, Mat.ROOF_METAL: 0.15, Mat.ROOF_BLUE: 0.05, Mat.ROOF_DARK: 0.12,
-                    Mat.ROOF_TILE: 0.10}
+    ribbon_roofs = {
+        Mat.ROOF_CONCRETE: 0.58,
+        Mat.ROOF_METAL: 0.15,
+        Mat.ROOF_BLUE: 0.05,
+        Mat.ROOF_DARK: 0.12,
+        Mat.ROOF_TILE: 0.10,
+    }
     for road in busy:
         share = 0.5 if road.kind == "main" else 0.2
         n_runs = rng.poisson(road.line.length * share / 180.0)
@@ -599,9 +768,17 @@ def _settlements(rng: np.random.Generator, size: int, roads: list[_Road], lakes:
                     q = road.line.interpolate(d + front / 2)
                     x, y = q.x - side * setback * np.sin(th), q.y + side * setback * np.cos(th)
                     if rng.random() < 0.85:
-                        houses.append((np.array([x]), np.array([y]), np.array([front - rng.uniform(0.3, 2)]),
-                                       np.array([depth]), np.array([th]), _choice(rng, ribbon_roofs, 1),
-                                       rng.uniform(4, 13, 1)))
+                        houses.append(
+                            (
+                                np.array([x]),
+                                np.array([y]),
+                                np.array([front - rng.uniform(0.3, 2)]),
+                                np.array([depth]),
+                                np.array([th]),
+                                _choice(rng, ribbon_roofs, 1),
+                                rng.uniform(4, 13, 1),
+                            )
+                        )
                     d += front
 
     # Industrial compounds: paved yards and big metal or blue sheds.
@@ -614,30 +791,57 @@ def _settlements(rng: np.random.Generator, size: int, roads: list[_Road], lakes:
         q = road.line.interpolate(d)
         off = road.width / 2 + 8 + dep / 2
         x, y = q.x - side * off * np.sin(th), q.y + side * off * np.cos(th)
-        yard = _rects(np.array([x]), np.array([y]), np.array([w]), np.array([dep]), np.array([th]))[0]
+        yard = _rects(np.array([x]), np.array([y]), np.array([w]), np.array([dep]), np.array([th]))[
+            0
+        ]
         if yard.intersects(water) or any(yard.intersects(g) for g, _ in grounds):
             continue
         grounds.append((yard, Mat.PAVED if rng.random() < 0.6 else Mat.SOIL_LIGHT))
         k = rng.integers(1, 5)
-        sx = x + np.cos(th) * rng.uniform(-0.25, 0.25, k) * w - np.sin(th) * rng.uniform(-0.2, 0.2, k) * dep
-        sy = y + np.sin(th) * rng.uniform(-0.25, 0.25, k) * w + np.cos(th) * rng.uniform(-0.2, 0.2, k) * dep
-        houses.append((sx, sy, rng.uniform(0.25, 0.45, k) * w, rng.uniform(0.3, 0.55, k) * dep, np.full(k, th),
-                       _choice(rng, {Mat.ROOF_METAL: 0.55, Mat.ROOF_BLUE: 0.3, Mat.ROOF_CONCRETE: 0.15}, k),
-                       rng.uniform(7, 12, k)))
+        sx = (
+            x
+            + np.cos(th) * rng.uniform(-0.25, 0.25, k) * w
+            - np.sin(th) * rng.uniform(-0.2, 0.2, k) * dep
+        )
+        sy = (
+            y
+            + np.sin(th) * rng.uniform(-0.25, 0.25, k) * w
+            + np.cos(th) * rng.uniform(-0.2, 0.2, k) * dep
+        )
+        houses.append(
+            (
+                sx,
+                sy,
+                rng.uniform(0.25, 0.45, k) * w,
+                rng.uniform(0.3, 0.55, k) * dep,
+                np.full(k, th),
+                _choice(
+                    rng, {Mat.ROOF_METAL: 0.55, Mat.ROOF_BLUE: 0.3, Mat.ROOF_CONCRETE: 0.15}, k
+                ),
+                rng.uniform(7, 12, k),
+            )
+        )
 
     # Housing layouts: 30x40 ft sites on a street grid, a few built, most still bare.
     box = shapely.box(0, 0, size, size)
-    cand = [i for i, g in enumerate(est["geoms"]) if g.centroid.within(box) and not g.intersects(water)]
+    cand = [
+        i for i, g in enumerate(est.geoms) if g.centroid.within(box) and not g.intersects(water)
+    ]
     for i in rng.permutation(cand)[: rng.poisson(area * 0.3)]:
-        ctr = est["geoms"][i].centroid
-        th = float(np.arctan2(est["sin"][i], est["cos"][i]))
-        block = _rects(np.array([ctr.x]), np.array([ctr.y]), rng.uniform(140, 320, 1), rng.uniform(140, 320, 1),
-                       np.array([th]))[0]
-        foot = est["geoms"][i].buffer(-6).intersection(block)
+        ctr = est.geoms[i].centroid
+        th = float(np.arctan2(est.sin[i], est.cos[i]))
+        block = _rects(
+            np.array([ctr.x]),
+            np.array([ctr.y]),
+            rng.uniform(140, 320, 1),
+            rng.uniform(140, 320, 1),
+            np.array([th]),
+        )[0]
+        foot = est.geoms[i].buffer(-6).intersection(block)
         if foot.is_empty or foot.area < 5000 or any(foot.intersects(g) for g, _ in grounds):
             continue
         grounds.append((foot, Mat.SOIL_LIGHT if rng.random() < 0.5 else Mat.SOIL_RED))
-        c, s = est["cos"][i], est["sin"][i]
+        c, s = est.cos[i], est.sin[i]
         ext = np.sqrt(foot.area) * 1.2
         block_u, street = 2 * 12.2 + 7.5, 7.5
         block_v = rng.integers(8, 14) * 9.1 + street
@@ -648,25 +852,56 @@ def _settlements(rng: np.random.Generator, size: int, roads: list[_Road], lakes:
             streets.append(((k, -ext), (k, ext)))
         mat = Mat.ASPHALT if rng.random() < 0.5 else Mat.CONCRETE_ROAD
         for (a0, b0), (a1, b1) in streets:
-            seg = shapely.LineString([(ctr.x + a0 * c - b0 * s, ctr.y + a0 * s + b0 * c),
-                                      (ctr.x + a1 * c - b1 * s, ctr.y + a1 * s + b1 * c)]).intersection(foot)
+            seg = shapely.LineString(
+                [
+                    (ctr.x + a0 * c - b0 * s, ctr.y + a0 * s + b0 * c),
+                    (ctr.x + a1 * c - b1 * s, ctr.y + a1 * s + b1 * c),
+                ]
+            ).intersection(foot)
             for part in shapely.get_parts(seg):
                 if part.length > 15:
                     new_roads.append(_Road(part, street, mat, "lane"))
         # Plots: two rows per block, 9.1 m frontage, 12.2 m deep.
-        ua = np.concatenate([np.arange(-ext, ext, block_u) + street / 2 + 6.1 + j * 12.2 for j in (0, 1)])
-        va = np.concatenate([np.arange(-ext, ext, block_v)[:, None] + street / 2 + 4.55 + np.arange(
-            (block_v - street) // 9.1)[None, :] * 9.1]).ravel()
+        ua = np.concatenate(
+            [np.arange(-ext, ext, block_u) + street / 2 + 6.1 + j * 12.2 for j in (0, 1)]
+        )
+        va = np.concatenate(
+            [
+                np.arange(-ext, ext, block_v)[:, None]
+                + street / 2
+                + 4.55
+                + np.arange((block_v - street) // 9.1)[None, :] * 9.1
+            ]
+        ).ravel()
         A, B = np.meshgrid(va, ua)
         A, B = A.ravel(), B.ravel()
         x = ctr.x + A * c - B * s
         y = ctr.y + A * s + B * c
-        built = shapely.contains_xy(foot.buffer(-8), x, y) & (rng.random(x.size) < rng.uniform(0.12, 0.45))
+        built = shapely.contains_xy(foot.buffer(-8), x, y) & (
+            rng.random(x.size) < rng.uniform(0.12, 0.45)
+        )
         k = int(built.sum())
-        houses.append((x[built], y[built], rng.uniform(6.5, 8.3, k), rng.uniform(8.5, 11, k), np.full(k, th),
-                       _choice(rng, {Mat.ROOF_CONCRETE: 0.75, Mat.ROOF_METAL: 0.1, Mat.ROOF_BLUE: 0.08,
-                                     Mat.ROOF_TILE: 0.07}, k), rng.uniform(3, 10, k)))
-    return dict(grounds=grounds, houses=houses, trees=trees, roads=new_roads)
+        houses.append(
+            (
+                x[built],
+                y[built],
+                rng.uniform(6.5, 8.3, k),
+                rng.uniform(8.5, 11, k),
+                np.full(k, th),
+                _choice(
+                    rng,
+                    {
+                        Mat.ROOF_CONCRETE: 0.75,
+                        Mat.ROOF_METAL: 0.1,
+                        Mat.ROOF_BLUE: 0.08,
+                        Mat.ROOF_TILE: 0.07,
+                    },
+                    k,
+                ),
+                rng.uniform(3, 10, k),
+            )
+        )
+    return _Town(grounds, houses, trees, new_roads)
 
 
 def _layout(size: int, seed: int) -> _Layout:
@@ -687,15 +922,18 @@ def _layout(size: int, seed: int) -> _Layout:
     dry_tracks = []
     for road in roads:  # tracks stop at the water's edge; bigger roads cross on bunds and bridges
         if road.kind == "track" and road.line.intersects(wet):
-            dry_tracks += [_Road(part, road.width, road.mat, road.kind)
-                           for part in shapely.get_parts(road.line.difference(wet)) if part.length > 20]
+            dry_tracks += [
+                _Road(part, road.width, road.mat, road.kind)
+                for part in shapely.get_parts(road.line.difference(wet))
+                if part.length > 20
+            ]
         else:
             dry_tracks.append(road)
     roads = dry_tracks
     town = _settlements(rng, size, roads, lakes, est)
-    roads = roads + town["roads"]
-    trees += town["trees"]
-    for geom, mat in town["grounds"]:
+    roads = roads + town.roads
+    trees += town.trees
+    for geom, mat in town.grounds:
         objs.add(geom, mat)
 
     order = {"track": 0, "lane": 1, "secondary": 2, "main": 3}
@@ -719,7 +957,7 @@ def _layout(size: int, seed: int) -> _Layout:
 
     # Buildings, minus any that would sit on a road or in water.
     blockers = shapely.STRtree(np.array(road_polys + lakes + canals, dtype=object))
-    for hx, hy, ha, hb, ht, roof, hh in town["houses"]:
+    for hx, hy, ha, hb, ht, roof, hh in town.houses:
         if hx.size == 0:
             continue
         polys = _rects(hx, hy, ha, hb, ht)
@@ -730,44 +968,78 @@ def _layout(size: int, seed: int) -> _Layout:
             gable = roof[j] in (Mat.ROOF_TILE, Mat.ROOF_METAL) and rng.random() < 0.7
             # ridge along the long side; the facets face across it
             th = ht[j] if ha[j] >= hb[j] else ht[j] + np.pi / 2
-            objs.add(polys[j], Mat(roof[j]), float(hh[j]), _GABLE if gable else _PLAIN, float(hx[j]), float(hy[j]),
-                     float(min(ha[j], hb[j]) / 2), float(-np.sin(th)), float(np.cos(th)))
-    buildings = shapely.STRtree(np.array([g for g, h in zip(objs.geoms, objs.height, strict=True) if h > 0],
-                                         dtype=object))
+            objs.add(
+                polys[j],
+                Mat(roof[j]),
+                float(hh[j]),
+                _GABLE if gable else _PLAIN,
+                float(hx[j]),
+                float(hy[j]),
+                float(min(ha[j], hb[j]) / 2),
+                float(-np.sin(th)),
+                float(np.cos(th)),
+            )
+    buildings = shapely.STRtree(
+        np.array([g for g, h in zip(objs.geoms, objs.height, strict=True) if h > 0], dtype=object)
+    )
     if trees:
         t = np.array([(x, y, r) for x, y, r, _ in trees])
         pts = shapely.points(t[:, :2])
-        bad = np.unique(np.r_[buildings.query(pts, predicate="intersects")[0],
-                              shapely.STRtree(np.array(lakes + canals, dtype=object)).query(
-                                  pts, predicate="intersects")[0]]).astype(int)
+        bad = np.unique(
+            np.r_[
+                buildings.query(pts, predicate="intersects")[0],
+                shapely.STRtree(np.array(lakes + canals, dtype=object)).query(
+                    pts, predicate="intersects"
+                )[0],
+            ]
+        ).astype(int)
         ok = np.ones(len(trees), bool)
         ok[bad] = False
         crowns = shapely.buffer(pts, t[:, 2], quad_segs=4)
         for j in np.flatnonzero(ok):
-            objs.add(crowns[j], trees[j][3], float(rng.uniform(6, _MAX_HEIGHT - 2)), _CROWN, float(t[j, 0]),
-                     float(t[j, 1]), float(t[j, 2]))
+            objs.add(
+                crowns[j],
+                trees[j][3],
+                float(rng.uniform(6, _MAX_HEIGHT - 2)),
+                _CROWN,
+                float(t[j, 0]),
+                float(t[j, 1]),
+                float(t[j, 2]),
+            )
 
     geoms = np.array(objs.geoms, dtype=object)
     n_obj = (1 << _PARCEL_BITS) + len(geoms) + 1
     # Missing-data wedge along one edge, as where a scene's footprint ends.
     edge = int(rng.integers(4))
     w1 = rng.uniform(0.05, 0.14) * size
-    a, b, c = [(1.0, -w1 / size, 0.0), (-1.0, w1 / size, size - w1), (-w1 / size, 1.0, 0.0),
-               (w1 / size, -1.0, size - w1)][edge]
+    a, b, c = [
+        (1.0, -w1 / size, 0.0),
+        (-1.0, w1 / size, size - w1),
+        (-w1 / size, 1.0, 0.0),
+        (w1 / size, -1.0, size - w1),
+    ][edge]
     if rng.random() < 0.5:  # widen towards the other end instead
-        a, b, c = [(1.0, w1 / size, -w1), (-1.0, -w1 / size, size), (w1 / size, 1.0, -w1),
-                   (-w1 / size, -1.0, size)][edge]
+        a, b, c = [
+            (1.0, w1 / size, -w1),
+            (-1.0, -w1 / size, size),
+            (w1 / size, 1.0, -w1),
+            (-w1 / size, -1.0, size),
+        ][edge]
     return _Layout(
-        size=size, seed=hseed, est_geoms=est["geoms"], est_cos=est["cos"].astype(np.float32),
-        est_sin=est["sin"].astype(np.float32), est_width=est["width"].astype(np.float32),
-        est_length=est["length"].astype(np.float32), est_phase=est["phase"].astype(np.float32),
-        est_bunds=est["bunds"], est_bund_trees=est["bund_trees"].astype(np.float32), est_lut=est["lut"],
-        geoms=geoms, tree=shapely.STRtree(geoms),
-        v_mat=np.array(objs.mat, dtype=np.uint8), v_height=np.array(objs.height, dtype=np.float32),
-        v_kind=np.array(objs.kind, dtype=np.uint8), v_cx=np.array(objs.cx, dtype=np.float32),
-        v_cy=np.array(objs.cy, dtype=np.float32), v_r=np.array(objs.r, dtype=np.float32),
-        v_ax=np.array(objs.ax, dtype=np.float32), v_ay=np.array(objs.ay, dtype=np.float32),
-        obj_var=rng.uniform(-1, 1, size=(n_obj, 6)).astype(np.float32),
+        size=size,
+        seed=hseed,
+        est=est,
+        geoms=geoms,
+        tree=shapely.STRtree(geoms),
+        v_mat=np.array(objs.mat, dtype=np.uint8),
+        v_height=np.array(objs.height, dtype=np.float32),
+        v_kind=np.array(objs.kind, dtype=np.uint8),
+        v_cx=np.array(objs.cx, dtype=np.float32),
+        v_cy=np.array(objs.cy, dtype=np.float32),
+        v_r=np.array(objs.r, dtype=np.float32),
+        v_ax=np.array(objs.ax, dtype=np.float32),
+        v_ay=np.array(objs.ay, dtype=np.float32),
+        obj_var=rng.uniform(-1, 1, size=(n_obj, 6)).astype(np.float32).T.copy(),
         nodata_line=(a, b, c),
     )
 
@@ -792,12 +1064,12 @@ def _parcels(L: _Layout, est: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray,
     # Warped coordinates: hand-surveyed field boundaries are never quite straight.
     X = xs + 5.0 * _fbm(seed + 11, r0, r1, s, (90.0, 240.0))
     Y = ys + 5.0 * _fbm(seed + 12, r0, r1, s, (90.0, 240.0))
-    c, sn = L.est_cos[est], L.est_sin[est]
+    c, sn = L.est.cos[est], L.est.sin[est]
     u = X * c + Y * sn
     v = Y * c - X * sn
     del X, Y
-    W = L.est_width[est]
-    U = u / W + L.est_phase[est]
+    W = L.est.width[est]
+    U = u / W + L.est.phase[est]
     rf = np.floor(U)
     fr = U - rf
     hr = _hash(seed, est, rf.astype(np.int32))
@@ -805,15 +1077,15 @@ def _parcels(L: _Layout, est: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray,
     sub = fr > q  # a quarter of the rows are split in two unequal strips
     du = np.minimum(np.minimum(fr, 1 - fr), np.abs(fr - q)) * W
     hs = _hash(seed, hr, sub)
-    length = L.est_length[est] * (0.6 + 0.9 * _u01(hs))
+    length = L.est.length[est] * (0.6 + 0.9 * _u01(hs))
     V = v / length + _u01(_mix(hs))
     cf = np.floor(V)
     fv = V - cf
     dv = np.minimum(fv, 1 - fv) * length
     key = _hash(seed, hs, cf.astype(np.int32))
     oid = (key & np.uint32((1 << _PARCEL_BITS) - 1)).astype(np.int32)
-    mat = L.est_lut[est, key >> np.uint32(24)]
-    bund = L.est_bunds[est] & (np.minimum(du, dv) < 0.55)
+    mat = L.est.lut[est, key >> np.uint32(24)]
+    bund = L.est.bunds[est] & (np.minimum(du, dv) < 0.55)
     del du, dv, fr, fv, V, q, sub, hs, length
     micro = np.zeros(mat.shape, np.float32)
     height = np.zeros(mat.shape, np.float32)
@@ -830,14 +1102,17 @@ def _parcels(L: _Layout, est: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray,
     along = v - j * 12.0
     ht = _hash(seed + 5, est, k.astype(np.int32), j.astype(np.int32))
     rad = 2.2 + 3.3 * _u01(_mix(ht))
-    crown = (_u01(ht) < L.est_bund_trees[est]) & (across * across + along * along < rad * rad)
+    crown = (_u01(ht) < L.est.bund_trees[est]) & (across * across + along * along < rad * rad)
     cu, cv = np.floor(u / 40.0), np.floor(v / 40.0)
     hc = _hash(seed + 6, est, cu.astype(np.int32), cv.astype(np.int32))
     rad2 = 2.5 + 4.0 * _u01(_mix(hc))
     cu = (cu + 0.2 + 0.6 * _u01(_mix(hc + np.uint32(1)))) * 40.0
     cv = (cv + 0.2 + 0.6 * _u01(_mix(hc + np.uint32(2)))) * 40.0
     lone = (_u01(hc) < 0.06) & ((u - cu) ** 2 + (v - cv) ** 2 < rad2 * rad2) & ~crown
-    for sel, du_, dv_, r_, h_ in ((crown, across, along, rad, ht), (lone, u - cu, v - cv, rad2, hc)):
+    for sel, du_, dv_, r_, h_ in (
+        (crown, across, along, rad, ht),
+        (lone, u - cu, v - cv, rad2, hc),
+    ):
         ox = du_[sel] * c[sel] - dv_[sel] * sn[sel]
         oy = du_[sel] * sn[sel] + dv_[sel] * c[sel]
         m_, h_px = _crown_shading(ox, oy, r_[sel], 7.0 + 7.0 * _u01(_mix(h_[sel] ^ np.uint32(77))))
@@ -847,7 +1122,10 @@ def _parcels(L: _Layout, est: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray,
     del k, across, along, ht, rad, cu, cv, hc, rad2, U, W
 
     # Orchards and plantations: crowns on a regular grid, in unwarped coordinates.
-    for marker, spacing, fill in ((Mat.ORCHARD, None, Mat.TREE), (Mat.PLANTATION, 3.2, Mat.TREE_EUC)):
+    for marker, spacing, fill in (
+        (Mat.ORCHARD, None, Mat.TREE),
+        (Mat.PLANTATION, 3.2, Mat.TREE_EUC),
+    ):
         sel = mat == marker
         if not sel.any():
             continue
@@ -859,11 +1137,17 @@ def _parcels(L: _Layout, est: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray,
         v0 = y0 * c[sel] - x0 * sn[sel]
         a = np.mod(u0, sp) - sp / 2
         b = np.mod(v0, sp) - sp / 2
-        rad = sp * (0.3 + 0.15 * _u01(_mix(kk ^ np.uint32(5)))) if spacing is None else np.float32(1.9)
+        rad = (
+            sp * (0.3 + 0.15 * _u01(_mix(kk ^ np.uint32(5))))
+            if spacing is None
+            else np.float32(1.9)
+        )
         inside = a * a + b * b < rad * rad
         ox = a * c[sel] - b * sn[sel]
         oy = a * sn[sel] + b * c[sel]
-        m_, h_px = _crown_shading(ox, oy, np.broadcast_to(rad, ox.shape), np.float32(8.0 if spacing is None else 14.0))
+        m_, h_px = _crown_shading(
+            ox, oy, np.broadcast_to(rad, ox.shape), np.float32(8.0 if spacing is None else 14.0)
+        )
         ground = np.where((kk & np.uint32(1)) == 0, Mat.CROP_DRY, Mat.SOIL_RED).astype(np.uint8)
         if spacing is None:
             mat[ri, ci] = np.where(inside, np.uint8(fill), ground)
@@ -895,8 +1179,13 @@ def _vectors(L: _Layout, r0: int, r1: int, mat, oid, micro, height, bund) -> Non
     idx = np.sort(L.tree.query(shapely.box(0, r0, s, r1)))
     if idx.size == 0:
         return
-    vec = rasterize(((L.geoms[i], int(i) + 1) for i in idx), out_shape=(r1 - r0, s),
-                    transform=Affine.translation(0, r0), fill=0, dtype="int32")
+    vec = rasterize(
+        ((L.geoms[i], int(i) + 1) for i in idx),
+        out_shape=(r1 - r0, s),
+        transform=Affine.translation(0, r0),
+        fill=0,
+        dtype="int32",
+    )
     ri, ci = np.nonzero(vec)
     j = vec[ri, ci] - 1
     mat[ri, ci] = L.v_mat[j]
@@ -904,20 +1193,20 @@ def _vectors(L: _Layout, r0: int, r1: int, mat, oid, micro, height, bund) -> Non
     height[ri, ci] = L.v_height[j]
     micro[ri, ci] = 0.0
     bund[ri, ci] = False
-    ox = xs_ = ci.astype(np.float32) + 0.5 - L.v_cx[j]
+    ox = ci.astype(np.float32) + 0.5 - L.v_cx[j]  # offsets from each object's centre
     oy = ri.astype(np.float32) + (r0 + 0.5) - L.v_cy[j]
-    del xs_
     kind = L.v_kind[j]
     sel = kind == _CROWN
-    micro[ri[sel], ci[sel]], height[ri[sel], ci[sel]] = _crown_shading(ox[sel], oy[sel], L.v_r[j[sel]],
-                                                                      L.v_height[j[sel]])
+    micro[ri[sel], ci[sel]], height[ri[sel], ci[sel]] = _crown_shading(
+        ox[sel], oy[sel], L.v_r[j[sel]], L.v_height[j[sel]]
+    )
     sel = kind == _GABLE  # two roof facets: the one facing the sun is brighter
     side = np.sign(ox[sel] * L.v_ax[j[sel]] + oy[sel] * L.v_ay[j[sel]])
     facing = np.sign(L.v_ax[j[sel]] * _SUN_XY[0] + L.v_ay[j[sel]] * _SUN_XY[1] + 1e-3)
     micro[ri[sel], ci[sel]] = 0.14 * side * facing
     # Black water tanks and clutter on flat concrete roofs.
     sel = (kind == _PLAIN) & (L.v_mat[j] == Mat.ROOF_CONCRETE)
-    tank = _u01(_hash(L.seed + 41, ri[sel] // 2, ci[sel] // 2)) < 0.025
+    tank = _u01(_hash(L.seed + 41, (ri[sel] + r0) // 2, ci[sel] // 2)) < 0.025
     micro[ri[sel][tank], ci[sel][tank]] = -0.6
 
 
@@ -941,9 +1230,14 @@ def _render_strip(L: _Layout, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]
     s, seed = L.size, L.seed
     R0, R1 = max(0, r0 - HALO), min(s, r1 + HALO)
     win = shapely.box(0, R0, s, R1)
-    idx = np.flatnonzero(shapely.intersects(L.est_geoms, win))
-    est = rasterize(((L.est_geoms[i], int(i)) for i in idx), out_shape=(R1 - R0, s),
-                    transform=Affine.translation(0, R0), fill=0, dtype="int32")
+    idx = np.flatnonzero(shapely.intersects(L.est.geoms, win))
+    est = rasterize(
+        ((L.est.geoms[i], int(i)) for i in idx),
+        out_shape=(R1 - R0, s),
+        transform=Affine.translation(0, R0),
+        fill=0,
+        dtype="int32",
+    )
     mat, oid, micro, height, bund = _parcels(L, est, R0, R1)
     del est
     _vectors(L, R0, R1, mat, oid, micro, height, bund)
@@ -954,13 +1248,18 @@ def _render_strip(L: _Layout, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]
     shadow = _shadows(height)
     del height
 
-    var = L.obj_var[oid]  # per-object: gain, 4 band jitters, vigour
-    del oid
     fine = _fbm(seed + 61, R0, R1, s, (1.5, 3.0, 6.0))
-    tex = 1.0 + _MACRO[mat] * _fbm(seed + 62, R0, R1, s, (20.0, 60.0, 160.0)) + _FINE[mat] * fine + micro
+    tex = (
+        1.0
+        + _MACRO[mat] * _fbm(seed + 62, R0, R1, s, (20.0, 60.0, 160.0))
+        + _FINE[mat] * fine
+        + micro
+    )
     del fine, micro
-    shift = _GREEN[mat] * (0.6 * _fbm(seed + 63, R0, R1, s, (15.0, 50.0, 140.0)) + 0.5 * var[..., 5])
-    gain = 1.0 + _GAIN_SD[mat] * var[..., 0]
+    shift = _GREEN[mat] * (
+        0.6 * _fbm(seed + 63, R0, R1, s, (15.0, 50.0, 140.0)) + 0.5 * L.obj_var[5][oid]
+    )
+    gain = 1.0 + _GAIN_SD[mat] * L.obj_var[0][oid]
     haze = 0.5 + 0.5 * _fbm(seed + 64, R0, R1, s, (700.0, 1600.0))
     lo, hi = r0 - R0, r1 - R0
     rows = np.arange(r0, r1)[:, None]
@@ -968,13 +1267,17 @@ def _render_strip(L: _Layout, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]
     noise = (_hash(seed + 71, rows, cols), _hash(seed + 72, rows, cols))
     bands = np.empty((4, r1 - r0, s), np.uint16)
     for b in range(4):
-        val = (_SPEC[b][mat] * gain * (1.0 + 0.05 * var[..., 1 + b]) + shift * _VIGOUR_AXIS[b]) * tex
+        val = (
+            _SPEC[b][mat] * gain * (1.0 + 0.05 * L.obj_var[1 + b][oid]) + shift * _VIGOUR_AXIS[b]
+        ) * tex
         val[bund] = 0.5 * val[bund] + 0.5 * _BUND_SPEC[b]
         val[shadow] *= _SHADOW[b]
         val += _HAZE[b] * haze
         val = gaussian_filter(val, 0.6, mode="nearest")[lo:hi]  # the sensor's optics
         nb = noise[b // 2] >> np.uint32(16 * (b % 2))
-        tri = ((nb & np.uint32(255)).astype(np.float32) + ((nb >> np.uint32(8)) & np.uint32(255))) / 255.0 - 1.0
+        tri = (
+            (nb & np.uint32(255)).astype(np.float32) + ((nb >> np.uint32(8)) & np.uint32(255))
+        ) / 255.0 - 1.0
         val += tri * (_NOISE_SD[b] / 0.408)
         bands[b] = np.clip(np.rint(val), 1, 10000).astype(np.uint16)
     truth = _CLASS_OF[mat[lo:hi]]
@@ -1019,9 +1322,22 @@ def scene_transform() -> Affine:
 
 
 def _gtiff_profile(size: int, count: int, dtype: str, nodata: int) -> dict:
-    return dict(driver="GTiff", width=size, height=size, count=count, dtype=dtype, crs=CRS,
-                transform=scene_transform(), nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
-                compress="deflate", predictor=2, interleave="pixel")
+    return dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=count,
+        dtype=dtype,
+        crs=CRS,
+        transform=scene_transform(),
+        nodata=nodata,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        predictor=2,
+        interleave="pixel",
+    )
 
 
 def _schema(schema_path: str | os.PathLike | None) -> ClassSchema:
@@ -1029,14 +1345,45 @@ def _schema(schema_path: str | os.PathLike | None) -> ClassSchema:
     schema = load_schema(path)
     missing = sorted(set(CLASS_CODES) - set(schema.codes))
     if missing:
-        raise TrustmapError(f"the sample scene uses class codes {list(CLASS_CODES)}; schema lacks {missing}", path)
+        raise TrustmapError(
+            f"the sample scene uses class codes {list(CLASS_CODES)}; schema lacks {missing}", path
+        )
     if schema.ignore != IGNORE:
-        raise TrustmapError(f"the sample scene marks nodata with ignore={IGNORE}; schema says {schema.ignore}", path)
+        raise TrustmapError(
+            f"the sample scene marks nodata with ignore={IGNORE}; schema says {schema.ignore}", path
+        )
     return schema
 
 
-def make_sample(out_dir: str | os.PathLike, size: int = 2048, seed: int = 0,
-                schema_path: str | os.PathLike | None = None) -> SamplePaths:
+def _write_rasters(scene: Path, truth: Path, size: int, seed: int, schema: ClassSchema) -> None:
+    """Stream the strips into both GeoTIFFs, so memory stays bounded at any size."""
+    tag = f"size={size} seed={seed}"
+    scene_profile = _gtiff_profile(size, 4, "uint16", NODATA)
+    with (
+        rasterio.open(scene, "w", photometric="MINISBLACK", **scene_profile) as dst,
+        rasterio.open(truth, "w", **_gtiff_profile(size, 1, "uint8", IGNORE)) as lab,
+    ):
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.nir]
+        dst.descriptions = BAND_NAMES
+        dst.scales = (REFLECTANCE_SCALE,) * 4
+        dst.offsets = (0.0,) * 4
+        dst.update_tags(TRUSTMAP_SAMPLE=tag, UNITS="surface reflectance x 10000")
+        lab.write_colormap(1, schema.colormap())
+        lab.set_band_description(1, "class")
+        names = ", ".join(f"{c.code}={c.name}" for c in schema.classes)
+        lab.update_tags(TRUSTMAP_SAMPLE=tag, CLASSES=names)
+        for r0, r1, bands, labels in _strips(size, seed):
+            win = Window(0, r0, size, r1 - r0)
+            dst.write(bands, window=win)
+            lab.write(labels, 1, window=win)
+
+
+def make_sample(
+    out_dir: str | os.PathLike,
+    size: int = 2048,
+    seed: int = 0,
+    schema_path: str | os.PathLike | None = None,
+) -> SamplePaths:
     """Write ``scene.tif`` (4-band uint16), ``truth.tif`` (uint8 classes) and ``quicklook.png``.
 
     Each file appears atomically; the same (size, seed) gives byte-identical files.
@@ -1048,21 +1395,6 @@ def make_sample(out_dir: str | os.PathLike, size: int = 2048, seed: int = 0,
     out = ensure_writable_dir(out_dir)
     paths = SamplePaths(out / "scene.tif", out / "truth.tif", out / "quicklook.png")
     with atomic_path(paths.scene) as scene_tmp, atomic_path(paths.truth) as truth_tmp:
-        with rasterio.open(scene_tmp, "w", **_gtiff_profile(size, 4, "uint16", NODATA),
-                           photometric="MINISBLACK") as dst, \
-                rasterio.open(truth_tmp, "w", **_gtiff_profile(size, 1, "uint8", IGNORE)) as lab:
-            dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.nir]
-            dst.descriptions = BAND_NAMES
-            dst.scales = (REFLECTANCE_SCALE,) * 4
-            dst.offsets = (0.0,) * 4
-            dst.update_tags(TRUSTMAP_SAMPLE=f"size={size} seed={seed}", UNITS="surface reflectance x 10000")
-            lab.write_colormap(1, schema.colormap())
-            lab.set_band_description(1, "class")
-            lab.update_tags(TRUSTMAP_SAMPLE=f"size={size} seed={seed}",
-                            CLASSES=", ".join(f"{c.code}={c.name}" for c in schema.classes))
-            for r0, r1, bands, truth in _strips(size, seed):
-                win = Window(0, r0, size, r1 - r0)
-                dst.write(bands, window=win)
-                lab.write(truth, 1, window=win)
+        _write_rasters(scene_tmp, truth_tmp, size, seed, schema)
     write_quicklook(paths.scene, out_png=paths.quicklook)
     return paths

@@ -1,7 +1,7 @@
 """Class masks to polygons, window by window, equal to vectorizing the whole raster at once.
 
 ``rasterio.features.shapes`` holds every polygon of its input in memory, so a large mask is
-polygonized in windows. Each window is a pure function of (path, window) and traces its
+polygonized in windows. Each window is a pure function of (file, window) and traces its
 polygons in *pixel* coordinates of the whole mask, where every vertex is an integer and the
 same pixel corner seen from two windows is the same float. Pieces that reach an inner window
 edge may continue next door: same-class pieces that share an edge segment (not just a
@@ -58,41 +58,48 @@ class Pieces:
         )
 
 
-def polygonize_window(
-    path: str | os.PathLike, window: Window, schema: ClassSchema, shape: tuple[int, int]
-) -> Pieces:
-    """Trace the class polygons of ``window`` of the mask at ``path`` (``shape`` = its height, width).
+def polygonize_window(src: rasterio.DatasetReader, window: Window, schema: ClassSchema) -> Pieces:
+    """Trace the class polygons of ``window`` of the open mask ``src``.
 
     Pixels that are nodata (the dataset mask) or ``ignore`` are left out through the
-    ``mask`` argument of ``shapes``, which is True for *valid* pixels. Windows that are
-    multiples of the mask's block size read fastest.
+    ``mask`` argument of ``shapes``, which is True for *valid* pixels. The result depends
+    only on the file and the window, so windows can be traced in any order or on other
+    workers (each opening the mask itself).
     """
-    with rasterio.open(path) as src:
-        data = src.read(1, window=window)
-        valid = src.read_masks(1, window=window) > 0
+    data = src.read(1, window=window)
+    valid = src.read_masks(1, window=window) > 0
     valid &= data != schema.ignore
-    schema.check_codes(data[valid], path)
+    schema.check_codes(data[valid], src.name)
     data = np.where(valid, data, schema.ignore).astype(np.uint8)
 
     col0, row0 = int(window.col_off), int(window.row_off)
     col1, row1 = col0 + int(window.width), row0 + int(window.height)
-    traced = shapes(data, mask=valid, connectivity=4, transform=Affine.translation(col0, row0))
-    geoms, codes = [], []
-    for geojson, value in traced:
-        geoms.append(shapely.geometry.shape(geojson))
-        codes.append(int(value))
-    geoms_arr = np.array(geoms, dtype=object)
-    if not len(geoms_arr):
+    traced = list(
+        shapes(data, mask=valid, connectivity=4, transform=Affine.translation(col0, row0))
+    )
+    if not traced:
         return Pieces.concat([])
+    geoms_arr = _polygons_from_geojson([geojson for geojson, _ in traced])
+    codes = np.array([value for _, value in traced], dtype=np.uint8)
     minx, miny, maxx, maxy = shapely.bounds(geoms_arr).T
-    height, width = shape
+    height, width = src.height, src.width
     on_seam = (
         ((minx == col0) & (col0 > 0))
         | ((maxx == col1) & (col1 < width))
         | ((miny == row0) & (row0 > 0))
         | ((maxy == row1) & (row1 < height))
     )
-    return Pieces(geoms_arr, np.array(codes, dtype=np.uint8), on_seam)
+    return Pieces(geoms_arr, codes, on_seam)
+
+
+def _polygons_from_geojson(polygons: list[dict]) -> np.ndarray:
+    """GeoJSON Polygons to shapely, built in one call (3x faster than shape() per polygon)."""
+    rings = [np.asarray(ring, dtype=float) for p in polygons for ring in p["coordinates"]]
+    ring_offsets = np.cumsum([0] + [len(r) for r in rings])
+    polygon_offsets = np.cumsum([0] + [len(p["coordinates"]) for p in polygons])
+    return shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, np.concatenate(rings), (ring_offsets, polygon_offsets)
+    )
 
 
 def merge_seams(pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +175,11 @@ def vectorize_mask(
 
     Columns ``code``, ``name``, ``area`` (see :func:`polygon_areas`) and ``geometry``; one
     row per 4-connected region, ordered by code then top-left position. Polygons smaller
-    than ``min_area`` (``area`` units) or ``min_pixels`` pixels are dropped; ``simplify``
-    is the coverage-simplification tolerance in map units.
+    than ``min_area`` (``area`` units) or ``min_pixels`` pixels are dropped. ``simplify``
+    is a tolerance in map units for ``shapely.coverage_simplify`` (Visvalingam-Whyatt on the
+    shared edges: roughly the square root of the triangle areas it may remove); the coverage
+    is first edge-matched with ``shapely.coverage_clean``, which costs a few seconds per
+    100k polygons. Needs shapely >= 2.2 (GEOS >= 3.14) for that.
     """
     if window_size < 1:
         raise TrustmapError(f"window_size must be positive, got {window_size}")
@@ -185,11 +195,11 @@ def vectorize_mask(
             raise TrustmapError(
                 f"has {src.dtypes[0]} pixels; a class mask holds integer codes", mask_path
             )
-        crs, transform, shape = src.crs, src.transform, (src.height, src.width)
-    windows = subdivide(Window(0, 0, shape[1], shape[0]), window_size, window_size)
-    if progress:
-        windows = progress_bar(windows, desc="vectorize", total=len(windows), unit="window")
-    pieces = Pieces.concat([polygonize_window(mask_path, w, schema, shape) for w in windows])
+        crs, transform = src.crs, src.transform
+        windows = subdivide(Window(0, 0, src.width, src.height), window_size, window_size)
+        if progress:
+            windows = progress_bar(windows, desc="vectorize", total=len(windows), unit="window")
+        pieces = Pieces.concat([polygonize_window(src, w, schema) for w in windows])
     geoms, codes = merge_seams(pieces)
 
     if min_pixels > 0:

@@ -71,7 +71,9 @@ def run_detectron2(
         for r in records:
             img = read_image(r.path)  # RGB in [0, 1]
             bgr = (img.flip(0) * 255.0) if cfg.INPUT.FORMAT == "BGR" else img * 255.0
-            inst = model([{"image": bgr, "height": img.shape[1], "width": img.shape[2]}])[0]["instances"].to("cpu")
+            inst = model([{"image": bgr, "height": img.shape[1], "width": img.shape[2]}])[0][
+                "instances"
+            ].to("cpu")
             b = inst.pred_boxes.tensor.numpy().astype(np.float64)
             ids.append(np.full(len(b), r.image_id, np.int64))
             boxes.append(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1))
@@ -79,5 +81,10 @@ def run_detectron2(
             scores.append(inst.scores.numpy().astype(np.float64))
     if not ids:
         return Detections.empty()
-    return Detections(image_id=np.concatenate(ids), bbox=np.concatenate(boxes), category_id=np.concatenate(cats),
-                      score=np.concatenate(scores), source=str(weights))
+    return Detections(
+        image_id=np.concatenate(ids),
+        bbox=np.concatenate(boxes),
+        category_id=np.concatenate(cats),
+        score=np.concatenate(scores),
+        source=str(weights),
+    )

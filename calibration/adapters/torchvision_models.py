@@ -13,7 +13,9 @@ proposal or anchor the detector would consider, with its probability vector, and
 * the **"application"** perspective (:meth:`Candidates.postprocess`): torchvision's own
   filter (score threshold, small-box removal, per-class NMS, top-k), replicated on the pairs
   while carrying the candidate index, so it returns exactly the boxes, scores and labels that
-  the model's ``forward`` returns, plus each detection's probability vector. Re-applying it with
+  the model's ``forward`` returns (bit for bit; only candidates with exactly equal scores may
+  come in another order, which torchvision leaves arbitrary as well), plus each detection's
+  probability vector. Re-applying it with
   other thresholds costs no forward pass, which makes post-processing sweeps cheap.
 
 Probability columns: Faster R-CNN and SSD are softmax heads whose background is index 0 in
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import detection as tvd
+from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
@@ -80,13 +83,6 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], Family]] = {
     "ssdlite320_mobilenet_v3_large": (tvd.ssdlite320_mobilenet_v3_large, "ssd"),
     "sample_fasterrcnn": (_sample_builder, "rcnn"),
 }
-#: The state-dict key whose first dimension is (anchors per location x) num_classes.
-_CLASS_KEY = {
-    "rcnn": "roi_heads.box_predictor.cls_score.weight",
-    "retinanet": "head.classification_head.cls_logits.weight",
-    "fcos": "head.classification_head.cls_logits.weight",
-    "ssd": "head.classification_head.module_list.0.weight",
-}
 
 
 def family_of(model: nn.Module) -> Family:
@@ -97,7 +93,7 @@ def family_of(model: nn.Module) -> Family:
         return "retinanet"
     if isinstance(model, tvd.FCOS):
         return "fcos"
-    if isinstance(model, tvd.SSD):
+    if isinstance(model, SSD):
         return "ssd"
     raise TrustmapError(
         f"unsupported detector class {type(model).__name__}: expected torchvision FasterRCNN, RetinaNet, FCOS or SSD"
@@ -126,9 +122,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         raise TrustmapError("is a directory, expected a weights file (.pt/.pth)", p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+    except (
+        Exception
+    ) as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrustmapError(f"cannot read weights: not a PyTorch checkpoint, or truncated/corrupt ({first})", p) from None
+        raise TrustmapError(
+            f"cannot read weights: not a PyTorch checkpoint, or truncated/corrupt ({first})", p
+        ) from None
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
@@ -136,17 +136,24 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
                 meta = {k: v for k, v in obj.items() if k != key}
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, Tensor) for v in obj.values())
+    ):
         raise TrustmapError(
-            "no model weights found: expected a state_dict, or a dict with a 'model' or 'state_dict' state_dict", p
+            "no model weights found: expected a state_dict, or a dict with a 'model' or 'state_dict' state_dict",
+            p,
         )
     state = dict(obj)
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state, meta
 
 
-def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str | os.PathLike, name: str) -> None:
+def load_state(
+    model: nn.Module, state: Mapping[str, Tensor], path: str | os.PathLike, name: str
+) -> None:
     """Load weights strictly, but say which keys are missing, unexpected or of the wrong shape.
 
     BatchNorm's ``num_batches_tracked`` counters are ignored: torchvision's published weights
@@ -156,15 +163,25 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str | os.Pat
     skip = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
     missing = [k for k in expected if k not in state and not skip(k)]
     unexpected = [k for k in state if k not in expected and not skip(k)]
-    wrong = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in state
-             if k in expected and state[k].shape != expected[k].shape]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(expected[k].shape))
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if wrong:
-            parts.append(f"{len(wrong)} key(s) with another shape: "
-                         + ", ".join(f"{k} file {a} vs model {b}" for k, a, b in wrong[:4]))
-            if any(k == _CLASS_KEY.get(family_of(model), "") or "box_predictor" in k for k, _, _ in wrong):
-                parts.append("the number of classes differs: omit num_classes to take it from the file")
+            parts.append(
+                f"{len(wrong)} key(s) with another shape: "
+                + ", ".join(f"{k} file {a} vs model {b}" for k, a, b in wrong[:4])
+            )
+            if any(
+                k.startswith(("roi_heads.box_predictor.", "head.classification_head."))
+                for k, _, _ in wrong
+            ):
+                parts.append(
+                    "the number of classes differs: omit num_classes to take it from the file"
+                )
         if missing:
             parts.append(f"{len(missing)} missing key(s): {', '.join(missing[:4])}")
         if unexpected:
@@ -175,18 +192,22 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str | os.Pat
 
 def _classes_in(state: Mapping[str, Tensor], model: nn.Module) -> int | None:
     """num_classes (with background) that a state dict was trained with, from its class layer."""
+    key, per_location = _class_layer(model)
+    w = state.get(key)
+    return None if w is None else int(w.shape[0]) // per_location
+
+
+def _class_layer(model: nn.Module) -> tuple[str, int]:
+    """The state-dict key of the (first) classification layer and its outputs per class."""
     fam = family_of(model)
-    w = state.get(_CLASS_KEY[fam])
-    if w is None:
-        return None
     if fam == "rcnn":
-        return int(w.shape[0])
+        return "roi_heads.box_predictor.cls_score.weight", 1
     head = model.head.classification_head
-    if fam == "ssd":
-        per_location = head.module_list[0].out_channels // head.num_columns
-    else:
-        per_location = head.num_anchors
-    return int(w.shape[0]) // per_location
+    if fam == "ssd":  # one conv per level; SSDlite's is a (depthwise, pointwise) sequence
+        prefix = "head.classification_head.module_list.0."
+        key = [k for k in model.state_dict() if k.startswith(prefix) and k.endswith("weight")][-1]
+        return key, model.state_dict()[key].shape[0] // head.num_columns
+    return "head.classification_head.cls_logits.weight", head.num_anchors
 
 
 def load_detector(
@@ -211,7 +232,9 @@ def load_detector(
         raise TrustmapError(f"unknown detector {name!r}; choose from {', '.join(sorted(MODELS))}")
     if weights is None:
         if name != "sample_fasterrcnn":
-            raise TrustmapError(f"detector {name!r} needs a local weights file (nothing is downloaded)")
+            raise TrustmapError(
+                f"detector {name!r} needs a local weights file (nothing is downloaded)"
+            )
         weights = SAMPLE_WEIGHTS
     state, meta = read_checkpoint(weights)
     arch = meta.get("arch")
@@ -225,8 +248,13 @@ def load_detector(
     load_state(model, state, weights, name)
     if category_ids is None and isinstance(meta.get("categories"), list):
         category_ids = [int(c["id"]) for c in meta["categories"]]
-    return TorchvisionDetector(model, name=name, category_ids=category_ids,
-                               background_label=background_label, device=device)
+    return TorchvisionDetector(
+        model,
+        name=name,
+        category_ids=category_ids,
+        background_label=background_label,
+        device=device,
+    )
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -261,7 +289,9 @@ def images_from_folder(folder: str | os.PathLike) -> list[ImageRecord]:
     return [ImageRecord(i + 1, p) for i, p in enumerate(files)]
 
 
-def images_from_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike) -> list[ImageRecord]:
+def images_from_coco(
+    images_dir: str | os.PathLike, annotations: str | os.PathLike
+) -> list[ImageRecord]:
     """The images a COCO annotations file lists, resolved under ``images_dir``."""
     from calibration.detections import GroundTruth
 
@@ -270,8 +300,10 @@ def images_from_coco(images_dir: str | os.PathLike, annotations: str | os.PathLi
     if not root.is_dir():
         raise TrustmapError("images folder not found", root)
     im = gt.images
-    records = [ImageRecord(int(i), root / str(f), int(w), int(h))
-               for i, f, w, h in zip(im.id, im.file_name, im.width, im.height, strict=True)]
+    records = [
+        ImageRecord(int(i), root / str(f), int(w), int(h))
+        for i, f, w, h in zip(im.id, im.file_name, im.width, im.height, strict=True)
+    ]
     missing = [r.path for r in records if not r.path.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -307,7 +339,9 @@ def read_image(path: str | os.PathLike) -> Tensor:
                 valid = data[b].compressed().astype(np.float64)
                 if valid.size:
                     lo, hi = np.percentile(valid, [2, 98])
-                    arr[b] = np.clip((data[b].filled(lo).astype(np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
+                    arr[b] = np.clip(
+                        (data[b].filled(lo).astype(np.float64) - lo) / max(hi - lo, 1e-12), 0, 1
+                    )
         return torch.from_numpy(np.ascontiguousarray(arr))
     from PIL import Image, UnidentifiedImageError
 
@@ -368,7 +402,10 @@ class Candidates:
         return len(self.images)
 
     def postprocess_tensors(
-        self, score_thresh: float | None = None, nms_iou: float | None = None, topk: int | None = None
+        self,
+        score_thresh: float | None = None,
+        nms_iou: float | None = None,
+        topk: int | None = None,
     ) -> list[dict[str, Tensor]]:
         """torchvision-format outputs (``boxes``, ``scores``, ``labels`` and ``rows``) per image."""
         t = self.score_thresh if score_thresh is None else float(score_thresh)
@@ -385,12 +422,21 @@ class Candidates:
             sel = torch.where(ic.pair_score > t)[0]
             boxes, scores, labels = ic.pair_box[sel], ic.pair_score[sel], ic.pair_label[sel]
             keep = box_ops.batched_nms(boxes, scores, labels, iou)[:k]
-            out.append({"boxes": ic.to_original(boxes[keep]), "scores": scores[keep], "labels": labels[keep],
-                        "rows": ic.pair_row[sel][keep]})
+            out.append(
+                {
+                    "boxes": ic.to_original(boxes[keep]),
+                    "scores": scores[keep],
+                    "labels": labels[keep],
+                    "rows": ic.pair_row[sel][keep],
+                }
+            )
         return out
 
     def postprocess(
-        self, score_thresh: float | None = None, nms_iou: float | None = None, topk: int | None = None
+        self,
+        score_thresh: float | None = None,
+        nms_iou: float | None = None,
+        topk: int | None = None,
     ) -> Detections:
         """The "application" perspective: after threshold, NMS and top-k (model defaults if None)."""
         outs = self.postprocess_tensors(score_thresh, nms_iou, topk)
@@ -418,7 +464,9 @@ class Candidates:
         fg_labels = torch.as_tensor(sorted(self.label_to_category), dtype=torch.int64)
         for ic in self.images:
             fg = ic.row_probs[:, :k]
-            best, col = fg.max(dim=1) if len(fg) else (fg.new_zeros(0), torch.zeros(0, dtype=torch.int64))
+            best, col = (
+                fg.max(dim=1) if len(fg) else (fg.new_zeros(0), torch.zeros(0, dtype=torch.int64))
+            )
             order = torch.argsort(best, descending=True, stable=True)
             if max_per_image is not None:
                 order = order[:max_per_image]
@@ -461,7 +509,10 @@ class Candidates:
 
 
 def postprocess(
-    candidates: Candidates, score_thresh: float | None = None, nms_iou: float | None = None, topk: int | None = None
+    candidates: Candidates,
+    score_thresh: float | None = None,
+    nms_iou: float | None = None,
+    topk: int | None = None,
 ) -> Detections:
     """Re-apply post-processing to stored candidates (no forward pass): for sweeps."""
     return candidates.postprocess(score_thresh, nms_iou, topk)
@@ -514,7 +565,11 @@ class TorchvisionDetector:
         if batch_size < 1:
             raise TrustmapError(f"batch size must be >= 1, got {batch_size}")
         batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-        it = progress(batches, desc=f"detect ({self.name})", total=len(batches)) if show_progress else batches
+        it = (
+            progress(batches, desc=f"detect ({self.name})", total=len(batches))
+            if show_progress
+            else batches
+        )
         out: list[ImageCandidates] = []
         for batch in it:
             tensors = []
@@ -530,7 +585,9 @@ class TorchvisionDetector:
         return self.wrap(out)
 
     @torch.no_grad()
-    def candidates_for_tensors(self, images: Sequence[Tensor], image_ids: Sequence[int]) -> Candidates:
+    def candidates_for_tensors(
+        self, images: Sequence[Tensor], image_ids: Sequence[int]
+    ) -> Candidates:
         """Candidates for in-memory images (3, H, W) in [0, 1], one forward pass."""
         return self.wrap(self.image_candidates(images, image_ids))
 
@@ -547,13 +604,25 @@ class TorchvisionDetector:
 
     def wrap(self, images: list[ImageCandidates]) -> Candidates:
         t, iou, k = self.defaults
-        return Candidates(images, self.family, self.label_to_category, self.prob_category_ids, self.softmax,
-                          score_thresh=t, nms_iou=iou, topk=k, min_score=self.min_score, model_name=self.name)
+        return Candidates(
+            images,
+            self.family,
+            self.label_to_category,
+            self.prob_category_ids,
+            self.softmax,
+            score_thresh=t,
+            nms_iou=iou,
+            topk=k,
+            min_score=self.min_score,
+            model_name=self.name,
+        )
 
     # ----------------------------------------------------------------- extraction
 
     @torch.no_grad()
-    def image_candidates(self, images: Sequence[Tensor], image_ids: Sequence[int]) -> list[ImageCandidates]:
+    def image_candidates(
+        self, images: Sequence[Tensor], image_ids: Sequence[int]
+    ) -> list[ImageCandidates]:
         """Forward the model's own layers, stopping before its post-processing."""
         if len(images) != len(image_ids):
             raise TrustmapError(f"{len(images)} images but {len(image_ids)} image ids")
@@ -588,7 +657,11 @@ class TorchvisionDetector:
         counts = [len(p) for p in proposals]
         out = []
         for boxes, scores, logits, shape in zip(
-            pred_boxes.split(counts), pred_scores.split(counts), class_logits.split(counts), tr.image_sizes, strict=True
+            pred_boxes.split(counts),
+            pred_scores.split(counts),
+            class_logits.split(counts),
+            tr.image_sizes,
+            strict=True,
         ):
             boxes = box_ops.clip_boxes_to_image(boxes, shape)  # (P, C, 4)
             p, c = scores.shape
@@ -596,17 +669,27 @@ class TorchvisionDetector:
             labels = torch.arange(1, c, device=scores.device).repeat(p)
             rows = torch.arange(p, device=scores.device).repeat_interleave(c - 1)
             sel = torch.where(fg_scores > self.min_score)[0]
-            fg_boxes, fg_scores, labels, rows = fg_boxes[sel], fg_scores[sel], labels[sel], rows[sel]
+            fg_boxes, fg_scores, labels, rows = (
+                fg_boxes[sel],
+                fg_scores[sel],
+                labels[sel],
+                rows[sel],
+            )
             keep = box_ops.remove_small_boxes(fg_boxes, min_size=1e-2)
             top = scores[:, 1:].argmax(dim=1) + 1
             every = torch.arange(p, device=scores.device)
-            out.append((
-                every,
-                boxes[every, top],
-                torch.cat([scores[:, 1:], scores[:, :1]], dim=1),
-                torch.cat([logits[:, 1:], logits[:, :1]], dim=1),
-                rows[keep], labels[keep], fg_scores[keep], fg_boxes[keep],
-            ))
+            out.append(
+                (
+                    every,
+                    boxes[every, top],
+                    torch.cat([scores[:, 1:], scores[:, :1]], dim=1),
+                    torch.cat([logits[:, 1:], logits[:, :1]], dim=1),
+                    rows[keep],
+                    labels[keep],
+                    fg_scores[keep],
+                    fg_boxes[keep],
+                )
+            )
         return out
 
     def _dense(self, tr) -> tuple[list[Tensor], dict[str, Tensor], list[Tensor], list[int]]:
@@ -632,7 +715,9 @@ class TorchvisionDetector:
         for i, image_anchors in enumerate(anchors):
             logits_all = head["cls_logits"][i]
             if ctr:  # FCOS scores: geometric mean of class and centre-ness probabilities
-                score_all = torch.sqrt(torch.sigmoid(logits_all) * torch.sigmoid(head["bbox_ctrness"][i]))
+                score_all = torch.sqrt(
+                    torch.sigmoid(logits_all) * torch.sigmoid(head["bbox_ctrness"][i])
+                )
             else:
                 score_all = torch.sigmoid(logits_all)
             num_classes = logits_all.shape[1]
@@ -641,7 +726,9 @@ class TorchvisionDetector:
                 s = score_all[start : start + n].flatten()
                 keep = s > self.min_score
                 if self.background is not None:  # the reserved background column is not a class
-                    keep &= (torch.arange(s.numel(), device=s.device) % num_classes) != self.background
+                    keep &= (
+                        torch.arange(s.numel(), device=s.device) % num_classes
+                    ) != self.background
                 idx = torch.where(keep)[0]
                 s, top = s[keep].topk(min(model.topk_candidates, idx.numel()))
                 idx = idx[top]
@@ -653,8 +740,18 @@ class TorchvisionDetector:
                 labels.append(idx % num_classes)
                 scores.append(s)
                 boxes.append(box_ops.clip_boxes_to_image(b, tr.image_sizes[i]))
-            out.append(self._rows_from_pairs(torch.cat(rows), torch.cat(labels), torch.cat(scores),
-                                             torch.cat(boxes), score_all[:, cols], logits_all, cols, ctr))
+            out.append(
+                self._rows_from_pairs(
+                    torch.cat(rows),
+                    torch.cat(labels),
+                    torch.cat(scores),
+                    torch.cat(boxes),
+                    score_all[:, cols],
+                    logits_all,
+                    cols,
+                    ctr,
+                )
+            )
         return out
 
     def _rows_from_pairs(self, anchor, labels, scores, boxes, probs_all, logits_all, cols, ctr):
@@ -685,11 +782,16 @@ class TorchvisionDetector:
                 pair_scores.append(s)
             anchor = torch.cat(rows)
             index, pair_row = torch.unique(anchor, return_inverse=True)
-            out.append((
-                index,
-                boxes[index],
-                torch.cat([scores[index, 1:], scores[index, :1]], dim=1),
-                torch.cat([logits[index, 1:], logits[index, :1]], dim=1),
-                pair_row, torch.cat(labels), torch.cat(pair_scores), boxes[anchor],
-            ))
+            out.append(
+                (
+                    index,
+                    boxes[index],
+                    torch.cat([scores[index, 1:], scores[index, :1]], dim=1),
+                    torch.cat([logits[index, 1:], logits[index, :1]], dim=1),
+                    pair_row,
+                    torch.cat(labels),
+                    torch.cat(pair_scores),
+                    boxes[anchor],
+                )
+            )
         return out

@@ -1,0 +1,283 @@
+"""The audit's YAML config: what to run, on which data, and how to measure it.
+
+One file describes a whole audit so that it can be re-run and reviewed: the detector (a
+torchvision model name and a local weights file), the data (the synthetic sample set,
+generated on the fly, or a COCO set on disk), the perspectives, matching, metric bins, the
+bootstrap and the post-processing sweeps. Every section is validated with unknown keys
+rejected, and errors name the key at fault (``demo.yaml: key 'metrics.bins': ...``).
+
+Relative paths in the file are resolved against the file's own folder, so an audit config
+means the same thing whatever directory it is run from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from calibration.metrics import BOX_DIMS, MetricsConfig
+from tiles.errors import TrustmapError
+
+Perspective = Literal["application", "modeling"]
+BoxDim = Literal["confidence", "cx", "cy", "w", "h"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectorSection(_Section):
+    """A torchvision detector by name with local weights (nothing is ever downloaded)."""
+
+    model: str = "sample_fasterrcnn"
+    weights: Path | None = Field(None, description="State dict or checkpoint; None = packaged sample weights.")
+    num_classes: int | None = Field(None, ge=2, description="With background; None = read from the weights.")
+    category_ids: list[int] | None = Field(None, description="Dataset category of labels 1..K; None = from the checkpoint.")
+    batch_size: int = Field(4, ge=1)
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Candidates at or below are dropped for good.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Builder keywords, e.g. rpn_post_nms_top_n_test.")
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from calibration.adapters.torchvision_models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown detector {v!r}; choose from {', '.join(sorted(MODELS))}")
+        return v
+
+
+class SampleData(_Section):
+    """The synthetic aerial set of :mod:`calibration.samples`, generated into the output folder."""
+
+    split: Literal["train", "cal", "test"] = "test"
+    n_images: int = Field(100, ge=1, le=100_000)
+    seed: int = 0
+    size: int = Field(256, ge=64)
+    domain: str = "temperate"
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        from calibration.samples import DOMAINS
+
+        if v not in DOMAINS:
+            raise ValueError(f"unknown sample domain {v!r}; choose from {sorted(DOMAINS)}")
+        return v
+
+
+class CocoData(_Section):
+    """A COCO annotations file and the folder its ``file_name`` entries are relative to."""
+
+    annotations: Path
+    images: Path
+
+
+class DataSection(_Section):
+    sample: SampleData | None = None
+    coco: CocoData | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DataSection:
+        if (self.sample is None) == (self.coco is None):
+            raise ValueError("give exactly one of 'sample' or 'coco'")
+        return self
+
+
+class PostprocessSection(_Section):
+    """The "application" perspective's post-processing; None keeps the model's own setting."""
+
+    score_thresh: float | None = Field(None, ge=0.0, le=1.0)
+    nms_iou: float | None = Field(None, ge=0.0, le=1.0)
+    topk: int | None = Field(None, ge=1)
+    max_per_image: int | None = Field(1000, ge=1, description="Modeling perspective: rows kept per image.")
+
+
+class MatchingSection(_Section):
+    mode: Literal["greedy", "hungarian", "any"] = "greedy"
+    iou: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class MetricsSection(_Section):
+    """Binning of the metrics; None keeps :class:`calibration.metrics.MetricsConfig`'s default."""
+
+    bins: int | None = Field(None, ge=1)
+    bin_strategy: Literal["width", "mass"] | None = None
+    norm: Literal["l1", "l2"] | None = None
+    classwise_norm: Literal["l1", "l2"] | None = None
+    dece_dims: list[BoxDim] | None = None
+    dece_bins: list[int] | None = None
+    laece_bins: int | None = Field(None, ge=1)
+    laece_tau: float | None = Field(None, ge=0.0, le=1.0)
+    ap_max_dets: int | None = Field(None, ge=1)
+
+    @field_validator("dece_bins")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(b < 1 for b in v):
+            raise ValueError(f"every bin count must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _dims_and_bins(self) -> MetricsSection:
+        dims = self.dece_dims if self.dece_dims is not None else list(BOX_DIMS)
+        if dims[:1] != ["confidence"]:
+            raise ValueError(f"dece_dims must start with 'confidence', got {dims}")
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"dece_dims lists a dimension twice: {dims}")
+        n_bins = len(self.dece_bins) if self.dece_bins is not None else len(MetricsConfig().dece_bins)
+        if n_bins != len(dims):
+            raise ValueError(f"dece_bins needs one bin count per entry of dece_dims ({len(dims)}), got {n_bins}")
+        return self
+
+
+class BootstrapSection(_Section):
+    n: int = Field(1000, ge=0, description="Replicates over images; 0 = no intervals.")
+    level: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class SweepsSection(_Section):
+    """Post-processing settings to re-apply without a new forward pass (empty = no sweep)."""
+
+    score_threshold: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    nms_iou: list[float] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    topk: list[int] = Field(default_factory=list)
+
+    @field_validator("score_threshold", "nms_iou")
+    @classmethod
+    def _unit(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= x <= 1.0 for x in v):
+            raise ValueError(f"values must lie in [0, 1], got {v}")
+        return sorted(set(v))
+
+    @field_validator("topk")
+    @classmethod
+    def _topk(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"top-k values must be >= 1, got {v}")
+        return sorted(set(v))
+
+
+class AuditConfig(_Section):
+    """A whole audit. ``detector`` and ``data`` go together; without them the audit reads a
+    predictions file given on the command line and uses the rest of the file's settings."""
+
+    title: str | None = None
+    detector: DetectorSection | None = None
+    data: DataSection | None = None
+    perspectives: list[Perspective] = Field(default_factory=lambda: ["application", "modeling"], min_length=1)
+    postprocess: PostprocessSection = Field(default_factory=PostprocessSection)
+    matching: MatchingSection = Field(default_factory=MatchingSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    bootstrap: BootstrapSection = Field(default_factory=BootstrapSection)
+    sweeps: SweepsSection = Field(default_factory=SweepsSection)
+
+    @field_validator("perspectives")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a perspective twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _model_needs_data(self) -> AuditConfig:
+        if (self.detector is None) != (self.data is None):
+            raise ValueError("'detector' and 'data' go together: give both (run a model) or neither (--predictions)")
+        return self
+
+    @property
+    def runs_model(self) -> bool:
+        return self.detector is not None
+
+    def metrics_config(self) -> MetricsConfig:
+        """The settings :func:`calibration.metrics.compute_metrics` takes."""
+        given = self.metrics.model_dump(exclude_none=True)
+        for key in ("dece_dims", "dece_bins"):
+            if key in given:
+                given[key] = tuple(given[key])
+        return MetricsConfig(
+            **given,
+            match_mode=self.matching.mode,
+            iou_threshold=self.matching.iou,
+            n_boot=self.bootstrap.n,
+            ci_level=self.bootstrap.level,
+            seed=self.bootstrap.seed,
+        )
+
+    def resolve_paths(self, base: str | os.PathLike) -> AuditConfig:
+        """A copy with relative paths made absolute against ``base`` (the config's folder)."""
+        root = Path(base)
+        fix = lambda p: p if p is None or p.is_absolute() else (root / p).resolve()  # noqa: E731
+        out = self.model_copy(deep=True)
+        if out.detector is not None:
+            out.detector.weights = fix(out.detector.weights)
+        if out.data is not None and out.data.coco is not None:
+            out.data.coco.annotations = fix(out.data.coco.annotations)
+            out.data.coco.images = fix(out.data.coco.images)
+        return out
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as a dotted key: ``sweeps.nms_iou[2]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_config(data: Any, source: str | os.PathLike | None = None) -> AuditConfig:
+    """Validate a mapping; the first error becomes one line naming the key at fault."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TrustmapError(f"expected a mapping of sections at the top level, got {type(data).__name__}", source)
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = format_loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not an audit setting; check the spelling)"
+        raise TrustmapError(f"key '{key}': {msg}" if key else msg, source) from None
+
+
+def load_config(path: str | os.PathLike) -> AuditConfig:
+    """Read and validate an audit YAML, with its relative paths resolved against its folder."""
+    p = Path(path)
+    if not p.exists():
+        raise TrustmapError("config file not found", p)
+    if p.is_dir():
+        raise TrustmapError("is a directory, expected a YAML config file", p)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TrustmapError(f"not valid YAML{where} ({getattr(exc, 'problem', None) or type(exc).__name__})", p) from None
+    except UnicodeDecodeError:
+        raise TrustmapError("not a text YAML file (binary content)", p) from None
+    cfg = parse_config(data, p).resolve_paths(p.parent.resolve())
+    check_paths(cfg, p)
+    return cfg
+
+
+def check_paths(cfg: AuditConfig, source: str | os.PathLike | None = None) -> None:
+    """Fail early, naming the key, when a file the audit needs is not there."""
+    wanted: list[tuple[str, Path | None, bool]] = []
+    if cfg.detector is not None:
+        wanted.append(("detector.weights", cfg.detector.weights, False))
+    if cfg.data is not None and cfg.data.coco is not None:
+        wanted += [("data.coco.annotations", cfg.data.coco.annotations, False), ("data.coco.images", cfg.data.coco.images, True)]
+    for key, path, is_dir in wanted:
+        if path is None:
+            continue
+        if not path.exists():
+            raise TrustmapError(f"key '{key}': {path} not found", source)
+        if is_dir != path.is_dir():
+            raise TrustmapError(f"key '{key}': {path} is {'not ' if is_dir else ''}a folder", source)

@@ -1,0 +1,243 @@
+"""The audit's figures, drawn from the numbers that ``audit.json`` holds.
+
+Every function takes plain JSON-like data (lists, None for empty bins), so a figure can be
+redrawn from a saved audit without re-running anything. ``*_figure`` functions return the
+:class:`matplotlib.figure.Figure` (to inspect or compose), the others its PNG bytes. Figures
+use the Agg canvas directly: no pyplot state, no display needed, safe from any thread.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from tiles.io import atomic_path
+
+DPI = 110
+#: Colours shared by every figure (colour-blind safe, Okabe-Ito).
+BLUE, ORANGE, GREEN, RED, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "#999999"
+SWEEP_METRICS = (("dece", "D-ECE", BLUE), ("ece", "ECE", ORANGE), ("laece", "LaECE", GREEN))
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def to_png(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return buf.getvalue()
+
+
+def save_png(data: bytes, path: str | os.PathLike) -> Path:
+    """Write PNG bytes atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def _arr(values: Sequence[Any]) -> np.ndarray:
+    """JSON list (None for missing) -> float array (NaN for missing)."""
+    return np.array([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], float).reshape(
+        np.shape(values)
+    )
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=GREY)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def reliability_figure(
+    rel: Mapping[str, Sequence[Any]],
+    title: str,
+    ece: float | None = None,
+    target_label: str = "precision",
+) -> Figure:
+    """Mean ``target_label`` against confidence per bin, with the gap to the diagonal and counts.
+
+    ``rel`` has ``edges`` (B+1), and per bin ``count``, ``confidence`` and ``precision``
+    (None where the bin is empty). Red gap bars above the diagonal's level mean
+    over-confidence: the bin's detections score higher than they are right.
+    """
+    edges = np.asarray(rel["edges"], float)
+    cnt = _arr(rel["count"])
+    conf, prec = _arr(rel["confidence"]), _arr(rel["precision"])
+    left, width = edges[:-1], np.diff(edges)
+    fig = _figure(5.2, 5.6)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.2))
+    ok = cnt > 0
+    top.bar(left[ok], prec[ok], width[ok], align="edge", color=BLUE, edgecolor="white", label=f"observed {target_label}")
+    gap = conf - prec
+    top.bar(left[ok], gap[ok], width[ok], bottom=prec[ok], align="edge", color=RED, alpha=0.35,
+            edgecolor=RED, hatch="//", linewidth=0.6, label="gap to confidence")
+    top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
+    top.plot(conf[ok], prec[ok], "o", color="black", markersize=3)
+    top.set_ylim(0, 1)
+    top.set_xlim(edges[0], edges[-1])
+    top.set_ylabel(target_label)
+    top.legend(loc="upper left", fontsize=8, frameon=False)
+    ece_txt = f" — ECE {ece:.3f}" if ece is not None and np.isfinite(ece) else ""
+    top.set_title(f"{title}{ece_txt}", fontsize=10)
+    if not ok.any():
+        top.text(0.5, 0.5, "no detections", ha="center", transform=top.transAxes, color=GREY)
+    bottom.bar(left, np.nan_to_num(cnt), width, align="edge", color=GREY, edgecolor="white")
+    bottom.set_xlabel("confidence (score)")
+    bottom.set_ylabel("detections")
+    if np.nansum(cnt) > 0 and np.nanmax(cnt) / max(np.nanmin(cnt[ok]) if ok.any() else 1, 1) > 50:
+        bottom.set_yscale("log")
+    return fig
+
+
+def _range_labels(edges: np.ndarray, fmt: str) -> list[str]:
+    return [f"{format(a, fmt)}–{format(b, fmt)}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def heatmap_figure(grid: Mapping[str, Any], title: str, min_count: int = 1) -> Figure:
+    """Calibration gap (mean confidence − precision) per 2-D bin of box position or size.
+
+    ``grid`` has ``x_edges``, ``y_edges``, ``x_label``, ``y_label`` and per cell
+    (rows = y bins) ``count``, ``confidence`` and ``precision``. Cells with fewer than
+    ``min_count`` detections are masked grey; the colour scale is symmetric around 0
+    (red: over-confident, blue: under-confident) and each cell prints its gap and count.
+    """
+    xe, ye = np.asarray(grid["x_edges"], float), np.asarray(grid["y_edges"], float)
+    cnt = np.nan_to_num(_arr(grid["count"]))
+    gap = _arr(grid["confidence"]) - _arr(grid["precision"])
+    gap = np.where(cnt >= max(min_count, 1), gap, np.nan)
+    ny, nx = gap.shape
+    fig = _figure(5.6, 4.9)
+    ax = fig.subplots()
+    ax.set_facecolor("#e6e6e6")
+    lim = float(np.nanmax(np.abs(gap))) if np.isfinite(gap).any() else 1.0
+    lim = max(lim, 0.05)
+    image_axes = bool(grid.get("image_axes", False))
+    im = ax.imshow(np.ma.masked_invalid(gap), cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim),
+                   origin="upper" if image_axes else "lower", aspect="auto")
+    fmt = grid.get("edge_format", ".2f")
+    ax.set_xticks(range(nx), _range_labels(xe, fmt), rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(ny), _range_labels(ye, fmt), fontsize=7)
+    ax.set_xlabel(grid.get("x_label", "x"))
+    ax.set_ylabel(grid.get("y_label", "y"))
+    for (r, c), g in np.ndenumerate(gap):
+        n = int(cnt[r, c])
+        if np.isfinite(g):
+            dark = abs(g) > 0.6 * lim
+            ax.text(c, r, f"{g:+.2f}\nn={n}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
+        else:
+            ax.text(c, r, "empty" if n == 0 else f"n={n}", ha="center", va="center", fontsize=6, color=GREY)
+    bar = fig.colorbar(im, ax=ax, shrink=0.85)
+    bar.set_label("confidence − precision  (red: over-confident)", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def per_class_figure(per_category: Mapping[str, Mapping[str, Any]], title: str) -> Figure:
+    """Calibration error (ECE, LaECE) and AP per class, side by side, worst-calibrated on top.
+
+    ``per_category`` maps a category id to ``{"name", "ece", "laece", "ap", "n_detections"}``
+    (None where a class has no detections or no ground truth).
+    """
+    rows = sorted(per_category.values(), key=lambda r: (r.get("ece") is None, -(r.get("ece") or 0.0)))
+    names = [f"{r['name']} (n={r.get('n_detections', 0)})" for r in rows]
+    y = np.arange(len(rows))
+    fig = _figure(6.4, 1.6 + 0.42 * max(len(rows), 2))
+    ax_ce, ax_ap = fig.subplots(1, 2, sharey=True)
+    h = 0.38
+    ece = _arr([r.get("ece") for r in rows])
+    la = _arr([r.get("laece") for r in rows])
+    ap = _arr([r.get("ap") for r in rows])
+    ax_ce.barh(y - h / 2, np.nan_to_num(ece), h, color=ORANGE, label="ECE (precision)")
+    ax_ce.barh(y + h / 2, np.nan_to_num(la), h, color=GREEN, label="LaECE (IoU)")
+    ax_ce.set_xlabel("calibration error (lower is better)")
+    ax_ce.set_xlim(0, max(0.1, float(np.nanmax(np.r_[ece, la, 0.0])) * 1.15))
+    ax_ce.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2)
+    ax_ap.barh(y, np.nan_to_num(ap), 0.6, color=BLUE, label="AP@[.5:.95]")
+    ax_ap.set_xlim(0, 1)
+    ax_ap.set_xlabel("AP (higher is better)")
+    for yy, v in zip(y, ap, strict=True):
+        ax_ap.text(0.01 if not np.isfinite(v) else v + 0.01, yy, "no GT" if not np.isfinite(v) else f"{v:.2f}",
+                   va="center", fontsize=7)
+    for yy, v in zip(y, ece, strict=True):
+        if not np.isfinite(v):
+            ax_ce.text(0.002, yy, "no detections", va="center", fontsize=7, color=GREY)
+    ax_ce.set_yticks(y, names, fontsize=8)
+    ax_ce.invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def sweep_figure(sweeps: Mapping[str, Any], title: str) -> Figure:
+    """D-ECE, ECE and LaECE (left axis) and mAP (right axis) along each post-processing sweep.
+
+    ``sweeps`` maps a parameter name (``score_threshold``, ``nms_iou``, ``topk``) to
+    ``{"label", "default", "points": [{"value", "metrics": {name: number}}]}``. The
+    setting every other number in the audit uses is marked with a dotted line.
+    """
+    names = [k for k, v in sweeps.items() if isinstance(v, Mapping) and v.get("points")]
+    fig = _figure(4.0 * max(len(names), 1) + 0.8, 3.4)
+    axes = np.atleast_1d(fig.subplots(1, max(len(names), 1), squeeze=False)[0])
+    if not names:
+        _empty(axes[0], "no post-processing sweep was run")
+        return fig
+    handles = []
+    for ax, name in zip(axes, names, strict=True):
+        sw = sweeps[name]
+        x = np.array([p["value"] for p in sw["points"]], float)
+        for key, label, colour in SWEEP_METRICS:
+            v = _arr([p["metrics"].get(key) for p in sw["points"]])
+            handles.append(ax.plot(x, v, "o-", color=colour, label=label, markersize=4)[0])
+        ax.set_xlabel(sw.get("label", name))
+        ax.set_ylabel("calibration error (lower is better)")
+        ax.set_ylim(bottom=0)
+        twin = ax.twinx()
+        m = _arr([p["metrics"].get("map") for p in sw["points"]])
+        handles.append(twin.plot(x, m, "s--", color="black", label="mAP (right axis)", markersize=4)[0])
+        twin.set_ylabel("mAP@[.5:.95]")
+        top = float(np.nanmax(m)) if np.isfinite(m).any() else 1.0
+        twin.set_ylim(0, min(1.0, max(top * 1.25, 0.05)))
+        d = sw.get("default")
+        if d is not None:
+            ax.axvline(float(d), color=GREY, linestyle=":", linewidth=1.2)
+            ax.annotate("audited setting", (float(d), 0.98), xycoords=("data", "axes fraction"), fontsize=7,
+                        color=GREY, ha="left", va="top", rotation=90)
+        if name == "topk" and len(x) > 1 and x.max() / max(x.min(), 1) > 20:
+            ax.set_xscale("log")
+    fig.legend(handles[:4], [h.get_label() for h in handles[:4]], loc="outside lower center", ncols=4, fontsize=8,
+               frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def reliability_diagram(rel: Mapping[str, Sequence[Any]], title: str, ece: float | None = None,
+                        target_label: str = "precision") -> bytes:
+    """:func:`reliability_figure` as PNG bytes."""
+    return to_png(reliability_figure(rel, title, ece, target_label))
+
+
+def gap_heatmap(grid: Mapping[str, Any], title: str, min_count: int = 1) -> bytes:
+    """:func:`heatmap_figure` as PNG bytes."""
+    return to_png(heatmap_figure(grid, title, min_count))
+
+
+def per_class_bars(per_category: Mapping[str, Mapping[str, Any]], title: str) -> bytes:
+    """:func:`per_class_figure` as PNG bytes."""
+    return to_png(per_class_figure(per_category, title))
+
+
+def sweep_curves(sweeps: Mapping[str, Any], title: str) -> bytes:
+    """:func:`sweep_figure` as PNG bytes."""
+    return to_png(sweep_figure(sweeps, title))

@@ -1,0 +1,627 @@
+"""The audit report: plain-words findings, then tables, then figures, as HTML and Markdown.
+
+Everything here is a pure function of the audit's JSON document (see
+:mod:`calibration.audit`), so a report can be rebuilt from ``audit.json`` alone and every
+sentence it prints is backed by numbers stored there. The HTML is one self-contained file
+(inline CSS, figures as base64 data URIs) that a reviewer can open or attach anywhere; the
+Markdown is for pasting into a review, with the figures as PNG files beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+#: A group is named in a finding only with at least this many detections (fewer is noise).
+MIN_GROUP = 20
+MIN_CELL = 10  # the same for a cell of the position map
+#: Mean confidence − precision beyond which a set of detections is called over/under-confident.
+GAP_TOLERANCE = 0.03
+#: A group is "worse" than another when its ECE in excess of chance is higher by this much
+#: and by this factor (and its ECE is above its own chance 95th percentile).
+ECE_MARGIN, ECE_RATIO = 0.02, 1.5
+#: A score bin (or all detections) counts as off only when its gap is this many standard
+#: errors from 0 under perfect calibration (3 ~ Bonferroni over 10 bins at 5%).
+Z_OFF = 3.0
+
+# key, label, what it measures; every calibration error is "lower is better"
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("map", "mAP@[.5:.95]", "COCO average precision (pycocotools), higher is better"),
+    ("ap50", "AP50", "COCO AP at IoU 0.5, higher is better"),
+    ("ece", "ECE", "detection ECE: score vs precision, {bins} equal-width bins, TP at IoU ≥ {iou}"),
+    ("dece", "D-ECE", "ECE over score and box {dims} bins {dece_bins} (Küppers et al.; = netcal)"),
+    ("mce", "MCE", "largest gap of any score bin"),
+    ("ace", "ACE", "adaptive ECE: equal-mass bins, each bin weighted equally"),
+    ("laece", "LaECE₀", "localisation-aware ECE: score vs IoU of TPs (any overlap), per class, {laece_bins} bins"),
+    ("laace", "LaACE₀", "LaECE with equal-mass bins"),
+    ("detection_top_label_ce", "Top-label CE (det.)", "score vs precision, {classwise_norm} norm (Huseljic et al.)"),
+    ("detection_classwise_ce", "Classwise CE (det.)", "per-class score vs precision, mean over classes, {classwise_norm}"),
+    ("top_label_ce", "Top-label CE", "max class probability vs correct class incl. background (K+1), {classwise_norm}"),
+    ("classwise_ce", "Classwise CE", "every class probability vs its indicator (K+1), {classwise_norm}"),
+    ("nll", "NLL", "negative log-likelihood of the matched class or background (K+1)"),
+    ("brier", "Brier", "squared error of the class-probability vector (K+1)"),
+)
+SWEEP_TEXT = {"score_threshold": "score threshold", "nms_iou": "NMS IoU", "topk": "top-k per image"}
+PERSPECTIVE_LABEL = {
+    "application": "application (after post-processing)",
+    "modeling": "modeling (all proposals)",
+    "predictions": "predictions file",
+}
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.0f}%"
+
+
+def _ci(entry: Mapping[str, Any], digits: int = 3) -> str:
+    """``0.123 [0.101, 0.140]``, or why there is no value."""
+    if entry.get("skipped"):
+        return "n/a"
+    v = _f(entry.get("value"), digits)
+    lo, hi = entry.get("ci_low"), entry.get("ci_high")
+    return f"{v} [{_f(lo, digits)}, {_f(hi, digits)}]" if lo is not None and hi is not None else v
+
+
+def _metric_text(data: Mapping[str, Any], p: Mapping[str, Any], key: str) -> str:
+    e = p["metrics"].get(key, {})
+    if e.get("value") is None:
+        return f"{key}: n/a"
+    lo, hi = e.get("ci_low"), e.get("ci_high")
+    level = round(100 * data["inputs"]["metrics_config"].get("ci_level", 0.95))
+    ci = f" ({level}% CI {_f(lo)}–{_f(hi)})" if lo is not None and hi is not None else ""
+    return f"{_f(e['value'])}{ci}"
+
+
+def primary_perspective(data: Mapping[str, Any]) -> str:
+    """The perspective the findings are about: what users see, when it was measured."""
+    names = list(data["perspectives"])
+    for n in ("application", "predictions"):
+        if n in names:
+            return n
+    return names[0]
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def findings(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Plain-words statements of what is wrong and where, each ``{topic, severity, text}``.
+
+    ``severity`` is ``problem`` (a miscalibration worth acting on), ``ok`` or ``info``.
+    """
+    name = primary_perspective(data)
+    p = data["perspectives"][name]
+    iou = data["inputs"]["metrics_config"]["iou_threshold"]
+    out: list[dict[str, str]] = []
+    if not p["counts"]["detections"]:
+        return [{"topic": "overall", "severity": "problem", "text": f"There are no detections ({name}): nothing to audit."}]
+    out.append(_overall(data, p, name, iou))
+    for fn in (_position, _size, _classes):
+        f = fn(p)
+        if f:
+            out.append(f)
+    out.extend(_sweeps(data, p))
+    f = _perspectives(data)
+    if f:
+        out.append(f)
+    skipped = [k for k, e in p["metrics"].items() if e.get("skipped")]
+    if skipped:
+        why = p["metrics"][skipped[0]]["skipped"]
+        out.append({"topic": "inputs", "severity": "info",
+                    "text": f"Not measured: {', '.join(_label(k) for k in skipped)} ({why})."})
+    return out
+
+
+def _label(key: str) -> str:
+    return next((lab for k, lab, _ in METRICS if k == key), key)
+
+
+def _direction(gap: float | None) -> str:
+    if gap is None or abs(gap) <= GAP_TOLERANCE:
+        return "calibrated"
+    return "over-confident" if gap > 0 else "under-confident"
+
+
+def _overall(data, p, name, iou) -> dict[str, str]:
+    o = p["overall"]
+    rel = p["reliability"]
+    edges = rel["edges"]
+    n = o["n"]
+    # the bin that contributes most to the ECE, among bins whose gap is beyond binomial noise
+    best, worst_bin = -1.0, None
+    for b, c in enumerate(rel["count"]):
+        if not c or rel["precision"][b] is None:
+            continue
+        cf, pr = rel["confidence"][b], rel["precision"][b]
+        se = max((cf * (1.0 - cf) / c) ** 0.5, 1e-9)
+        if abs(cf - pr) / se >= Z_OFF and c * abs(cf - pr) > best:
+            best, worst_bin = c * abs(cf - pr), b
+    significant = o["gap_se"] is not None and abs(o["gap"]) >= Z_OFF * max(o["gap_se"], 1e-9)
+    direction = _direction(o["gap"]) if significant else "calibrated"
+    head = direction.capitalize() if direction != "calibrated" else "Close to calibrated on average"
+    parts = []
+    if worst_bin is not None:
+        b = worst_bin
+        word = _direction(rel["confidence"][b] - rel["precision"][b])
+        lead = f"{head}: " if direction != "calibrated" else f"{head}, but {word} in places: "
+        parts.append(
+            f"{lead}detections scored {edges[b]:.2f}–{edges[b + 1]:.2f} are correct "
+            f"{_pct(rel['precision'][b])} of the time (n = {int(rel['count'][b])})."
+        )
+    else:
+        parts.append(f"{head}: no score bin is off by more than chance.")
+    parts.append(
+        f"Overall the mean score is {o['confidence']:.2f} and {_pct(o['precision'])} of the {n} detections are "
+        f"correct (same class, IoU ≥ {iou:g})."
+    )
+    split = _split_direction(rel)
+    if split:
+        parts.append(split)
+    parts.append(
+        f"ECE {_metric_text(data, p, 'ece')} (chance level {_f(o['ece_chance'])}), D-ECE {_metric_text(data, p, 'dece')}, "
+        f"next to mAP {_metric_text(data, p, 'map')} ({PERSPECTIVE_LABEL.get(name, name)})."
+    )
+    off = o["ece"] is not None and o["ece_chance_p95"] is not None and o["ece"] > o["ece_chance_p95"]
+    sev = "problem" if off or worst_bin is not None else "ok"
+    return {"topic": "overall", "severity": sev, "text": " ".join(parts)}
+
+
+def _split_direction(rel) -> str | None:
+    """'over-confident above 0.5, under-confident below' when high and low scores disagree."""
+    hi = [(c, cf - pr) for c, cf, pr in zip(rel["count"], rel["confidence"], rel["precision"], strict=True)
+          if c and cf is not None and cf >= 0.5]
+    lo = [(c, cf - pr) for c, cf, pr in zip(rel["count"], rel["confidence"], rel["precision"], strict=True)
+          if c and cf is not None and cf < 0.5]
+    if not hi or not lo:
+        return None
+    g_hi = sum(c * g for c, g in hi) / sum(c for c, _ in hi)
+    g_lo = sum(c * g for c, g in lo) / sum(c for c, _ in lo)
+    if abs(g_hi) > GAP_TOLERANCE and abs(g_lo) > GAP_TOLERANCE and (g_hi > 0) != (g_lo > 0):
+        return (f"Scores above 0.5 are {_direction(g_hi)} (gap {g_hi:+.2f}) while scores below 0.5 are "
+                f"{_direction(g_lo)} (gap {g_lo:+.2f}).")
+    return None
+
+
+def _describe_group(g: Mapping[str, Any]) -> str:
+    return (f"ECE {_f(g['ece'])} vs {_f(g.get('ece_random'))} ± {_f(g.get('ece_random_sd'))} for random sets of "
+            f"{g['n']} of these detections (z = {g.get('z', 0):.1f}); mean score {_f(g['confidence'], 2)} but "
+            f"{_pct(g['precision'])} correct")
+
+
+def _worst(groups: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(worst, best) group names by ``z`` (ECE against random same-size subsets)."""
+    ok = {k: g for k, g in groups.items() if g.get("n", 0) >= MIN_GROUP and g.get("z") is not None}
+    if len(ok) < 2:
+        return None
+    return max(ok, key=lambda k: ok[k]["z"]), min(ok, key=lambda k: ok[k]["z"])
+
+
+def _clearly_worse(g: Mapping[str, Any]) -> bool:
+    """Worse than random subsets by ``Z_OFF`` sds and ``ECE_MARGIN``, and miscalibrated beyond chance."""
+    return (g["z"] >= Z_OFF and g["ece"] - g["ece_random"] >= ECE_MARGIN
+            and g["ece"] > (g.get("ece_chance_p95") or 0.0))
+
+
+def _listing(groups: Mapping[str, Mapping[str, Any]]) -> str:
+    return ", ".join(f"{k} {_f(g['ece'])}" for k, g in groups.items() if g.get("ece") is not None)
+
+
+REGION_TEXT = {"corners": ("image corners", "corners"), "edges": ("band along the image edges", "edge band"),
+               "interior": ("image interior", "interior")}
+
+
+def _position(p) -> dict[str, str] | None:
+    regions = p.get("regions") or {}
+    wb = _worst(regions)
+    if wb is None:
+        return None
+    worst, best = wb
+    band = p.get("regions_band", 0.2)
+    long_name = REGION_TEXT[worst][0] + ("" if worst == "interior" else f" (outer {band:.0%} of the image)")
+    if not _clearly_worse(regions[worst]):
+        return {"topic": "position", "severity": "ok",
+                "text": f"No clear position effect: no image region is worse than random subsets of the same size "
+                        f"(ECE {_listing(regions)})."}
+    text = (f"Worst in the {long_name}: {_describe_group(regions[worst])}. "
+            f"Best: the {REGION_TEXT[best][1]}, ECE {_f(regions[best]['ece'])}.")
+    cell = _worst_cell(p["position"], worst)
+    if cell:
+        text += f" Its most miscalibrated cell of the position map is {cell}."
+    return {"topic": "position", "severity": "problem", "text": text}
+
+
+def _worst_cell(grid: Mapping[str, Any], region: str) -> str | None:
+    """Words for the cell of ``region`` (interior, edges, corners) with the largest count-weighted gap."""
+    best, at = -1.0, None
+    ny, nx = len(grid["count"]), len(grid["count"][0])
+    outer_axes = {"interior": 0, "edges": 1, "corners": 2}[region]
+    for r, row in enumerate(grid["count"]):
+        for c, n in enumerate(row):
+            if int(r in (0, ny - 1)) + int(c in (0, nx - 1)) != outer_axes:
+                continue
+            if n and n >= MIN_CELL and grid["precision"][r][c] is not None:
+                contrib = n * abs(grid["confidence"][r][c] - grid["precision"][r][c])
+                if contrib > best:
+                    best, at = contrib, (r, c)
+    if at is None:
+        return None
+    r, c = at
+    vert = ("top", "middle", "bottom")[min(int(3 * (r + 0.5) / ny), 2)]
+    horiz = ("left", "centre", "right")[min(int(3 * (c + 0.5) / nx), 2)]
+    name = "centre" if (vert, horiz) == ("middle", "centre") else f"{vert}-{horiz}".replace("middle-", "middle ")
+    xe, ye = grid["x_edges"], grid["y_edges"]
+    gap = grid["confidence"][r][c] - grid["precision"][r][c]
+    return (f"{name} (x {xe[c]:.1f}–{xe[c + 1]:.1f}, y {ye[r]:.1f}–{ye[r + 1]:.1f} of the image): "
+            f"gap {gap:+.2f}, {_pct(grid['precision'][r][c])} correct at mean score {grid['confidence'][r][c]:.2f} "
+            f"(n = {int(grid['count'][r][c])})")
+
+
+def _size(p) -> dict[str, str] | None:
+    sizes = p.get("sizes") or {}
+    wb = _worst(sizes)
+    if wb is None:
+        return None
+    worst, best = wb
+    span = {
+        "small": f"small boxes (under {sizes['small'].get('below_px', 0):.0f} px across)",
+        "medium": "medium boxes ({:.0f}–{:.0f} px across)".format(*sizes["medium"].get("range_px", [0, 0])),
+        "large": f"large boxes (over {sizes['large'].get('above_px', 0):.0f} px across)",
+    }
+    if _clearly_worse(sizes[worst]):
+        return {"topic": "size", "severity": "problem",
+                "text": f"Worst for {span[worst]}: {_describe_group(sizes[worst])}. "
+                        f"Best: {best} boxes, ECE {_f(sizes[best]['ece'])}."}
+    return {"topic": "size", "severity": "ok",
+            "text": f"Box size matters little: no size third is worse than random subsets (ECE {_listing(sizes)})."}
+
+
+def _classes(p) -> dict[str, str] | None:
+    classes = p.get("classes") or {}
+    wb = _worst(classes)
+    if wb is None:
+        return None
+    worst, best = wb
+    w, b = classes[worst], classes[best]
+    ap = lambda k: _f((p["per_category"].get(k) or {}).get("ap"))  # noqa: E731
+    if _clearly_worse(w):
+        return {"topic": "class", "severity": "problem",
+                "text": f"Worst for class '{w['name']}' ({_direction(w['gap'])}): {_describe_group(w)}; AP {ap(worst)}. "
+                        f"Best: '{b['name']}', ECE {_f(b['ece'])}, AP {ap(best)}."}
+    named = {f"'{g['name']}'": g for g in classes.values()}
+    return {"topic": "class", "severity": "ok",
+            "text": f"No class stands out from random subsets of the same size (ECE {_listing(named)})."}
+
+
+def _sweeps(data, p) -> list[dict[str, str]]:
+    sw = data.get("sweeps") or {}
+    out = []
+    base_p = data["perspectives"].get(sw.get("perspective"), p)
+    for key in ("score_threshold", "nms_iou", "topk"):
+        s = sw.get(key)
+        if not s or len(s.get("points", [])) < 2:
+            continue
+        pts = [q for q in s["points"] if q["metrics"].get("dece") is not None]
+        if not pts:
+            continue
+        base = next((q for q in pts if q.get("audited")), None)
+        if base is not None:
+            b_dece, b_map, b_name = base["metrics"]["dece"], base["metrics"]["map"], f"{base['value']:g}"
+        else:
+            b_dece, b_map, b_name = base_p["metrics"]["dece"]["value"], base_p["metrics"]["map"]["value"], "the file as given"
+        if b_dece is None:
+            continue
+        far = max(pts, key=lambda q: abs(q["metrics"]["dece"] - b_dece))
+        delta = far["metrics"]["dece"] - b_dece
+        label = SWEEP_TEXT[key]
+        if abs(delta) < 0.005:
+            out.append({"topic": "post-processing", "severity": "ok",
+                        "text": f"The {label} barely moves D-ECE: within 0.005 of {b_dece:.3f} over {_range(pts)}."})
+            continue
+        instead = f"instead of {b_name}" if base is not None else "on top of the file as given"
+        text = (f"{label.capitalize()} {far['value']:g} {instead} {'raises' if delta > 0 else 'lowers'} D-ECE by "
+                f"{abs(delta):.3f} ({b_dece:.3f} → {far['metrics']['dece']:.3f}) while mAP goes "
+                f"{_f(b_map)} → {_f(far['metrics'].get('map'))} ({far['detections']} detections).")
+        out.append({"topic": "post-processing", "severity": "problem" if delta > 0 else "info", "text": text})
+    return out
+
+
+def _range(pts: Sequence[Mapping[str, Any]]) -> str:
+    return f"{pts[0]['value']:g}–{pts[-1]['value']:g}"
+
+
+def _perspectives(data) -> dict[str, str] | None:
+    ps = data["perspectives"]
+    if "application" not in ps or "modeling" not in ps:
+        return None
+    a, m = ps["application"], ps["modeling"]
+    parts = [f"Post-processing changes the picture: before it (modeling perspective, {m['counts']['detections']} proposals) "
+             f"ECE is {_f(m['metrics']['ece']['value'])} and D-ECE {_f(m['metrics']['dece']['value'])}; after it "
+             f"({a['counts']['detections']} detections) ECE is {_f(a['metrics']['ece']['value'])} and D-ECE "
+             f"{_f(a['metrics']['dece']['value'])}."]
+    if m["metrics"].get("nll", {}).get("value") is not None and a["metrics"].get("nll", {}).get("value") is not None:
+        parts.append(f"NLL {_f(m['metrics']['nll']['value'])} → {_f(a['metrics']['nll']['value'])}.")
+    return {"topic": "perspective", "severity": "info", "text": " ".join(parts)}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _descr(template: str, mc: Mapping[str, Any]) -> str:
+    dims = [d for d in mc.get("dece_dims", []) if d != "confidence"]
+    return template.format(
+        bins=mc.get("bins"), iou=mc.get("iou_threshold"), dims=", ".join(dims) or "(none)",
+        dece_bins="×".join(str(b) for b in mc.get("dece_bins", [])), laece_bins=mc.get("laece_bins"),
+        classwise_norm=str(mc.get("classwise_norm", "")).upper(),
+    )
+
+
+def metric_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the main table: every metric with its CI, per perspective."""
+    names = list(data["perspectives"])
+    mc = data["inputs"]["metrics_config"]
+    head = ["metric", *[PERSPECTIVE_LABEL.get(n, n) for n in names], "what it measures"]
+    rows = []
+    for key, label, what in METRICS:
+        if not any(key in data["perspectives"][n]["metrics"] for n in names):
+            continue
+        rows.append([label, *[_ci(data["perspectives"][n]["metrics"].get(key, {"skipped": "-"})) for n in names],
+                     _descr(what, mc)])
+    for ckey, clabel in (("detections", "detections"), ("tp", f"true positives (IoU ≥ {mc['iou_threshold']:g})"),
+                         ("ignored", "in crowd/ignore regions")):
+        rows.append([clabel, *[str(data["perspectives"][n]["counts"][ckey]) for n in names], "count"])
+    return head, rows
+
+
+def class_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["class", "objects", "detections", "TP", "AP", "AP50", "ECE", "LaECE", "mean score", "precision"]
+    rows = []
+    for cid, c in p["per_category"].items():
+        g = (p.get("classes") or {}).get(cid, {})
+        rows.append([f"{c['name']} ({cid})", str(c["n_gt"]), str(c["n_detections"]), str(c["n_tp"]), _f(c["ap"]),
+                     _f(c["ap50"]), _f(c["ece"]), _f(c["laece"]), _f(g.get("confidence"), 2), _pct(g.get("precision"))])
+    return head, rows
+
+
+def sweep_rows(sw: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["setting", "value", "detections", "D-ECE", "ECE", "LaECE", "MCE", "mAP", "AP50"]
+    rows = []
+    for key in ("score_threshold", "nms_iou", "topk"):
+        s = sw.get(key)
+        if not s:
+            continue
+        for q in s["points"]:
+            m = q["metrics"]
+            mark = " (audited)" if q.get("audited") else ""
+            rows.append([s["label"], f"{q['value']:g}{mark}", str(q["detections"]), _f(m["dece"]), _f(m["ece"]),
+                         _f(m["laece"]), _f(m["mce"]), _f(m["map"]), _f(m["ap50"])])
+    return head, rows
+
+
+def group_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Where the miscalibration sits: image regions and box sizes."""
+    head = ["group", "detections", "mean score", "precision", "gap", "ECE", "if calibrated (95th pct)",
+            "random subsets", "z"]
+    rows = []
+    band = p.get("regions_band", 0.2)
+    for k, g in (p.get("regions") or {}).items():
+        rows.append([f"region: {k}" + ("" if k == "interior" else f" (outer {band:.0%})"), *_group_cells(g)])
+    sizes = p.get("sizes") or {}
+    for k, g in sizes.items():
+        if "below_px" in g:
+            span = f"< {g['below_px']:.0f} px"
+        elif "above_px" in g:
+            span = f"≥ {g['above_px']:.0f} px"
+        else:
+            span = "{:.0f}–{:.0f} px".format(*g.get("range_px", [0, 0]))
+        rows.append([f"size: {k} ({span})", *_group_cells(g)])
+    return head, rows
+
+
+def _group_cells(g: Mapping[str, Any]) -> list[str]:
+    gap = "–" if g.get("gap") is None else f"{g['gap']:+.3f}"
+    chance = f"{_f(g.get('ece_chance'))} ({_f(g.get('ece_chance_p95'))})"
+    rand = f"{_f(g.get('ece_random'))} ± {_f(g.get('ece_random_sd'))}" if g.get("ece_random") is not None else "–"
+    z = "–" if g.get("z") is None else f"{g['z']:+.1f}"
+    return [str(g["n"]), _f(g["confidence"], 3), _pct(g["precision"]), gap, _f(g["ece"]), chance, rand, z]
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 48px;background:#fff}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 10px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
+h3{font-size:15px;margin:20px 0 8px}.sub{color:#5b6472;font-size:13px;margin:0 0 18px}
+.findings{border-left:5px solid #D55E00;background:#fff6f0;padding:12px 18px 12px 14px;margin:12px 0}
+.findings h2{border:0;margin:0 0 6px;padding:0;font-size:18px}
+.findings ul{margin:0;padding-left:20px}.findings li{margin:6px 0;line-height:1.45;font-size:14.5px}
+li.ok{color:#2d5a3a}li.info{color:#33415c}li.problem{color:#1d2330}
+.tag{display:inline-block;font-size:11px;font-weight:600;text-transform:uppercase;border-radius:3px;padding:0 5px;
+margin-right:6px;letter-spacing:.03em}.tag.problem{background:#D55E00;color:#fff}.tag.ok{background:#009E73;color:#fff}
+.tag.info{background:#0072B2;color:#fff}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 8px;width:100%}
+th,td{border-bottom:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
+th{background:#f0f2f5;font-weight:600}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.key td{background:#f8fafc;font-weight:600}td.what{color:#5b6472;font-size:12px}
+.figs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:14px;align-items:start}
+@media (max-width:800px){.figs{grid-template-columns:1fr}}
+figure{margin:0;border:1px solid #e3e6ea;padding:6px;background:#fff}figure img{width:100%;height:auto;display:block}
+figcaption{font-size:12px;color:#5b6472;padding:4px 2px 0}
+figure.wide{grid-column:1/-1}pre{background:#f6f8fa;padding:10px;font-size:11.5px;overflow-x:auto;max-height:420px}
+.note{color:#5b6472;font-size:12.5px}
+"""
+
+FIGURE_CAPTIONS = {
+    "reliability": "Reliability diagram: observed precision per score bin (blue), its gap to the score (red), "
+                   "counts below. Bars under the diagonal are over-confident.",
+    "position": "Calibration gap by box centre, as D-ECE bins it; image axes (top-left is the image's top-left). "
+                "Grey: no detections.",
+    "size": "Calibration gap by box width and height (pixels, equal-mass bins).",
+    "classes": "Per class: calibration errors (left) next to AP (right), worst-calibrated first.",
+    "sweeps": "How post-processing moves calibration (left axis) and mAP (right axis); one setting changed at a time.",
+}
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], key_rows: int = 0, what_col: bool = False) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = []
+    for i, r in enumerate(rows):
+        cells = []
+        for j, v in enumerate(r):
+            cls = "what" if what_col and j == len(r) - 1 else ("num" if j else "")
+            cells.append(f"<td class='{cls}'>{html.escape(v)}</td>" if cls else f"<td>{html.escape(v)}</td>")
+        body.append(f"<tr{' class=key' if i < key_rows else ''}>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _subtitle(data: Mapping[str, Any]) -> str:
+    inp, ds = data["inputs"], data["dataset"]
+    if inp["mode"] == "model":
+        d = inp["detector"]
+        src = f"detector {d['model']} ({d['weights']})"
+    else:
+        src = f"predictions {inp['predictions']}"
+    return (f"{src} · ground truth {inp['annotations']} · {ds['images']} images, {ds['objects']} objects, "
+            f"{len(ds['categories'])} classes · {data['created']}")
+
+
+def _figure_html(name: str, png: bytes, wide: bool = False) -> str:
+    kind = name.split("_")[0]
+    b64 = base64.b64encode(png).decode("ascii")
+    cap = FIGURE_CAPTIONS.get(kind, "")
+    cls = " class='wide'" if wide else ""
+    return (f"<figure{cls}><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+
+
+def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
+    """One self-contained HTML page: findings, tables, figures, inputs (no external assets)."""
+    esc = html.escape
+    level = round(100 * data["inputs"]["metrics_config"].get("ci_level", 0.95))
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{esc(data['title'])}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>{esc(data['title'])}</h1><p class='sub'>{esc(_subtitle(data))}</p>",
+        "<section class='findings'><h2>What is wrong, and where</h2><ul>",
+    ]
+    for f in data["findings"]:
+        sev = f["severity"]
+        parts.append(f"<li class='{sev}'><span class='tag {sev}'>{esc(f['topic'])}</span>{esc(f['text'])}</li>")
+    parts.append("</ul></section>")
+    head, rows = metric_rows(data)
+    parts += [
+        "<h2>Metrics</h2>",
+        f"<p class='note'>Value [{level}% bootstrap interval over images, "
+        f"{data['inputs']['metrics_config']['n_boot']} resamples]. Calibration errors: lower is better.</p>",
+        _table(head, rows, key_rows=2, what_col=True),
+    ]
+    for name, p in data["perspectives"].items():
+        parts.append(f"<h3>Where: image regions and box sizes — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>")
+        parts.append(_table(*group_rows(p)))
+        parts.append(f"<h3>Per class — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>")
+        parts.append(_table(*class_rows(p)))
+    sw = data.get("sweeps") or {}
+    if sw:
+        parts += [f"<h2>Post-processing sweeps ({esc(sw['perspective'])} perspective)</h2>",
+                  f"<p class='note'>{esc(sw['note'])}. Point estimates, no intervals.</p>",
+                  _table(*sweep_rows(sw))]
+        if "sweeps" in figures:
+            parts.append(f"<div class='figs'>{_figure_html('sweeps', figures['sweeps'], wide=True)}</div>")
+    for name in data["perspectives"]:
+        parts.append(f"<h2>Figures — {esc(PERSPECTIVE_LABEL.get(name, name))}</h2><div class='figs'>")
+        for kind in ("reliability", "position", "size"):
+            key = f"{kind}_{name}"
+            if key in figures:
+                parts.append(_figure_html(key, figures[key]))
+        key = f"classes_{name}"
+        if key in figures:
+            parts.append(_figure_html(key, figures[key]))
+        parts.append("</div>")
+    parts += [
+        "<h2>Inputs</h2>",
+        _table(["input", "value"], _input_rows(data)),
+        "<h3>Configuration (as run, defaults filled in)</h3>",
+        f"<pre>{esc(config_text(data))}</pre>",
+        "<p class='note'>Every number above, with its interval, is in audit.json next to this file.</p>",
+        "</main></body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _input_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    inp = data["inputs"]
+    rows = [["mode", inp["mode"]]]
+    for key in ("predictions", "annotations", "images", "config_path"):
+        if inp.get(key):
+            rows.append([key.replace("_", " "), str(inp[key])])
+    if inp.get("detector"):
+        d = inp["detector"]
+        rows += [["detector", d["model"]], ["weights", d["weights"]], ["head", d["head"]],
+                 ["post-processing", ", ".join(f"{k}={v}" for k, v in d["postprocess"].items())]]
+    mc = inp["metrics_config"]
+    rows.append(["matching", f"{mc['match_mode']}, IoU ≥ {mc['iou_threshold']:g}, class-aware"])
+    rows.append(["versions", ", ".join(f"{k} {v}" for k, v in inp["versions"].items())])
+    if data.get("timings_s"):
+        rows.append(["timings (s)", ", ".join(f"{k} {v:.1f}" for k, v in data["timings_s"].items())])
+    return rows
+
+
+def config_text(data: Mapping[str, Any]) -> str:
+    """The settings that shaped the numbers, as YAML: the config's sections that apply, with
+    the metric settings resolved (the config leaves unset ones to the library defaults)."""
+    cfg = {k: v for k, v in data["inputs"]["config"].items() if v is not None}
+    if data["inputs"]["mode"] != "model":
+        for k in ("perspectives", "postprocess", "detector", "data"):
+            cfg.pop(k, None)
+    cfg["metrics"] = data["inputs"]["metrics_config"]
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    clean = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(clean(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(clean(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(data: Mapping[str, Any]) -> str:
+    """Markdown for a review: findings, tables, and figures referenced as ``figures/*.png``."""
+    level = round(100 * data["inputs"]["metrics_config"].get("ci_level", 0.95))
+    out = [f"# {data['title']}", "", f"_{_subtitle(data)}_", "", "## What is wrong, and where", ""]
+    out += [f"- **{f['topic']}** ({f['severity']}): {f['text']}" for f in data["findings"]]
+    head, rows = metric_rows(data)
+    out += ["", "## Metrics", "", f"Value [{level}% bootstrap interval over images]. Calibration errors: lower is better.", "",
+            _md_table(head, rows)]
+    for name, p in data["perspectives"].items():
+        label = PERSPECTIVE_LABEL.get(name, name)
+        out += ["", f"### Where: image regions and box sizes — {label}", "", _md_table(*group_rows(p)),
+                "", f"### Per class — {label}", "", _md_table(*class_rows(p))]
+    sw = data.get("sweeps") or {}
+    if sw:
+        out += ["", f"## Post-processing sweeps ({sw['perspective']} perspective)", "", f"{sw['note']}.", "",
+                _md_table(*sweep_rows(sw))]
+    figs = data.get("figures") or {}
+    if figs:
+        out += ["", "## Figures", ""]
+        for name, path in figs.items():
+            cap = FIGURE_CAPTIONS.get(name.split("_")[0], "")
+            out += [f"![{name}]({path})", "", f"_{name}: {cap}_", ""]
+    out += ["## Inputs", "", _md_table(["input", "value"], _input_rows(data)), "",
+            "### Configuration (as run, defaults filled in)", "", "```yaml", config_text(data).rstrip(), "```", ""]
+    return "\n".join(out)

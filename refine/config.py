@@ -1,0 +1,312 @@
+"""Settings of a refinement run, read from YAML and validated before any work starts.
+
+Every section forbids unknown keys, so a typo (``selct:``, ``budgt:``) is an error that names
+the key instead of a setting silently ignored. Errors read
+``configs/x.yaml: key 'select.budget': must be > 0``. Relative paths inside a config are
+resolved against the config file's folder, so a run does not depend on the working
+directory.
+
+Checks that need the scene (a budget larger than the scene, a strategy registered later by
+a benchmark) are made when the run starts, with the same ``key '...'`` wording
+(:func:`config_error`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tiles.errors import TrustmapError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CLASSES = ROOT / "configs" / "classes" / "landcover6.yaml"
+
+ARCHS = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN", "UPerNet", "Segformer")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SampleSettings(_Section):
+    """The synthetic sample scene used when no ``--scene`` is given."""
+
+    size: int = Field(1024, ge=256, le=16384, description="Scene edge in pixels.")
+    seed: int = Field(0, ge=0)
+    heldout_size: int = Field(512, ge=256, le=16384, description="Edge of the held-out scene.")
+    heldout_seed: int = Field(1, ge=0, description="Seed of the held-out scene (model mIoU).")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SampleSettings:
+        if self.heldout_seed == self.seed:
+            raise ValueError("heldout_seed must differ from seed (the held-out scene must be another scene)")
+        return self
+
+
+class CheapSettings(_Section):
+    """How the cheap labels of the sample scene are simulated, and how several are fused."""
+
+    source: Literal["crowd", "model"] = "crowd"
+    noise: float = Field(0.25, ge=0.0, lt=1.0, description="Target wrong-pixel rate.")
+    annotators: int = Field(3, ge=1, le=32, description="Crowd workers (source: crowd).")
+    seed: int = Field(0, ge=0)
+    fusion: Literal["majority", "dawid_skene"] = "dawid_skene"
+
+
+class ModelSettings(_Section):
+    """The segmentation network (segmentation_models_pytorch)."""
+
+    arch: str = "Unet"
+    encoder: str = "tu-resnet10t"
+    encoder_depth: int = Field(3, ge=1, le=5)
+    decoder_channels: list[int] | None = Field(default_factory=lambda: [32, 16, 8])
+    encoder_weights: Path | None = Field(None, description="Local file of pretrained encoder weights.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the head (MC dropout).")
+    tile_size: int = Field(256, ge=32, le=4096)
+    overlap: int = Field(32, ge=0)
+    predict_batch: int = Field(4, ge=1, le=256)
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        if value not in ARCHS:
+            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelSettings:
+        if self.decoder_channels is not None:
+            if len(self.decoder_channels) != self.encoder_depth:
+                raise ValueError(
+                    f"decoder_channels has {len(self.decoder_channels)} entries; it needs one per "
+                    f"encoder level (encoder_depth={self.encoder_depth})"
+                )
+            if min(self.decoder_channels) < 1:
+                raise ValueError("decoder_channels must be positive")
+        if self.overlap >= self.tile_size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than tile_size ({self.tile_size})")
+        return self
+
+
+class TrainSettings(_Section):
+    """Training on random crops of the current label version."""
+
+    crop: int = Field(128, ge=32, le=2048)
+    batch_size: int = Field(8, ge=1, le=512)
+    steps: int = Field(150, ge=1, description="Optimiser steps of the first round.")
+    finetune_steps: int = Field(60, ge=0, description="Steps of later rounds (warm start).")
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    min_labelled: float = Field(0.5, gt=0.0, le=1.0, description="Least labelled share of a crop.")
+    class_weighting: Literal["none", "inverse_sqrt"] = "inverse_sqrt"
+    augment: bool = True
+    warm_start: bool = True
+
+
+class StrategySettings(_Section):
+    """What makes a region worth reviewing."""
+
+    score: str = Field("disagreement", description="Pixel score or registered region strategy.")
+    aggregate: Literal["mean", "max", "sum", "top_quantile", "softmax", "softmin"] = "mean"
+    q: float = Field(0.1, gt=0.0, le=1.0)
+    temperature: float = Field(0.1, gt=0.0)
+    mc_samples: int = Field(8, ge=2, le=64, description="Dropout samples for BALD.")
+    class_balance: bool = True
+    diversity_radius: float = Field(0.0, ge=0.0)
+    objective: Literal["ratio", "value"] = "ratio"
+
+
+class RegionSettings(_Section):
+    """Review units, built once per scene."""
+
+    kind: Literal["slic", "felzenszwalb", "grid", "components", "polygons"] = "slic"
+    size: int = Field(400, ge=4, description="Superpixel size (px) or grid cell edge (px).")
+    compactness: float = Field(0.1, gt=0.0)
+    cost: Literal["pixels", "dominant_clicks", "polygon_clicks"] = "pixels"
+    polygons: Path | None = None
+
+    @model_validator(mode="after")
+    def _polygons(self) -> RegionSettings:
+        if self.kind == "polygons" and self.polygons is None:
+            raise ValueError("kind 'polygons' needs polygons: PATH (a vector file of review units)")
+        return self
+
+
+class SelectSettings(_Section):
+    """The annotation budget and how it is spread over rounds."""
+
+    budget: float = Field(0.08, gt=0.0, description="Total budget, in `unit`.")
+    unit: Literal["fraction", "pixels", "clicks"] = "fraction"
+    rounds: int = Field(4, ge=1, le=1000)
+    per_round: float | None = Field(None, gt=0.0, description="Budget per round (default budget/rounds).")
+
+    @model_validator(mode="after")
+    def _fraction(self) -> SelectSettings:
+        if self.unit == "fraction":
+            if self.budget > 1.0:
+                raise ValueError(
+                    f"budget {self.budget} is a fraction of the scene and must be <= 1; for a count "
+                    "of pixels or clicks set unit: pixels or unit: clicks"
+                )
+            if self.per_round is not None and self.per_round > self.budget:
+                raise ValueError("per_round must not exceed budget")
+        return self
+
+
+class ReviewSettings(_Section):
+    """The (simulated) expert and how corrections are burnt into the labels."""
+
+    relabel: Literal["dominant", "pixel"] = "dominant"
+    expert_error: float = Field(0.0, ge=0.0, lt=1.0, description="Chance a region is mislabelled.")
+    seed: int = Field(0, ge=0)
+
+
+class RefineConfig(_Section):
+    """A whole refinement run (see ``configs/refine/demo.yaml``)."""
+
+    classes: Path = DEFAULT_CLASSES
+    seed: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: all cores).")
+    final_train: bool = Field(True, description="Train once more on the last labels (model curve end).")
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+    cheap: CheapSettings = Field(default_factory=CheapSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    strategy: StrategySettings = Field(default_factory=StrategySettings)
+    regions: RegionSettings = Field(default_factory=RegionSettings)
+    select: SelectSettings = Field(default_factory=SelectSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
+
+    @model_validator(mode="after")
+    def _units(self) -> RefineConfig:
+        unit, cost = self.select.unit, self.regions.cost
+        if unit == "pixels" and cost != "pixels":
+            raise ValueError(f"select.unit 'pixels' needs regions.cost 'pixels' (it is {cost!r})")
+        if unit == "clicks" and cost == "pixels":
+            raise ValueError("select.unit 'clicks' needs regions.cost dominant_clicks or polygon_clicks")
+        return self
+
+    def with_overrides(self, **sections: dict[str, Any]) -> RefineConfig:
+        """A validated copy with some keys replaced, e.g. ``strategy={"score": "margin"}``."""
+        data = self.model_dump()
+        for name, values in sections.items():
+            if isinstance(values, dict) and isinstance(data.get(name), dict):
+                data[name] = {**data[name], **values}
+            else:
+                data[name] = values
+        return parse_config(data, source="overrides")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON values (paths as strings), for run records."""
+        return self.model_dump(mode="json")
+
+
+# --- loading -----------------------------------------------------------------------------------
+def _loc(loc: tuple) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in loc]
+    out = ""
+    for p in parts:
+        out += p if p.startswith("[") or not out else f".{p}"
+    return out or "(top level)"
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "is required",
+}
+
+
+def _message(err: dict[str, Any], model: type[BaseModel]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind in _MESSAGES:
+        return _MESSAGES[kind].format(**ctx)
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"][:-1])
+        return "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')}, got {err.get('input')!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number, got {err.get('input')!r}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, got {err.get('input')!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, got {err.get('input')!r}"
+    if kind in ("model_type", "dict_type"):
+        return "must be a mapping of keys to values"
+    return err["msg"]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def parse_config(data: Any, source: str | os.PathLike = "config", base: Path | None = None) -> RefineConfig:
+    """Validate a mapping as a :class:`RefineConfig`; relative paths resolve against ``base``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TrustmapError("a refine config must be a mapping of sections (sample, model, ...)", source)
+    try:
+        cfg = RefineConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _loc(err["loc"])
+        raise TrustmapError(f"key '{loc}': {_message(err, RefineConfig)}", source) from None
+    if base is not None:
+        cfg = _resolve_paths(cfg, base)
+    return cfg
+
+
+def _resolve_paths(cfg: RefineConfig, base: Path) -> RefineConfig:
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else (base / p).resolve()
+
+    updates: dict[str, Any] = {}
+    if "classes" in cfg.model_fields_set:
+        updates["classes"] = fix(cfg.classes)
+    if cfg.model.encoder_weights is not None:
+        updates["model"] = cfg.model.model_copy(update={"encoder_weights": fix(cfg.model.encoder_weights)})
+    if cfg.regions.polygons is not None:
+        updates["regions"] = cfg.regions.model_copy(update={"polygons": fix(cfg.regions.polygons)})
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def load_config(path: str | os.PathLike | None) -> RefineConfig:
+    """Read a YAML config (``None``: all defaults); errors name the file and the key."""
+    if path is None:
+        return RefineConfig()
+    path = Path(path)
+    if not path.exists():
+        raise TrustmapError("config file not found", path)
+    if path.is_dir():
+        raise TrustmapError("is a directory, expected a YAML config file", path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TrustmapError(f"not valid YAML{where} ({exc.__class__.__name__})", path) from None
+    except UnicodeDecodeError:
+        raise TrustmapError("not a text file (expected YAML)", path) from None
+    return parse_config(data, source=path, base=path.parent)
+
+
+def config_error(key: str, problem: str, source: str | os.PathLike | None = None) -> TrustmapError:
+    """An error about one config key found after loading (e.g. once the scene is known)."""
+    return TrustmapError(f"key '{key}': {problem}", source)

@@ -1,0 +1,676 @@
+"""The segmentation model of a refinement run: build, train on labels, predict tile by tile.
+
+A segmentation_models_pytorch network (default: a U-Net on a small timm ResNet-10t encoder
+cut to three levels, about 0.4 M parameters, so a round trains in about a minute on two CPU
+cores) wrapped with what a refinement loop needs:
+
+* input normalisation from per-band statistics of the scene (:class:`BandStats`),
+  computed once and stored in every checkpoint, so a model always sees inputs scaled the
+  way it was trained;
+* training on random crops of the *current label version*, drawn where the labels are
+  labelled (:class:`CropSampler`), with flips, rot90 and mild brightness/contrast
+  augmentation, and the ignore code left out of the loss;
+* warm starts: :meth:`SegmentationModel.fit` continues from the current weights, so later
+  rounds need fewer steps;
+* :meth:`SegmentationModel.predict_proba`: tiles with overlap, stitched by
+  :class:`tiles.stitch.StitchWriter` in blend mode, so memory is bounded by a row of tiles
+  whatever the scene size. With ``mc_samples`` it runs the decoder once and the dropout +
+  head ``T`` times per tile (MC dropout) and stitches the BALD score computed *inside* the
+  tile loop: the T full-scene probability stacks are never stored;
+* checkpoints (weights, settings, normalisation, class codes) written atomically.
+
+Training only ever receives a label array: it has no notion of a ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+from torch import nn
+
+from refine.config import ModelSettings, TrainSettings
+from tiles.classes import ClassSchema
+from tiles.console import progress
+from tiles.errors import TrustmapError
+from tiles.grid import TileGrid
+from tiles.io import atomic_path
+from tiles.raster import open_raster
+from tiles.stitch import StitchWriter
+
+CHECKPOINT_FORMAT = "trustmap.refine.model/1"
+IN_MEMORY_PIXELS = 1 << 26
+"""Scenes up to this many pixels are read into memory once; larger ones are read by window."""
+MAX_RETURNED_BYTES = 2 << 30
+"""predict_proba refuses to return a larger (C, H, W) array; pass ``out_path`` instead."""
+STATS_SAMPLE_EDGE = 1024
+"""Band statistics are taken from a decimated read of at most this many pixels per side."""
+_DECODER_CHANNEL_ARCHS = ("Unet", "UnetPlusPlus", "MAnet")
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (respects affinity masks and containers' cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Use ``threads`` (default: every available core) for torch's intra-op parallelism."""
+    n = threads or available_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(*keys: int) -> None:
+    """Seed torch's global generator (dropout, init) from a tuple of integers."""
+    seq = np.random.SeedSequence([int(k) for k in keys])
+    torch.manual_seed(int(seq.generate_state(1, np.uint64)[0] % (2**63)))
+
+
+# --- the scene -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band mean and standard deviation over the scene's valid pixels."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, scene: SceneImage) -> BandStats:
+        """From a decimated read (nearest) of the whole scene: cheap for any size."""
+        bands, valid = scene.overview(STATS_SAMPLE_EDGE)
+        if not valid.any():
+            raise TrustmapError("scene is empty: every pixel is nodata", scene.path)
+        px = bands[:, valid].astype(np.float64)
+        std = px.std(axis=1)
+        std = np.where(std > 1e-6 * np.maximum(np.abs(px.mean(axis=1)), 1.0), std, 1.0)
+        return cls(tuple(float(v) for v in px.mean(axis=1)), tuple(float(v) for v in std))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BandStats:
+        return cls(tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
+
+    def normalise(self, bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(B, h, w) raw values -> float32 z-scores, 0 on nodata."""
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        out = (bands.astype(np.float32) - mean) / std
+        out[:, ~valid] = 0.0
+        return out
+
+
+class SceneImage:
+    """A multi-band scene read by window; cached in memory when it is small enough.
+
+    ``valid`` follows GDAL's dataset mask (nodata value, mask band or alpha), so every
+    trustmap step agrees on which pixels exist.
+    """
+
+    def __init__(self, path: str | os.PathLike, cache: bool | None = None):
+        self.path = Path(path)
+        with open_raster(self.path) as ds:
+            if ds.count < 1:
+                raise TrustmapError("raster has no bands", self.path)
+            self.count, self.height, self.width = ds.count, ds.height, ds.width
+            self.crs, self.transform = ds.crs, ds.transform
+            self.dtype = ds.dtypes[0]
+        self._bands: np.ndarray | None = None
+        self._valid: np.ndarray | None = None
+        if cache if cache is not None else self.height * self.width <= IN_MEMORY_PIXELS:
+            self._load()
+
+    def _load(self) -> None:
+        with rasterio.open(self.path) as ds:
+            self._bands = ds.read()
+            self._valid = ds.dataset_mask() > 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def cached(self) -> bool:
+        return self._bands is not None
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(bands (B, h, w), valid (h, w)) for a window inside the scene."""
+        if self._bands is not None:
+            rows, cols = window.toslices()
+            return self._bands[:, rows, cols], self._valid[rows, cols]
+        with rasterio.open(self.path) as ds:
+            return ds.read(window=window), ds.dataset_mask(window=window) > 0
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole scene in memory (bands, valid): for superpixels and small scenes."""
+        if self._bands is None:
+            self._load()
+        return self._bands, self._valid  # type: ignore[return-value]
+
+    def valid_mask(self) -> np.ndarray:
+        """(H, W) bool; read block by block when the scene is not cached."""
+        if self._valid is not None:
+            return self._valid
+        out = np.zeros(self.shape, bool)
+        with rasterio.open(self.path) as ds:
+            for _, win in ds.block_windows(1):
+                out[win.toslices()] = ds.dataset_mask(window=win) > 0
+        return out
+
+    def overview(self, edge: int) -> tuple[np.ndarray, np.ndarray]:
+        """A nearest-neighbour decimated copy of at most ``edge`` pixels per side."""
+        if self._bands is not None:
+            step = max(1, -(-max(self.height, self.width) // edge))
+            return self._bands[:, ::step, ::step], self._valid[::step, ::step]
+        scale = max(1.0, max(self.height, self.width) / edge)
+        h, w = max(1, int(self.height / scale)), max(1, int(self.width / scale))
+        with rasterio.open(self.path) as ds:
+            bands = ds.read(out_shape=(ds.count, h, w))
+            valid = ds.dataset_mask(out_shape=(h, w)) > 0
+        return bands, valid
+
+
+# --- the network -------------------------------------------------------------------------------
+class SegNet(nn.Module):
+    """An smp encoder-decoder with dropout in front of the segmentation head.
+
+    Splitting :meth:`features` from :meth:`head` lets MC dropout run the (deterministic)
+    encoder and decoder once and only the cheap dropout + head ``T`` times.
+    """
+
+    def __init__(self, base: nn.Module, dropout: float):
+        super().__init__()
+        self.encoder = base.encoder
+        self.decoder = base.decoder
+        self.segmentation_head = base.segmentation_head
+        self.dropout = nn.Dropout(p=dropout)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.segmentation_head(self.dropout(feats))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_network(settings: ModelSettings, in_channels: int, num_classes: int) -> SegNet:
+    """Create the configured smp network (random init; local encoder weights if given)."""
+    import segmentation_models_pytorch as smp
+
+    kwargs: dict[str, Any] = {
+        "encoder_name": settings.encoder,
+        "encoder_depth": settings.encoder_depth,
+        "encoder_weights": None,  # no downloads: local weights are loaded below
+        "in_channels": in_channels,
+        "classes": num_classes,
+    }
+    if settings.arch in _DECODER_CHANNEL_ARCHS and settings.decoder_channels is not None:
+        kwargs["decoder_channels"] = tuple(settings.decoder_channels)
+    cls = getattr(smp, settings.arch)
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            base = cls(**kwargs)
+    except KeyError:
+        raise TrustmapError(
+            f"key 'model.encoder': unknown encoder {settings.encoder!r} (see segmentation_models_pytorch's "
+            "encoder list, or a timm model name prefixed with 'tu-')"
+        ) from None
+    except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
+        raise TrustmapError(
+            f"key 'model': cannot build {settings.arch} with encoder {settings.encoder!r} "
+            f"(depth {settings.encoder_depth}): {exc}"
+        ) from None
+    net = SegNet(base, settings.dropout)
+    if settings.encoder_weights is not None:
+        load_encoder_weights(net.encoder, settings.encoder_weights)
+    return net
+
+
+_PREFIXES = ("", "encoder.", "module.", "module.encoder.", "model.", "backbone.")
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local state dict into ``encoder`` (e.g. timm or torchvision ImageNet weights).
+
+    Key prefixes such as ``encoder.``/``module.``/``model.`` are matched automatically;
+    a classifier head in the file is ignored. When the file's first convolution has a
+    different number of input bands (RGB weights, 4-band scene), its filters are cycled
+    over the bands and rescaled, as smp does for downloaded weights. Anything else that
+    does not fit is an error naming the tensor.
+    """
+    path = Path(path)
+    where = f"{path} (model.encoder_weights)"
+    if not path.exists():
+        raise TrustmapError("encoder weights file not found", where)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        raise TrustmapError(f"not a readable torch weights file ({exc.__class__.__name__})", where) from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "encoder"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TrustmapError("does not hold a state dict (a mapping of names to tensors)", where)
+    target = encoder.state_dict()
+    needed = [k for k in target if not k.endswith("num_batches_tracked")]
+
+    def mapped(strip: str, add: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in obj.items():
+            if k.startswith(strip):
+                out[add + k[len(strip) :]] = v
+        return out
+
+    best: dict[str, torch.Tensor] = {}
+    for strip in _PREFIXES:
+        for add in ("", "model."):
+            cand = mapped(strip, add)
+            if sum(k in cand for k in needed) > sum(k in best for k in needed):
+                best = cand
+    missing = [k for k in needed if k not in best]
+    if missing:
+        raise TrustmapError(
+            f"does not match the encoder: {len(missing)} of {len(needed)} tensors missing "
+            f"(e.g. {', '.join(missing[:3])}); was it saved from another encoder than the configured one?",
+            where,
+        )
+    state = {}
+    for k, ref in target.items():
+        if k not in best:
+            state[k] = ref
+            continue
+        v = best[k]
+        if v.shape != ref.shape:
+            if v.ndim == 4 and ref.ndim == 4 and v.shape[0] == ref.shape[0] and v.shape[2:] == ref.shape[2:]:
+                idx = torch.arange(ref.shape[1]) % v.shape[1]
+                v = v[:, idx] * (v.shape[1] / ref.shape[1])
+            else:
+                raise TrustmapError(
+                    f"tensor {k!r} has shape {tuple(v.shape)}, the encoder needs {tuple(ref.shape)}", where
+                )
+        state[k] = v.to(ref.dtype)
+    encoder.load_state_dict(state)
+
+
+# --- training data -----------------------------------------------------------------------------
+class CropSampler:
+    """Random square crops whose share of labelled pixels is at least ``min_labelled``.
+
+    Candidate corners lie on a grid of ``crop // 4`` pixels; each one's labelled share comes
+    from a summed-area table, so drawing a crop is O(1) whatever the scene size. If no
+    window reaches the threshold, any window with a labelled pixel is used.
+    """
+
+    def __init__(self, labelled: np.ndarray, crop: int, min_labelled: float, rng: np.random.Generator):
+        h, w = labelled.shape
+        self.crop_h, self.crop_w = min(crop, h), min(crop, w)
+        self.rng = rng
+        sat = np.zeros((h + 1, w + 1), np.int64)
+        sat[1:, 1:] = labelled.astype(np.int64).cumsum(0).cumsum(1)
+        step = max(1, crop // 4)
+        rows = np.unique(np.r_[np.arange(0, h - self.crop_h + 1, step), h - self.crop_h])
+        cols = np.unique(np.r_[np.arange(0, w - self.crop_w + 1, step), w - self.crop_w])
+        r0, c0 = np.meshgrid(rows, cols, indexing="ij")
+        r1, c1 = r0 + self.crop_h, c0 + self.crop_w
+        share = (sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]) / (self.crop_h * self.crop_w)
+        ok = share >= min_labelled
+        if not ok.any():
+            ok = share > 0
+        if not ok.any():
+            raise TrustmapError("the labels have no labelled pixel to train on (all ignore or nodata)")
+        self.corners = np.stack([r0[ok], c0[ok]], axis=1)
+
+    def draw(self) -> Window:
+        r, c = self.corners[self.rng.integers(len(self.corners))]
+        return Window(int(c), int(r), self.crop_w, self.crop_h)
+
+
+def _augmenter(seed: int):
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        ],
+        seed=seed,
+    )
+
+
+def _pad_to(x: np.ndarray, multiple: int, value: float) -> np.ndarray:
+    """Pad the last two axes up to a multiple (smp encoders need divisible sizes)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return x
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(x, pad, mode="constant", constant_values=value)
+
+
+@dataclass
+class TrainLog:
+    """What one :meth:`SegmentationModel.fit` call did."""
+
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    class_weights: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-max(1, len(self.losses) // 10) :]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+# --- the model ---------------------------------------------------------------------------------
+class SegmentationModel:
+    """A network plus everything needed to use it on a scene: settings, normalisation, classes."""
+
+    def __init__(
+        self,
+        settings: ModelSettings,
+        codes: list[int],
+        names: list[str],
+        stats: BandStats,
+        seed: int = 0,
+        threads: int | None = None,
+        net: SegNet | None = None,
+    ):
+        self.settings = settings
+        self.codes = [int(c) for c in codes]
+        self.names = list(names)
+        self.stats = stats
+        self.seed = int(seed)
+        self.threads = set_threads(threads)
+        self.steps_trained = 0
+        self.fits = 0
+        if net is None:
+            seed_everything(self.seed, 0x5E6)
+            net = build_network(settings, len(stats.mean), len(self.codes))
+        self.net = net
+        self._multiple = 2 ** max(settings.encoder_depth, 1)
+        if settings.arch not in _DECODER_CHANNEL_ARCHS:
+            self._multiple = 32
+
+    @classmethod
+    def create(
+        cls, settings: ModelSettings, schema: ClassSchema, scene: SceneImage, seed: int = 0, threads: int | None = None
+    ) -> SegmentationModel:
+        """A fresh model for ``scene``'s bands and ``schema``'s classes."""
+        return cls(settings, schema.codes, schema.names, BandStats.of(scene), seed=seed, threads=threads)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.codes)
+
+    def _lut(self) -> np.ndarray:
+        lut = np.full(256, -1, np.int64)
+        lut[self.codes] = np.arange(len(self.codes))
+        return lut
+
+    # --- training ------------------------------------------------------------------------------
+    def fit(
+        self,
+        scene: SceneImage,
+        labels: np.ndarray,
+        train: TrainSettings,
+        steps: int,
+        seed: int = 0,
+        desc: str = "train",
+    ) -> TrainLog:
+        """Optimise for ``steps`` steps on crops of ``labels`` (H, W uint8 codes), from the
+        current weights (warm start). Codes outside the model's classes are ignored."""
+        import time
+
+        t0 = time.perf_counter()
+        if labels.shape != scene.shape:
+            raise TrustmapError(f"labels have shape {labels.shape}, the scene {scene.shape}", scene.path)
+        self._check_bands(scene)
+        log = TrainLog(steps=int(steps))
+        if steps <= 0:
+            return log
+        set_threads(self.threads)
+        seed_everything(self.seed, seed, self.fits, 0x7A1)
+        rng = np.random.default_rng([self.seed, seed, self.fits])
+        index = self._lut()[labels]
+        valid = scene.valid_mask()
+        index[~valid] = -1
+        sampler = CropSampler(index >= 0, train.crop, train.min_labelled, rng)
+        weights = self._class_weights(index, train.class_weighting)
+        log.class_weights = weights.tolist()
+        augment = _augmenter(int(rng.integers(2**31))) if train.augment else None
+        loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).float(), ignore_index=-1)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=train.lr, total_steps=int(steps), pct_start=0.15 if self.fits == 0 else 0.05
+        )
+        self.net.train()
+        for _ in progress(range(int(steps)), desc=desc, total=int(steps), unit="step"):
+            xs, ys = [], []
+            for _ in range(train.batch_size):
+                win = sampler.draw()
+                bands, vmask = scene.read(win)
+                x = self.stats.normalise(bands, vmask)
+                y = index[win.toslices()]
+                if augment is not None:
+                    out = augment(image=np.ascontiguousarray(x.transpose(1, 2, 0)), mask=y)
+                    x, y = out["image"].transpose(2, 0, 1), out["mask"]
+                xs.append(_pad_to(x, self._multiple, 0.0))
+                ys.append(_pad_to(y, self._multiple, -1))
+            xb = torch.from_numpy(np.ascontiguousarray(np.stack(xs), dtype=np.float32))
+            yb = torch.from_numpy(np.ascontiguousarray(np.stack(ys), dtype=np.int64))
+            loss = loss_fn(self.net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            log.losses.append(float(loss.detach()))
+        self.net.eval()
+        self.steps_trained += int(steps)
+        self.fits += 1
+        log.seconds = time.perf_counter() - t0
+        return log
+
+    def _class_weights(self, index: np.ndarray, how: str) -> np.ndarray:
+        counts = np.bincount(index[index >= 0], minlength=self.num_classes).astype(np.float64)
+        if how == "none" or counts.sum() == 0:
+            return np.ones(self.num_classes)
+        freq = counts / counts.sum()
+        w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+        present = counts > 0
+        w[present] /= w[present].mean()
+        w[~present] = 1.0  # no pixel of it: the weight never applies
+        return np.minimum(w, 10.0)
+
+    def _check_bands(self, scene: SceneImage) -> None:
+        if scene.count != len(self.stats.mean):
+            raise TrustmapError(
+                f"scene has {scene.count} bands, the model was built for {len(self.stats.mean)}", scene.path
+            )
+
+    # --- prediction ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward_tiles(self, x: np.ndarray, mc_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N, C, h, w) and, with MC dropout, BALD (N, h, w) for a batch."""
+        from refine.scores import bald
+
+        h, w = x.shape[-2:]
+        xt = torch.from_numpy(np.ascontiguousarray(_pad_to(x, self._multiple, 0.0)))
+        self.net.eval()
+        feats = self.net.features(xt)
+        if mc_samples < 2:
+            probs = torch.softmax(self.net.head(feats), dim=1)[..., :h, :w].numpy()
+            return probs, None
+        self.net.dropout.train()  # MC dropout: only the dropout layer is stochastic
+        try:
+            samples = torch.stack(
+                [torch.softmax(self.net.head(feats), dim=1)[..., :h, :w] for _ in range(mc_samples)]
+            ).numpy()  # (T, N, C, h, w)
+        finally:
+            self.net.dropout.eval()
+        probs = samples.mean(axis=0)
+        mi = np.stack([bald(samples[:, i]) for i in range(samples.shape[1])])
+        return probs, mi
+
+    def predict_proba(
+        self,
+        scene: SceneImage | str | os.PathLike,
+        out_path: str | os.PathLike | None = None,
+        *,
+        mc_samples: int = 0,
+        bald_path: str | os.PathLike | None = None,
+        seed: int = 0,
+        desc: str = "predict",
+        compress: str = "deflate",
+    ) -> np.ndarray | Path:
+        """Class probabilities (C, H, W) float32 in schema order, NaN on nodata.
+
+        Tiles of ``settings.tile_size`` with ``settings.overlap`` are predicted in batches
+        and blended by :class:`StitchWriter` into ``out_path`` (returned); without
+        ``out_path`` the array is returned (refused beyond ``MAX_RETURNED_BYTES``). With
+        ``mc_samples >= 2`` the probabilities are the MC-dropout mean and, if ``bald_path``
+        is given, the per-tile BALD score is stitched there too (1 band float32).
+        """
+        if not isinstance(scene, SceneImage):
+            scene = SceneImage(scene)
+        self._check_bands(scene)
+        if bald_path is not None and mc_samples < 2:
+            raise TrustmapError("a BALD map needs mc_samples >= 2 (MC dropout)")
+        if mc_samples >= 2 and self.settings.dropout <= 0:
+            raise TrustmapError("key 'model.dropout': MC dropout (BALD) needs dropout > 0")
+        if out_path is None:
+            nbytes = 4 * self.num_classes * scene.height * scene.width
+            if nbytes > MAX_RETURNED_BYTES:
+                raise TrustmapError(
+                    f"probabilities of this scene take {nbytes / 2**30:.1f} GiB; pass out_path to "
+                    "stream them to a GeoTIFF instead"
+                )
+            with tempfile.TemporaryDirectory(prefix="trustmap-probs-") as tmp:
+                path = self.predict_proba(
+                    scene, Path(tmp) / "probs.tif", mc_samples=mc_samples, bald_path=bald_path,
+                    seed=seed, desc=desc, compress="none",
+                )  # fmt: skip
+                with rasterio.open(path) as ds:
+                    return ds.read()
+        set_threads(self.threads)
+        seed_everything(self.seed, seed, 0xB41D)
+        s = self.settings
+        grid = TileGrid(scene.height, scene.width, s.tile_size, s.overlap, scene.transform, scene.crs)
+        geo = {"crs": scene.crs, "transform": scene.transform}
+        names = [f"p({n})" for n in self.names]
+        writer = StitchWriter(
+            out_path, grid, self.num_classes, "float32", mode="blend", nodata=float("nan"),
+            compress=compress, band_descriptions=names, **geo,
+        )  # fmt: skip
+        mi_writer = (
+            StitchWriter(bald_path, grid, 1, "float32", mode="blend", nodata=float("nan"),
+                         compress=compress, band_descriptions=["bald"], **geo)  # fmt: skip
+            if bald_path is not None
+            else None
+        )
+        with writer, (mi_writer if mi_writer is not None else contextlib.nullcontext()):
+            batch: list[tuple[Any, np.ndarray, np.ndarray]] = []
+
+            def flush() -> None:
+                x = np.stack([b[1] for b in batch])
+                probs, mi = self._forward_tiles(x, mc_samples)
+                for i, (tile, _, valid) in enumerate(batch):
+                    p = probs[i]
+                    p[:, ~valid] = np.nan
+                    writer.write(tile, p)
+                    if mi_writer is not None:
+                        m = mi[i]
+                        m[~valid] = np.nan
+                        mi_writer.write(tile, m)
+                batch.clear()
+
+            for tile in progress(grid, desc=desc, total=len(grid), unit="tile"):
+                bands, valid = scene.read(tile.window)
+                if not valid.any():
+                    writer.skip(tile)
+                    if mi_writer is not None:
+                        mi_writer.skip(tile)
+                    continue
+                batch.append((tile, self.stats.normalise(bands, valid), valid))
+                if len(batch) >= s.predict_batch:
+                    flush()
+            if batch:
+                flush()
+        return Path(out_path)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights, settings, normalisation and classes to ``path`` atomically."""
+        settings = self.settings.model_dump(mode="json")
+        settings["encoder_weights"] = None  # the weights are in the checkpoint now
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "settings": settings,
+            "codes": self.codes,
+            "names": self.names,
+            "stats": self.stats.to_dict(),
+            "seed": self.seed,
+            "steps_trained": self.steps_trained,
+            "fits": self.fits,
+            "state_dict": self.net.state_dict(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, schema: ClassSchema | None = None, threads: int | None = None
+    ) -> SegmentationModel:
+        """Read a checkpoint written by :meth:`save`; with ``schema``, check its classes match."""
+        path = Path(path)
+        if not path.exists():
+            raise TrustmapError("model checkpoint not found", path)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for foreign files
+            raise TrustmapError(f"not a readable model checkpoint ({exc.__class__.__name__})", path) from None
+        if not isinstance(payload, Mapping) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise TrustmapError(f"not a trustmap refine checkpoint (expected format {CHECKPOINT_FORMAT})", path)
+        if schema is not None and list(payload["codes"]) != schema.codes:
+            raise TrustmapError(
+                f"checkpoint classes {list(payload['codes'])} differ from the schema's {schema.codes}", path
+            )
+        settings = ModelSettings.model_validate(payload["settings"])
+        stats = BandStats.from_dict(payload["stats"])
+        net = build_network(settings, len(stats.mean), len(payload["codes"]))
+        try:
+            net.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise TrustmapError(f"checkpoint weights do not fit its own settings ({exc})", path) from None
+        net.eval()
+        model = cls(settings, payload["codes"], payload["names"], stats, payload["seed"], threads, net=net)
+        model.steps_trained = int(payload.get("steps_trained", 0))
+        model.fits = int(payload.get("fits", 0))
+        return model
+
