@@ -87,15 +87,18 @@ def stitch(index: Path, out_path: Path, mode: str, cog: bool) -> None:
 @click.option("--scene", required=True, type=_existing, help="The scene whose grid the labels are aligned to.")
 @click.option("--classes", "classes_path", required=True, type=_existing, help="Class schema YAML.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output label GeoTIFF (uint8).")
-@click.option("--class-field", default=None, help="Vector attribute holding the class (code or name).")
+@click.option("--class-field", default=None,
+              help="Vector attribute holding the class (code or name); default: class, code, label or name.")
+@click.option("--layer", default=None, help="Layer to read from a multi-layer GeoPackage.")
 @user_errors
-def align(labels: Path, scene: Path, classes_path: Path, out_path: Path, class_field: str | None) -> None:
+def align(labels: Path, scene: Path, classes_path: Path, out_path: Path, class_field: str | None,
+          layer: str | None) -> None:
     """Put a label raster (any CRS/resolution/extent; nearest neighbour) or a vector label file
     (GPKG, GeoJSON, Shapefile) onto SCENE's pixel grid. Unlabelled pixels get the ignore code."""
     from tiles.align import align_labels
     from tiles.classes import load_schema
 
-    report = align_labels(labels, scene, load_schema(classes_path), out_path, class_field=class_field)
+    report = align_labels(labels, scene, load_schema(classes_path), out_path, class_field=class_field, layer=layer)
     click.echo(f"wrote {out_path}; labels cover {100 * report.covered:.1f}% of the scene")
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
@@ -106,14 +109,17 @@ def align(labels: Path, scene: Path, classes_path: Path, out_path: Path, class_f
 @click.option("--classes", "classes_path", required=True, type=_existing, help="Class schema YAML.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output GeoPackage.")
 @click.option("--min-area", default=0.0, show_default=True, type=float, help="Drop polygons smaller than this (map units²).")
-@click.option("--simplify", default=None, type=float, help="Topology-preserving simplify tolerance (map units).")
+@click.option("--min-pixels", default=0, show_default=True, type=int, help="Drop polygons of fewer pixels than this.")
+@click.option("--simplify", default=None, type=float,
+              help="Coverage simplification tolerance in map units (neighbours keep shared edges: no gaps or slivers).")
 @user_errors
-def vectorize(mask: Path, classes_path: Path, out_path: Path, min_area: float, simplify: float | None) -> None:
+def vectorize(mask: Path, classes_path: Path, out_path: Path, min_area: float, min_pixels: int,
+              simplify: float | None) -> None:
     """Turn a class mask into valid polygons per class, with code and name attributes."""
     from tiles.classes import load_schema
     from tiles.vectorize import vectorize_mask, write_polygons
 
-    gdf = vectorize_mask(mask, load_schema(classes_path), min_area=min_area, simplify=simplify)
+    gdf = vectorize_mask(mask, load_schema(classes_path), min_area=min_area, simplify=simplify, min_pixels=min_pixels)
     write_polygons(gdf, out_path)
     click.echo(f"wrote {len(gdf)} polygons to {out_path}")
 
@@ -124,7 +130,7 @@ def vectorize(mask: Path, classes_path: Path, out_path: Path, min_area: float, s
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--scene", type=_existing, default=None, help="Scene for the RGB quick-look background.")
 @click.option("--min-area", default=0.0, show_default=True, type=float, help="Drop polygons smaller than this (map units²).")
-@click.option("--simplify", default=None, type=float, help="Simplify tolerance for polygons (map units).")
+@click.option("--simplify", default=None, type=float, help="Coverage simplification tolerance for polygons (map units).")
 @user_errors
 def export_qgis(mask: Path, classes_path: Path, out_dir: Path, scene: Path | None, min_area: float,
                 simplify: float | None) -> None:
