@@ -142,3 +142,14 @@ def load_schema(path: str | os.PathLike) -> ClassSchema:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise TrustmapError(f"key '{_format_loc(err['loc'])}': {err['msg']}", path) from None
+
+
+def builtin_schema_path(name: str = "landcover6") -> Path:
+    """Path of a schema shipped with trustmap (``configs/classes`` in a checkout, package data otherwise)."""
+    checkout = Path(__file__).resolve().parents[1] / "configs" / "classes" / f"{name}.yaml"
+    if checkout.exists():
+        return checkout
+    packaged = Path(__file__).resolve().parent / "schemas" / f"{name}.yaml"
+    if packaged.exists():
+        return packaged
+    raise TrustmapError(f"no built-in class schema named {name!r}")

@@ -54,6 +54,28 @@ def sample(out_dir: Path, size: int, seed: int) -> None:
 
 @main.command()
 @click.argument("scene", type=_existing)
+@click.option("--png", "out_png", type=click.Path(path_type=Path), default=None, help="Output PNG (default: beside the scene).")
+@click.option("--tif", "out_tif", type=click.Path(path_type=Path), default=None, help="Also write a georeferenced RGB GeoTIFF.")
+@click.option("--bands", default=None, help="Three 1-based band numbers for R,G,B, e.g. 3,2,1 (default: from band metadata).")
+@click.option("--max-size", default=2048, show_default=True, type=int, help="Longest edge of the quick-look in pixels.")
+@user_errors
+def quicklook(scene: Path, out_png: Path | None, out_tif: Path | None, bands: str | None, max_size: int) -> None:
+    """Render a 2-98 % stretched RGB quick-look of SCENE (nodata transparent), read decimated."""
+    from tiles.errors import TrustmapError
+    from tiles.quicklook import write_quicklook
+
+    band_tuple = None
+    if bands:
+        try:
+            band_tuple = tuple(int(b) for b in bands.split(","))
+        except ValueError:
+            raise TrustmapError(f"--bands must be three integers like 3,2,1, got {bands!r}") from None
+    res = write_quicklook(scene, out_png=out_png, out_tif=out_tif, bands=band_tuple, max_size=max_size)
+    click.echo(f"wrote {res.png}" + (f" and {res.tif}" if res.tif else "") + f" (bands {res.bands})")
+
+
+@main.command()
+@click.argument("scene", type=_existing)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory (tiles/ and index.gpkg).")
 @click.option("--size", default=512, show_default=True, type=int, help="Tile edge in pixels.")
 @click.option("--overlap", default=64, show_default=True, type=int, help="Pixels shared by neighbouring tiles.")

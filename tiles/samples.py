@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from scipy.ndimage import gaussian_filter
 from shapely.ops import substring
 
-from tiles.classes import ClassSchema, load_schema
+from tiles.classes import ClassSchema, builtin_schema_path, load_schema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, ensure_writable_dir
 
@@ -49,7 +49,7 @@ HALO = 16  # extra rows each side of a strip: room for shadows (<= 12 m) and the
 WATER, TREE, CROP, BUILT, SOIL, ROAD = 1, 2, 3, 4, 5, 6  # codes of configs/classes/landcover6.yaml
 CLASS_CODES = (WATER, TREE, CROP, BUILT, SOIL, ROAD)
 
-_DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "configs" / "classes" / "landcover6.yaml"
+_DEFAULT_SCHEMA = builtin_schema_path("landcover6")
 
 # Sun at ~10:30 local time: from the south-east, 55 degrees up. Unit vector towards the sun in
 # pixel axes (x east, y down = south), and the rise of a sun ray per metre travelled.

@@ -149,7 +149,8 @@ def test_html_is_self_contained_and_carries_findings_tables_and_figures():
 
 def test_markdown_has_tables_findings_and_figure_links():
     data = document("over")
-    data["figures"] = {name: f"figures/{name}.png" for name in draw_figures(data)}
+    kinds = ("reliability", "position", "size", "classes")
+    data["figures"] = {f"{k}_predictions": f"figures/{k}_predictions.png" for k in kinds}
     md = report.render_markdown(data)
     assert md.startswith("# Detector calibration audit")
     assert all(f"({path})" in md for path in data["figures"].values())

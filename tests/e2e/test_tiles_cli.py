@@ -21,7 +21,7 @@ def tiles(*args, ok=True):
 
 def test_help_explains_every_command():
     out = tiles("--help").stdout
-    for cmd in ("info", "sample", "cut", "stitch", "align", "vectorize", "export-qgis"):
+    for cmd in ("info", "sample", "quicklook", "cut", "stitch", "align", "vectorize", "export-qgis"):
         assert cmd in out
     assert "--overlap" in tiles("cut", "--help").stdout
 

@@ -1,0 +1,900 @@
+"""The refinement loop: train, predict, score, select, review, relabel, for a few rounds.
+
+Per round ``r`` (1..R), starting from label version ``r - 1``:
+
+1. **train** the model on the current labels (round 1 from scratch, later rounds warm-start
+   with fewer steps);
+2. **predict** class probabilities over the scene, tile by tile (plus BALD with MC dropout);
+3. **score** the regions with the configured *strategy*: a pixel score from
+   :mod:`refine.scores` pooled over regions (:func:`refine.select.aggregate`), or any
+   function registered with :func:`register_strategy` (the benchmark adds cleanlab and an
+   oracle ranking this way);
+4. **select** unreviewed regions under this round's budget (cost-aware greedy with Cai et
+   al.'s class balancing and optional spatial diversity, or the random baseline);
+5. **review**: the :class:`refine.oracle.Expert` answers; the answers are burnt into label
+   version ``r`` (whole-region dominant class, or pixel-exact), and what changed is recorded.
+
+Regions are built once per scene. Reviewed regions are never selected again. Each round is
+committed atomically to ``DIR/state/`` (:mod:`refine.session`), so an interrupted run
+resumes from its last complete round.
+
+**The truth never reaches training.** :func:`run_simulation` reads the truth into two
+objects only: the :class:`~refine.oracle.SimulatedExpert` (which answers region queries)
+and an :class:`Evaluator` (which returns numbers). :class:`Refinement` receives those two
+objects and the current label array; the model's ``fit`` takes a label array and nothing
+else.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+
+from refine.config import RefineConfig, config_error
+from refine.metrics import Scores, review_precision, score_labels, score_raster, track_errors
+from refine.model import SceneImage, SegmentationModel
+from refine.oracle import ChangeRecord, Expert, SimulatedExpert, apply_corrections
+from refine.regions import Regions, build_regions
+from refine.session import RunDir, jsonable, write_record
+from tiles.classes import ClassSchema, load_schema
+from tiles.errors import TrustmapError
+from tiles.io import atomic_path, write_text_atomic
+from tiles.raster import open_raster, require_crs
+
+Echo = Callable[[str], None]
+STEPS = ("train", "predict", "score", "select", "review")
+
+
+# --- strategies ------------------------------------------------------------------------------------
+@dataclass
+class RoundContext:
+    """What a region-ranking strategy may look at in one round (never the truth)."""
+
+    round: int
+    config: RefineConfig
+    schema: ClassSchema
+    scene: SceneImage
+    regions: Regions
+    labels: np.ndarray
+    """(H, W) uint8 codes of the current label version."""
+    valid: np.ndarray
+    reviewed: np.ndarray
+    """(R,) bool: regions reviewed in earlier rounds (the selection skips them anyway)."""
+    votes: np.ndarray | None = None
+    """(A, H, W) uint8 codes of the cheap sources, when there are several."""
+    model: SegmentationModel | None = None
+    probs_path: Path | None = None
+    bald_path: Path | None = None
+    seed: int = 0
+    _probs: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def label_index(self) -> np.ndarray:
+        """(H, W) int16 class indices, -1 for ignore and nodata."""
+        idx = self.schema.code_to_index()[self.labels]
+        idx[~self.valid] = -1
+        return idx
+
+    def probs(self) -> np.ndarray:
+        """(C, H, W) float32 model probabilities of this round (NaN on nodata)."""
+        if self._probs is None:
+            if self.probs_path is None:
+                raise TrustmapError(f"strategy {self.config.strategy.score!r} needs model probabilities")
+            with rasterio.open(self.probs_path) as ds:
+                self._probs = ds.read()
+        return self._probs
+
+    def predicted_index(self) -> np.ndarray:
+        """(H, W) argmax class index of the model, -1 on nodata."""
+        p = self.probs()
+        idx = np.argmax(np.nan_to_num(p, nan=-1.0), axis=0).astype(np.int16)
+        idx[~np.isfinite(p[0])] = -1
+        return idx
+
+    def bald(self) -> np.ndarray:
+        if self.bald_path is None:
+            raise TrustmapError("BALD needs MC-dropout samples (strategy.mc_samples)")
+        with rasterio.open(self.bald_path) as ds:
+            return ds.read(1)
+
+    def aggregate(self, score: np.ndarray) -> np.ndarray:
+        """Pool a pixel score (H, W) over the regions as configured (strategy.aggregate)."""
+        from refine.select import aggregate
+
+        s = self.config.strategy
+        return aggregate(score, self.regions.labels, self.regions.n, s.aggregate, q=s.q, temperature=s.temperature)
+
+
+RankFn = Callable[[RoundContext], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A way to rank regions: ``rank(ctx)`` -> (R,) priority, higher first, NaN = never."""
+
+    name: str
+    rank: RankFn | None
+    needs_model: bool = True
+    needs_mc: bool = False
+    random: bool = False
+    description: str = ""
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(
+    name: str,
+    rank: RankFn | None,
+    *,
+    needs_model: bool = True,
+    needs_mc: bool = False,
+    random: bool = False,
+    description: str = "",
+    replace: bool = False,
+) -> Strategy:
+    """Add a region-ranking strategy usable as ``strategy.score: NAME`` in configs.
+
+    ``rank(ctx)`` returns one priority per region (higher = review first; NaN = never).
+    ``needs_model`` makes the loop train and predict before ranking; ``needs_mc`` asks for
+    MC-dropout BALD maps (``ctx.bald()``).
+    """
+    if name in STRATEGIES and not replace:
+        raise TrustmapError(f"strategy {name!r} is already registered (pass replace=True)")
+    if rank is None and not random:
+        raise TrustmapError(f"strategy {name!r} needs a rank function")
+    STRATEGIES[name] = Strategy(name, rank, needs_model, needs_mc, random, description)
+    return STRATEGIES[name]
+
+
+def get_strategy(name: str, source: str | os.PathLike | None = None) -> Strategy:
+    if name not in STRATEGIES:
+        raise config_error(
+            "strategy.score", f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}", source
+        )
+    return STRATEGIES[name]
+
+
+def _pixel_score_rank(name: str) -> RankFn:
+    def rank(ctx: RoundContext) -> np.ndarray:
+        from refine.scores import NEEDS_LABELS, compute_score
+
+        labels = ctx.label_index if name in NEEDS_LABELS else None
+        return ctx.aggregate(compute_score(name, ctx.probs(), labels))
+
+    return rank
+
+
+def _bald_rank(ctx: RoundContext) -> np.ndarray:
+    return ctx.aggregate(ctx.bald())
+
+
+def _annotator_rank(ctx: RoundContext) -> np.ndarray:
+    from refine.scores import annotator_disagreement
+
+    if ctx.votes is None or ctx.votes.shape[0] < 2:
+        raise config_error(
+            "strategy.score", "annotator_disagreement needs at least two cheap label sources", None
+        )
+    votes = ctx.schema.code_to_index()[ctx.votes]
+    score = annotator_disagreement(votes=votes, num_classes=ctx.schema.num_classes, normalize=True)
+    score[~ctx.valid] = np.nan
+    return ctx.aggregate(score)
+
+
+def _register_builtins() -> None:
+    from refine.scores import SCORES
+
+    for name in SCORES:
+        if name in ("bald", "annotator_disagreement"):
+            continue
+        register_strategy(name, _pixel_score_rank(name), description=f"mean {name} of the model", replace=True)
+    register_strategy("bald", _bald_rank, needs_mc=True, description="BALD by MC dropout", replace=True)
+    register_strategy(
+        "annotator_disagreement", _annotator_rank, needs_model=False, description="vote entropy of the cheap sources",
+        replace=True,
+    )  # fmt: skip
+    register_strategy("random", None, needs_model=False, random=True, description="random baseline", replace=True)
+
+
+_register_builtins()
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SimulationInputs:
+    """Files of a simulation: a scene, one or more cheap label rasters on its grid, the truth."""
+
+    scene: Path
+    labels: tuple[Path, ...]
+    truth: Path
+    heldout_scene: Path | None = None
+    heldout_truth: Path | None = None
+    classes: Path | None = None
+    """Overrides ``config.classes`` when given."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(
+            {
+                "scene": self.scene,
+                "labels": list(self.labels),
+                "truth": self.truth,
+                "heldout_scene": self.heldout_scene,
+                "heldout_truth": self.heldout_truth,
+                "classes": self.classes,
+            }
+        )
+
+
+def _label_profile(ref: rasterio.DatasetReader | dict, schema: ClassSchema) -> dict[str, Any]:
+    get = ref.get if isinstance(ref, dict) else lambda k: getattr(ref, k)
+    width, height = int(get("width")), int(get("height"))
+    block = 256 if min(width, height) >= 256 else 16
+    return {
+        "driver": "GTiff", "dtype": "uint8", "count": 1, "width": width, "height": height,
+        "crs": get("crs"), "transform": get("transform"), "nodata": schema.ignore, "tiled": True,
+        "blockxsize": block, "blockysize": block, "compress": "deflate", "predictor": 2,
+    }  # fmt: skip
+
+
+def write_labels(path: str | os.PathLike, codes: np.ndarray, profile: dict[str, Any], schema: ClassSchema, description: str = "class") -> Path:
+    """Write a uint8 label raster (colour table, ignore as nodata) atomically."""
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(np.asarray(codes, np.uint8), 1)
+        dst.write_colormap(1, schema.colormap())
+        dst.set_band_description(1, description)
+    return Path(path)
+
+
+def prepare_sample(config: RefineConfig, out_dir: str | os.PathLike, echo: Echo | None = None) -> SimulationInputs:
+    """Generate the sample scene, its truth, cheap labels and a held-out scene from ``config``.
+
+    Deterministic by the config's seeds; files that already exist (a resumed run with the
+    same config) are kept, since each was written atomically.
+    """
+    from refine.noise import CrowdConfig, ModelNoiseConfig, simulate_crowd, simulate_model
+    from tiles.samples import generate_scene_arrays, make_sample
+
+    out = Path(out_dir)
+    schema = load_schema(config.classes)
+    s, cheap = config.sample, config.cheap
+    scene_dir, held_dir = out / "sample", out / "heldout"
+    if not (scene_dir / "truth.tif").exists():
+        (echo or (lambda _: None))(f"generating the {s.size}x{s.size} sample scene (seed {s.seed})")
+        make_sample(scene_dir, size=s.size, seed=s.seed, schema_path=config.classes)
+    if not (held_dir / "truth.tif").exists():
+        make_sample(held_dir, size=s.heldout_size, seed=s.heldout_seed, schema_path=config.classes)
+    n = cheap.annotators if cheap.source == "crowd" else 1
+    names = [out / f"cheap_{cheap.source}_{i + 1}.tif" for i in range(n)]
+    if not all(p.exists() for p in names):
+        bands, truth, _ = generate_scene_arrays(s.size, s.seed)
+        if cheap.source == "crowd":
+            stack = simulate_crowd(truth, schema, CrowdConfig(n_annotators=n, noise=cheap.noise, seed=cheap.seed))
+        else:
+            stack = simulate_model(truth, bands, schema, ModelNoiseConfig(noise=cheap.noise, seed=cheap.seed))[None]
+        with rasterio.open(scene_dir / "truth.tif") as ref:
+            profile = _label_profile(ref, schema)
+        for i, path in enumerate(names):
+            write_labels(path, stack[i], profile, schema, description=f"cheap labels ({cheap.source} {i + 1})")
+    return SimulationInputs(
+        scene=scene_dir / "scene.tif",
+        labels=tuple(names),
+        truth=scene_dir / "truth.tif",
+        heldout_scene=held_dir / "scene.tif",
+        heldout_truth=held_dir / "truth.tif",
+        classes=Path(config.classes),
+    )
+
+
+def _grid_of(ds: rasterio.DatasetReader) -> str:
+    t = ds.transform
+    return f"{ds.width}x{ds.height} px, origin ({t.c:.6g}, {t.f:.6g}), pixel {t.a:g} x {t.e:g}, {ds.crs}"
+
+
+def read_label_raster(path: Path, scene: SceneImage, schema: ClassSchema, role: str) -> np.ndarray:
+    """Read a single-band code raster that must sit exactly on the scene's grid.
+
+    A raster on another grid (CRS, transform or size) is an error rather than silently
+    resampled: label pixels are data, and the fix (``tiles align``) should be a deliberate,
+    visible step.
+    """
+    with open_raster(path) as ds:
+        require_crs(ds, path)
+        if ds.count != 1:
+            raise TrustmapError(f"{role} must be single-band class codes, it has {ds.count} bands", path)
+        if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+            raise TrustmapError(f"{role} must hold integer class codes, it holds {ds.dtypes[0]}", path)
+        same = (
+            ds.width == scene.width
+            and ds.height == scene.height
+            and ds.crs == scene.crs
+            and ds.transform.almost_equals(scene.transform, precision=1e-6 * max(abs(scene.transform.a), 1e-9))
+        )
+        if not same:
+            raise TrustmapError(
+                f"{role} does not align with the scene: it is {_grid_of(ds)}, the scene is "
+                f"{scene.width}x{scene.height} px, origin ({scene.transform.c:.6g}, {scene.transform.f:.6g}), "
+                f"pixel {scene.transform.a:g} x {scene.transform.e:g}, {scene.crs}; bring it onto the scene "
+                f"grid first: tiles align {path} --scene {scene.path} --classes CLASSES.yaml --out aligned.tif",
+                path,
+            )
+        data = ds.read(1)
+    schema.check_codes(data, path)
+    return data.astype(np.uint8)
+
+
+@dataclass
+class LoadedInputs:
+    """Inputs read and checked: the scene, the cheap sources, the truth, the held-out pair."""
+
+    scene: SceneImage
+    sources: np.ndarray
+    """(A, H, W) uint8 cheap labels."""
+    truth: np.ndarray
+    heldout: tuple[SceneImage, np.ndarray] | None
+    valid: np.ndarray
+
+
+def load_inputs(inputs: SimulationInputs, schema: ClassSchema) -> LoadedInputs:
+    """Check every input file before any work: grids, codes, empty scenes, missing truth."""
+    if inputs.truth is None:
+        raise TrustmapError("simulate needs the ground truth (--truth): the simulated expert answers from it")
+    if not inputs.labels:
+        raise TrustmapError("simulate needs at least one cheap label raster (--labels)")
+    with open_raster(inputs.scene) as ds:
+        require_crs(ds, inputs.scene)
+    scene = SceneImage(inputs.scene)
+    valid = scene.valid_mask()
+    if not valid.any():
+        raise TrustmapError("scene is empty: every pixel is nodata, there is nothing to label", inputs.scene)
+    sources = np.stack([read_label_raster(Path(p), scene, schema, "cheap label raster") for p in inputs.labels])
+    truth = read_label_raster(Path(inputs.truth), scene, schema, "ground truth")
+    if not np.any((truth != schema.ignore) & valid):
+        raise TrustmapError("ground truth has no labelled pixel inside the scene's valid area", inputs.truth)
+    heldout = None
+    if (inputs.heldout_scene is None) != (inputs.heldout_truth is None):
+        raise TrustmapError("give both --heldout-scene and --heldout-truth, or neither")
+    if inputs.heldout_scene is not None:
+        with open_raster(inputs.heldout_scene) as ds:
+            require_crs(ds, inputs.heldout_scene)
+        hs = SceneImage(inputs.heldout_scene)
+        if hs.count != scene.count:
+            raise TrustmapError(f"held-out scene has {hs.count} bands, the scene {scene.count}", inputs.heldout_scene)
+        ht = read_label_raster(Path(inputs.heldout_truth), hs, schema, "held-out truth")
+        heldout = (hs, ht)
+    return LoadedInputs(scene, sources, truth, heldout, valid)
+
+
+def fuse_sources(sources: np.ndarray, schema: ClassSchema, how: str) -> np.ndarray:
+    """One starting label from several cheap sources (majority vote or Dawid-Skene)."""
+    if sources.shape[0] == 1:
+        return sources[0].copy()
+    from refine.fusion import dawid_skene, majority_vote
+
+    return majority_vote(sources, schema) if how == "majority" else dawid_skene(sources, schema).labels
+
+
+# --- evaluation (holds the truth; returns only numbers) -------------------------------------------
+class Evaluator:
+    """Scores label versions and models against the truth; gives the loop numbers only."""
+
+    def __init__(self, truth: np.ndarray, start: np.ndarray, schema: ClassSchema, heldout: tuple[SceneImage, np.ndarray] | None):
+        self._truth = truth
+        self._start = start
+        self.schema = schema
+        self._heldout = heldout
+
+    @property
+    def has_heldout(self) -> bool:
+        return self._heldout is not None
+
+    def labels(self, labels: np.ndarray) -> dict[str, Any]:
+        scores: Scores = score_labels(labels, self._truth, self.schema)
+        errors = track_errors(self._start, labels, self._truth, self.schema.ignore)
+        return {"scores": scores.to_dict(), "errors": errors.to_dict()}
+
+    def source(self, labels: np.ndarray) -> dict[str, Any]:
+        return score_labels(labels, self._truth, self.schema).to_dict()
+
+    def reviewed(self, before: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        return review_precision(before, self._truth, mask, self.schema.ignore)
+
+    def model(self, model: SegmentationModel, work: Path) -> dict[str, Any] | None:
+        if self._heldout is None:
+            return None
+        scene, truth = self._heldout
+        path = model.predict_proba(scene, work / "heldout_probs.tif", desc="predict held-out", compress="none")
+        return score_raster(path, truth, self.schema, probabilities=True).to_dict()
+
+
+# --- the loop -------------------------------------------------------------------------------------
+@dataclass
+class SimulationResult:
+    """What :func:`run_simulation` produced: the per-round records and the output files."""
+
+    out_dir: Path
+    setup: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    final: dict[str, Any] | None
+    report: dict[str, Any]
+    refined: Path
+    outputs: dict[str, Path]
+
+    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(budget spent, value) over rounds 0..R for ``label_miou``, ``error_recall``,
+        ``label_accuracy`` or ``model_miou`` (the model at the budget it was trained on)."""
+        return curve(self.setup, self.rounds, self.final, key)
+
+
+def curve(setup: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """See :meth:`SimulationResult.curve`."""
+    recs = [setup, *rounds]
+    if key in ("label_miou", "label_accuracy", "error_recall"):
+        field_ = {"label_miou": ("scores", "miou"), "label_accuracy": ("scores", "accuracy"), "error_recall": ("errors", "error_recall")}[key]
+        x = [r["budget"]["spent_total"] for r in recs]
+        y = [r["labels"][field_[0]][field_[1]] for r in recs]
+        return np.asarray(x, float), np.asarray(y, float)
+    if key == "model_miou":
+        pts = [(r["model"]["trained_on_spent"], r["model"]["heldout"]["miou"]) for r in [*rounds, *( [final] if final else [])]
+               if r.get("model") and r["model"].get("heldout")]  # fmt: skip
+        return np.asarray([p[0] for p in pts], float), np.asarray([p[1] for p in pts], float)
+    raise TrustmapError(f"unknown curve {key!r}")
+
+
+class Refinement:
+    """Runs rounds on one scene; the truth is only reachable through ``expert`` and ``evaluator``."""
+
+    def __init__(
+        self,
+        config: RefineConfig,
+        schema: ClassSchema,
+        run: RunDir,
+        scene: SceneImage,
+        valid: np.ndarray,
+        votes: np.ndarray | None,
+        expert: Expert,
+        evaluator: Evaluator,
+        strategy: Strategy,
+        source: str | os.PathLike | None = None,
+        evaluate_model: bool = True,
+        echo: Echo | None = None,
+    ):
+        self.config = config
+        self.schema = schema
+        self.run = run
+        self.scene = scene
+        self.valid = valid
+        self.votes = votes
+        self.expert = expert
+        self.evaluator = evaluator
+        self.strategy = strategy
+        self.source = source
+        self.echo = echo or (lambda _: None)
+        self.train_model = strategy.needs_model or (evaluate_model and evaluator.has_heldout)
+        self.profile = _label_profile({"width": scene.width, "height": scene.height, "crs": scene.crs, "transform": scene.transform}, schema)
+        self.model: SegmentationModel | None = None
+        self.regions: Regions | None = None
+        self.labels: np.ndarray | None = None
+        self.reviewed: np.ndarray | None = None
+        self.setup_record: dict[str, Any] = {}
+        self.records: list[dict[str, Any]] = []
+        self.final_record: dict[str, Any] | None = None
+        self.change_map = np.zeros(scene.shape, np.uint8)
+        self.changes: list[np.ndarray] = []  # per round: (N, 4) region, before, after, pixels
+        self.total_budget = 0.0
+        self.per_round = 0.0
+
+    # --- setup ------------------------------------------------------------------------------------
+    def setup(self, start: np.ndarray, sources: np.ndarray, regions: Regions | None = None) -> None:
+        """Build regions, resolve the budget, score the starting labels; commit ``state/setup``."""
+        if self.run.setup_dir.exists():
+            self._load_setup()
+            return
+        t0 = time.perf_counter()
+        regions = regions if regions is not None else self._build_regions(start)
+        if regions.shape != self.scene.shape:
+            raise TrustmapError(f"regions have shape {regions.shape}, the scene {self.scene.shape}")
+        if regions.n == 0:
+            raise TrustmapError("no review regions could be built on the scene's valid pixels")
+        self.regions = regions
+        self._resolve_budget()
+        t_regions = time.perf_counter() - t0
+        record = {
+            "round": 0,
+            "regions": self._region_summary(t_regions),
+            "budget": {"unit": self._unit(), "total": self.total_budget, "per_round": self.per_round, "round_budget": 0.0,
+                       "spent": 0.0, "spent_total": 0.0, "spent_fraction": 0.0, "capacity": float(regions.cost.sum())},  # fmt: skip
+            "labels": self.evaluator.labels(start),
+            "sources": [self.evaluator.source(s) for s in sources],
+            "fusion": self.config.cheap.fusion if sources.shape[0] > 1 else None,
+            "scene": {"width": self.scene.width, "height": self.scene.height, "valid_pixels": int(self.valid.sum()),
+                      "crs": str(self.scene.crs)},  # fmt: skip
+        }
+        with self.run.commit("setup") as tmp:
+            np.savez_compressed(
+                tmp / "regions.npz", labels=regions.labels, area=regions.area, bbox=regions.bbox,
+                centroid=regions.centroid, cost=regions.cost, cost_unit=regions.cost_unit, kind=regions.kind,
+            )  # fmt: skip
+            write_labels(tmp / "labels.tif", start, self.profile, self.schema, "labels r0 (cheap)")
+            write_record(tmp, record)
+        self.run.publish_labels(0, self.run.setup_dir / "labels.tif")
+        self._load_setup()
+
+    def _build_regions(self, start: np.ndarray) -> Regions:
+        r = self.config.regions
+        cost = {"cost": r.cost}
+        if r.kind in ("slic", "felzenszwalb"):
+            bands, _ = self.scene.arrays()
+            return build_regions(r.kind, image=bands, valid=self.valid, region_size=r.size, compactness=r.compactness, **cost)
+        side = max(2, round(math.sqrt(r.size)))
+        if r.kind == "grid":
+            return build_regions("grid", shape=self.scene.shape, valid=self.valid, cell=side, **cost)
+        if r.kind == "components":
+            idx = self.schema.code_to_index()[start]
+            return build_regions("components", labels=idx, valid=self.valid & (idx >= 0), split=side, **cost)
+        return build_regions(
+            "polygons", shape=self.scene.shape, valid=self.valid, polygons=r.polygons, transform=self.scene.transform,
+            crs=self.scene.crs, **cost,
+        )  # fmt: skip
+
+    def _unit(self) -> str:
+        return self.regions.cost_unit if self.regions is not None else "pixels"
+
+    def _resolve_budget(self) -> None:
+        sel, regions = self.config.select, self.regions
+        capacity = float(regions.cost.sum())
+        unit = regions.cost_unit
+        if sel.unit == "fraction":
+            total = sel.budget * capacity
+            per = (sel.per_round if sel.per_round is not None else sel.budget / sel.rounds) * capacity
+        else:
+            if sel.budget > capacity:
+                raise config_error(
+                    "select.budget",
+                    f"{sel.budget:g} {sel.unit} is more than the whole scene ({capacity:g} {unit} in "
+                    f"{regions.n} regions)",
+                    self.source,
+                )
+            total = float(sel.budget)
+            per = float(sel.per_round) if sel.per_round is not None else total / sel.rounds
+            if per > total:
+                raise config_error("select.per_round", f"{per:g} is more than the total budget {total:g}", self.source)
+        cheapest = float(regions.cost.min())
+        if total < cheapest:
+            raise config_error(
+                "select.budget",
+                f"a budget of {total:g} {unit} cannot pay for even one region (the cheapest costs {cheapest:g})",
+                self.source,
+            )
+        self.total_budget, self.per_round = total, per
+
+    def _region_summary(self, seconds: float) -> dict[str, Any]:
+        r = self.regions
+        return {
+            "kind": r.kind, "count": r.n, "mean_area": float(r.area.mean()), "cost_unit": r.cost_unit,
+            "total_cost": float(r.cost.sum()), "seconds": seconds,
+        }  # fmt: skip
+
+    def _load_setup(self) -> None:
+        d = self.run.setup_dir
+        with np.load(d / "regions.npz") as z:
+            self.regions = Regions(
+                z["labels"], z["area"], z["bbox"], z["centroid"], z["cost"], str(z["cost_unit"]), str(z["kind"])
+            )
+        self.setup_record = self.run.read_record(d)
+        b = self.setup_record["budget"]
+        self.total_budget, self.per_round = float(b["total"]), float(b["per_round"])
+        with rasterio.open(d / "labels.tif") as ds:
+            self.labels = ds.read(1)
+        self.reviewed = np.zeros(self.regions.n, bool)
+        for r in self.run.completed_rounds():
+            self._load_round(r)
+        if self.run.final_dir.exists():
+            self.final_record = self.run.read_record(self.run.final_dir)
+
+    def _load_round(self, r: int) -> None:
+        d = self.run.round_dir(r)
+        record = self.run.read_record(d)
+        with rasterio.open(d / "labels.tif") as ds:
+            self.labels = ds.read(1)
+        self.reviewed = np.load(d / "reviewed.npy")
+        with np.load(d / "changes.npz") as z:
+            change = ChangeRecord.from_npz(z)
+        self.change_map.reshape(-1)[change.index] = min(r, 255)
+        self.changes.append(change.summary())
+        self.records.append(record)
+        if (d / "model.pt").exists():
+            self.model = SegmentationModel.load(d / "model.pt", self.schema, threads=self.config.threads)
+
+    # --- rounds -----------------------------------------------------------------------------------
+    @property
+    def spent(self) -> float:
+        return float(self.records[-1]["budget"]["spent_total"]) if self.records else 0.0
+
+    def budget_left(self) -> float:
+        return self.total_budget - self.spent
+
+    def can_continue(self) -> bool:
+        if len(self.records) >= self.config.select.rounds:
+            return False
+        open_costs = self.regions.cost[~self.reviewed]
+        return bool(open_costs.size) and float(open_costs.min()) <= self.budget_left() + 1e-9
+
+    def _train(self, round_: int) -> tuple[dict[str, Any], float]:
+        t0 = time.perf_counter()
+        tr = self.config.train
+        fresh = self.model is None or not tr.warm_start
+        if fresh:
+            self.model = SegmentationModel.create(self.config.model, self.schema, self.scene, seed=self.config.seed, threads=self.config.threads)
+        steps = tr.steps if fresh else tr.finetune_steps
+        log = self.model.fit(self.scene, self.labels, tr, steps, seed=self.config.seed + round_, desc=f"train r{round_}")
+        info = {"steps": steps, "warm_start": not fresh, "final_loss": log.final_loss, "steps_total": self.model.steps_trained,
+                "trained_on_round": round_ - 1, "trained_on_spent": self.spent}  # fmt: skip
+        return info, time.perf_counter() - t0
+
+    def run_round(self) -> dict[str, Any]:
+        r = len(self.records) + 1
+        times: dict[str, float] = dict.fromkeys(STEPS, 0.0)
+        times["evaluate"] = 0.0
+        model_info: dict[str, Any] | None = None
+        probs_path = bald_path = None
+        work = self.run.scratch()
+        if self.train_model:
+            model_info, times["train"] = self._train(r)
+            t0 = time.perf_counter()
+            model_info["heldout"] = self.evaluator.model(self.model, work)
+            times["evaluate"] += time.perf_counter() - t0
+        if self.strategy.needs_model or self.strategy.needs_mc:
+            t0 = time.perf_counter()
+            mc = self.config.strategy.mc_samples if self.strategy.needs_mc else 0
+            probs_path = work / "probs.tif"
+            bald_path = work / "bald.tif" if mc else None
+            self.model.predict_proba(self.scene, probs_path, mc_samples=mc, bald_path=bald_path, seed=self.config.seed + r,
+                                     desc=f"predict r{r}", compress="none")  # fmt: skip
+            times["predict"] = time.perf_counter() - t0
+
+        ctx = RoundContext(
+            round=r, config=self.config, schema=self.schema, scene=self.scene, regions=self.regions, labels=self.labels,
+            valid=self.valid, reviewed=self.reviewed.copy(), votes=self.votes, model=self.model, probs_path=probs_path,
+            bald_path=bald_path, seed=self.config.seed * 7919 + r,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        values = None if self.strategy.random else np.asarray(self.strategy.rank(ctx), np.float64)
+        if values is not None and values.shape != (self.regions.n,):
+            raise TrustmapError(f"strategy {self.strategy.name!r} returned {values.shape} values for {self.regions.n} regions")
+        times["score"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        budget = min(self.per_round * r, self.total_budget) - self.spent
+        selection = self._select(ctx, values, max(budget, 0.0))
+        times["select"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        corrections = self.expert.review(selection.ids, self.regions, self.labels)
+        before = self.labels
+        new_labels, change = apply_corrections(before, corrections, self.regions, self.config.review.relabel, self.schema)
+        times["review"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        reviewed_mask = self.regions.mask(selection.ids)
+        evaluation = self.evaluator.labels(new_labels)
+        precision = self.evaluator.reviewed(before, reviewed_mask)
+        times["evaluate"] += time.perf_counter() - t0
+        spent_total = self.spent + selection.spent
+        mistaken = int(np.count_nonzero(corrections.mistaken)) if corrections.mistaken is not None else None
+        record = {
+            "round": r,
+            "strategy": self.strategy.name,
+            "budget": {"unit": self._unit(), "round_budget": budget, "spent": selection.spent, "spent_total": spent_total,
+                       "spent_fraction": spent_total / float(self.regions.cost.sum())},  # fmt: skip
+            "selected": {"count": int(selection.ids.size), "pixels": int(reviewed_mask.sum()), "regions": selection.ids.tolist(),
+                         "values": [None if not np.isfinite(v) else float(v) for v in selection.scores]},  # fmt: skip
+            "review": {"mistaken_regions": mistaken, **precision},
+            "changes": {"pixels": change.count, **change.per_class(self.schema)},
+            "labels": evaluation,
+            "model": model_info,
+            "times": times,
+        }
+        reviewed = self.reviewed.copy()
+        reviewed[selection.ids] = True
+        t0 = time.perf_counter()
+        with self.run.commit(f"round_{r:03d}") as tmp:
+            write_labels(tmp / "labels.tif", new_labels, self.profile, self.schema, f"labels r{r}")
+            np.save(tmp / "reviewed.npy", reviewed)
+            np.savez_compressed(tmp / "changes.npz", **change.to_npz())
+            if self.model is not None:
+                self.model.save(tmp / "model.pt")
+            record["times"]["write"] = time.perf_counter() - t0
+            write_record(tmp, record)
+        self.run.publish_labels(r, self.run.round_dir(r) / "labels.tif")
+        self.labels, self.reviewed = new_labels, reviewed
+        self.change_map.reshape(-1)[change.index] = min(r, 255)
+        self.changes.append(change.summary())
+        self.records.append(record)
+        self.write_changes_csv()
+        s = evaluation["scores"]
+        self.echo(
+            f"round {r}: reviewed {selection.ids.size} regions ({selection.spent:g} {self._unit()}, "
+            f"{spent_total / self.regions.cost.sum():.1%} of the scene so far), changed {change.count} px; "
+            f"label mIoU {s['miou']:.3f}, error recall {evaluation['errors']['error_recall']:.1%}"
+            + (f"; model mIoU {model_info['heldout']['miou']:.3f}" if model_info and model_info.get("heldout") else "")
+        )
+        return record
+
+    def _select(self, ctx: RoundContext, values: np.ndarray | None, budget: float):
+        from refine.select import class_balance_weights, class_histogram, select_greedy, select_random
+
+        costs = self.regions.cost
+        if self.strategy.random:
+            return select_random(costs, budget, reviewed=self.reviewed, seed=ctx.seed)
+        st = self.config.strategy
+        weights = None
+        if st.class_balance:
+            cls = ctx.predicted_index() if ctx.probs_path is not None else ctx.label_index
+            hist = class_histogram(self.regions.labels, cls, self.regions.n, self.schema.num_classes)
+            weights = class_balance_weights(hist)
+        return select_greedy(
+            values, costs, budget, objective=st.objective, reviewed=self.reviewed, weights=weights,
+            centroids=self.regions.centroid, radius=st.diversity_radius, seed=ctx.seed,
+        )  # fmt: skip
+
+    def finish_training(self) -> dict[str, Any] | None:
+        """Train once more on the last label version, so the model curve ends at the full budget."""
+        if self.final_record is not None or not self.config.final_train or not self.train_model or not self.records:
+            return self.final_record
+        r = len(self.records) + 1
+        info, t_train = self._train(r)
+        t0 = time.perf_counter()
+        info["heldout"] = self.evaluator.model(self.model, self.run.scratch())
+        record = {"round": "final", "model": info, "times": {"train": t_train, "evaluate": time.perf_counter() - t0}}
+        with self.run.commit("final") as tmp:
+            self.model.save(tmp / "model.pt")
+            write_record(tmp, record)
+        self.final_record = record
+        if info["heldout"]:
+            self.echo(f"final model (trained on the refined labels): held-out mIoU {info['heldout']['miou']:.3f}")
+        return record
+
+    # --- derived outputs -----------------------------------------------------------------------------
+    def write_changes_csv(self) -> Path:
+        """``changes.csv``: one row per (round, region, code before, code after) with its pixel count."""
+        names = {c.code: c.name for c in self.schema.classes} | {self.schema.ignore: "ignore"}
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["round", "region", "from_code", "from_class", "to_code", "to_class", "pixels"])
+        for r, rows in enumerate(self.changes, start=1):
+            for region, before, after, n in rows.tolist():
+                w.writerow([r, region, before, names.get(before, before), after, names.get(after, after), n])
+        return write_text_atomic(self.run.root / "changes.csv", buf.getvalue())
+
+    def write_change_map(self) -> Path:
+        """``change_map.tif``: the round in which each pixel changed (0 = unchanged), styled."""
+        from tiles.classes import ClassDef
+        from tiles.qgis import write_raster_style
+
+        rounds = max(1, len(self.records))
+        schema = _round_schema(rounds)
+        profile = {**self.profile, "nodata": None}
+        path = self.run.root / "change_map.tif"
+        with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(self.change_map, 1)
+            dst.write_colormap(1, schema.colormap())
+            dst.set_band_description(1, "round in which the label changed (0 = unchanged)")
+        del ClassDef
+        write_raster_style(path, schema)
+        return path
+
+
+def _round_schema(rounds: int) -> ClassSchema:
+    """A class schema whose classes are rounds 1..R (colours from viridis), 0 = unchanged."""
+    from matplotlib import colormaps
+
+    from tiles.classes import ClassDef
+
+    cmap = colormaps["plasma"]
+    classes = []
+    for r in range(1, rounds + 1):
+        rgb = cmap(0.1 + 0.8 * (r - 1) / max(rounds - 1, 1))[:3]
+        colour = "#" + "".join(f"{round(255 * v):02x}" for v in rgb)
+        classes.append(ClassDef(code=r, name=f"changed in round {r}", color=colour))
+    return ClassSchema(classes=classes, ignore=0)
+
+
+# --- the whole simulation --------------------------------------------------------------------------
+def run_simulation(
+    config: RefineConfig,
+    out_dir: str | os.PathLike,
+    inputs: SimulationInputs | None = None,
+    *,
+    config_source: str | os.PathLike | None = None,
+    resume: bool = False,
+    restart: bool = False,
+    expert: Expert | None = None,
+    regions: Regions | None = None,
+    evaluate_model: bool = True,
+    export: bool = True,
+    report: bool = True,
+    echo: Echo | None = None,
+    max_rounds: int | None = None,
+) -> SimulationResult:
+    """Run (or resume) a simulated refinement into ``out_dir`` and write its outputs.
+
+    ``inputs=None`` generates the sample scene and cheap labels from ``config``. ``expert``
+    replaces the simulated one (it must implement :class:`refine.oracle.Expert`);
+    ``regions`` reuses regions built elsewhere (benchmarks). ``evaluate_model=False`` skips
+    the held-out evaluation and, for strategies that need no model, all training.
+    ``max_rounds`` stops after that many rounds *in this call* (for tests of resuming).
+    ``export``/``report`` turn off the QGIS bundle and the HTML/JSON report.
+    """
+    t_start = time.perf_counter()
+    echo = echo or (lambda _: None)
+    strategy = get_strategy(config.strategy.score, config_source)
+    if strategy.needs_mc and config.model.dropout <= 0:
+        raise config_error("model.dropout", "BALD (MC dropout) needs dropout > 0", config_source)
+    identity = {
+        "config": config.to_json_dict(),
+        "inputs": inputs.to_dict() if inputs is not None else "sample",
+        "expert": type(expert).__name__ if expert is not None else "SimulatedExpert",
+    }
+    run = RunDir.open(out_dir, identity, resume=resume, restart=restart)
+    if inputs is None:
+        inputs = prepare_sample(config, run.inputs, echo)
+    schema = load_schema(inputs.classes or config.classes)
+    data = load_inputs(inputs, schema)
+    start = fuse_sources(data.sources, schema, config.cheap.fusion)
+    start[~data.valid] = schema.ignore
+    if expert is None:
+        expert = SimulatedExpert(data.truth, schema, config.review.expert_error, config.review.seed,
+                                 pixel_exact=config.review.relabel == "pixel")  # fmt: skip
+    evaluator = Evaluator(data.truth, start, schema, data.heldout if evaluate_model else None)
+    del data.truth  # from here on, only the expert and the evaluator hold it
+    loop = Refinement(
+        config, schema, run, data.scene, data.valid, data.sources if data.sources.shape[0] > 1 else None,
+        expert, evaluator, strategy, source=config_source, evaluate_model=evaluate_model, echo=echo,
+    )  # fmt: skip
+    loop.setup(start, data.sources, regions)
+    if loop.records:
+        echo(f"resuming after round {len(loop.records)}")
+    done_now = 0
+    while loop.can_continue():
+        if max_rounds is not None and done_now >= max_rounds:
+            break
+        loop.run_round()
+        done_now += 1
+    finished = not loop.can_continue()
+    if finished:
+        loop.finish_training()
+    outputs = {"labels": run.labels, "changes_csv": run.root / "changes.csv", "state": run.state}
+    refined = run.labels / f"labels_r{len(loop.records)}.tif"
+    if finished:
+        outputs["change_map"] = loop.write_change_map()
+        if not loop.records:
+            loop.write_changes_csv()
+        if export:
+            from tiles.qgis import export_qgis
+
+            bundle = export_qgis(refined, schema, run.qgis, scene_path=inputs.scene, name="refined", min_area=4.0)
+            outputs["qgis_project"] = bundle.project
+            outputs["qgis_mask"] = bundle.mask
+            outputs["qgis_polygons"] = bundle.polygons
+    from refine.report import build_report, write_report
+
+    rep = build_report(
+        config=config, inputs=inputs, schema=schema, setup=loop.setup_record, rounds=loop.records,
+        final=loop.final_record, outputs=outputs, finished=finished, seconds=time.perf_counter() - t_start,
+        strategy=strategy.name,
+    )  # fmt: skip
+    if report and finished:
+        json_path, html_path = write_report(rep, run.root)
+        outputs["report_json"], outputs["report_html"] = json_path, html_path
+    return SimulationResult(run.root, loop.setup_record, loop.records, loop.final_record, rep, refined, outputs)
