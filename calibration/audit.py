@@ -60,6 +60,7 @@ PERSPECTIVE_TEXT = {
 #: Simulated draws per group for its chance and random-subset ECE (see ``GroupCalibration``).
 CHANCE_DRAWS = 200
 CHANCE_CHUNK = 5_000_000  # draws x detections simulated at once (memory bound)
+HEATMAP_MIN_COUNT = 10  # heat-map cells with fewer detections are greyed out (noise, not signal)
 SIZE_BINS = 5  # quantile bins per axis of the (w, h) grid
 POSITION_BINS = 5  # default bins per axis of the (cx, cy) grid when D-ECE does not bin cx/cy
 _VERSIONED = ("numpy", "scipy", "torch", "torchvision", "pycocotools", "netcal", "matplotlib", "pydantic")
@@ -195,7 +196,7 @@ def analyse(dets: Detections, gt: GroundTruth, mcfg: MetricsConfig, position_bin
     # position: equal-width bins over the image, as D-ECE bins cx and cy
     pos_edges = np.linspace(0.0, 1.0, position_bins + 1)
     res["position"] = _grid(feats[:, 1], feats[:, 2], conf, tp, pos_edges, pos_edges) | {
-        "x_label": "box centre x (fraction of image width)", "y_label": "box centre y (fraction of image height)",
+        "x_label": "box centre x / image width", "y_label": "box centre y / image height",
         "image_axes": True, "edge_format": ".1f",
     }
     res["regions_band"] = 1.0 / position_bins
@@ -544,8 +545,9 @@ def draw_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
         out[f"reliability_{name}"] = figs.reliability_diagram(p["reliability"], f"Reliability, {name}", ece)
         dece = p["metrics"]["dece"]["value"]
         suffix = f" (D-ECE {dece:.3f})" if dece is not None else ""
-        out[f"position_{name}"] = figs.gap_heatmap(p["position"], f"Gap by box position, {name}{suffix}")
-        out[f"size_{name}"] = figs.gap_heatmap(p["size"], f"Gap by box size, {name}")
+        out[f"position_{name}"] = figs.gap_heatmap(p["position"], f"Gap by box position, {name}{suffix}",
+                                                   min_count=HEATMAP_MIN_COUNT)
+        out[f"size_{name}"] = figs.gap_heatmap(p["size"], f"Gap by box size, {name}", min_count=HEATMAP_MIN_COUNT)
         out[f"classes_{name}"] = figs.per_class_bars(p["per_category"], f"Per class, {name}")
     sw = data.get("sweeps") or {}
     if any(isinstance(v, Mapping) and v.get("points") for v in sw.values()):

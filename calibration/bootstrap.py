@@ -112,8 +112,9 @@ def replicates(
 ) -> np.ndarray:
     """Metric value under each row of ``weights`` (n_boot, n_groups).
 
-    The product runs in float32 (counts are exact; sums carry ~1e-7 relative error,
-    far below any interval width); ``finalize`` then works in float64.
+    The product and ``finalize`` run in float32: counts stay exact (below 2^24) and
+    sums carry ~1e-7 relative error, far below any interval width, for half the
+    memory traffic of float64.
     """
     mat = _by_cell(stat, weights.shape[1]) if by_cell is None else by_cell  # (cells, groups)
     n_boot = weights.shape[0]
@@ -121,8 +122,9 @@ def replicates(
     out = np.empty(n_boot)
     for a in range(0, n_boot, step):
         w = np.ascontiguousarray(weights[a : a + step].T, dtype=np.float32)
-        tot = np.ascontiguousarray((mat @ w).T, dtype=np.float64)  # (chunk, cells), one pass
-        out[a : a + step] = stat.finalize(tot.reshape(len(tot), *stat.shape))
+        tot = mat @ w  # (cells, chunk) float32, C order
+        # replicate axis to the front as a view: no transposed copy of a large table
+        out[a : a + step] = stat.finalize(np.moveaxis(tot.reshape(*stat.shape, w.shape[1]), -1, 0))
     return out
 
 

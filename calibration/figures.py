@@ -81,8 +81,11 @@ def reliability_figure(
     ok = cnt > 0
     top.bar(left[ok], prec[ok], width[ok], align="edge", color=BLUE, edgecolor="white", label=f"observed {target_label}")
     gap = conf - prec
-    top.bar(left[ok], gap[ok], width[ok], bottom=prec[ok], align="edge", color=RED, alpha=0.35,
-            edgecolor=RED, hatch="//", linewidth=0.6, label="gap to confidence")
+    for sel, colour, hatch, label in ((ok & (gap > 0), RED, "//", "gap: over-confident"),
+                                      (ok & (gap < 0), GREEN, "\\\\", "gap: under-confident")):
+        if sel.any():
+            top.bar(left[sel], gap[sel], width[sel], bottom=prec[sel], align="edge", color=colour, alpha=0.35,
+                    edgecolor=colour, hatch=hatch, linewidth=0.6, label=label)
     top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
     top.plot(conf[ok], prec[ok], "o", color="black", markersize=3)
     top.set_ylim(0, 1)
@@ -140,7 +143,7 @@ def heatmap_figure(grid: Mapping[str, Any], title: str, min_count: int = 1) -> F
         else:
             ax.text(c, r, "empty" if n == 0 else f"n={n}", ha="center", va="center", fontsize=6, color=GREY)
     bar = fig.colorbar(im, ax=ax, shrink=0.85)
-    bar.set_label("confidence − precision  (red: over-confident)", fontsize=8)
+    bar.set_label("score − precision (red: over-confident)", fontsize=8)
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -193,7 +196,8 @@ def sweep_figure(sweeps: Mapping[str, Any], title: str) -> Figure:
     if not names:
         _empty(axes[0], "no post-processing sweep was run")
         return fig
-    handles = []
+    handles: list = []
+    marker = None
     for ax, name in zip(axes, names, strict=True):
         sw = sweeps[name]
         x = np.array([p["value"] for p in sw["points"]], float)
@@ -211,12 +215,11 @@ def sweep_figure(sweeps: Mapping[str, Any], title: str) -> Figure:
         twin.set_ylim(0, min(1.0, max(top * 1.25, 0.05)))
         d = sw.get("default")
         if d is not None:
-            ax.axvline(float(d), color=GREY, linestyle=":", linewidth=1.2)
-            ax.annotate("audited setting", (float(d), 0.98), xycoords=("data", "axes fraction"), fontsize=7,
-                        color=GREY, ha="left", va="top", rotation=90)
+            marker = ax.axvline(float(d), color=GREY, linestyle=":", linewidth=1.5, label="audited setting")
         if name == "topk" and len(x) > 1 and x.max() / max(x.min(), 1) > 20:
             ax.set_xscale("log")
-    fig.legend(handles[:4], [h.get_label() for h in handles[:4]], loc="outside lower center", ncols=4, fontsize=8,
+    shown = handles[:4] + ([marker] if marker is not None else [])
+    fig.legend(shown, [h.get_label() for h in shown], loc="outside lower center", ncols=len(shown), fontsize=8,
                frameon=False)
     fig.suptitle(title, fontsize=10)
     return fig

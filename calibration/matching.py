@@ -97,11 +97,19 @@ def pairwise_iou(det_xywh: np.ndarray, gt_xywh: np.ndarray, region: np.ndarray) 
 
 
 def _iou_cols(dx0, dy0, dw, dh, gx0, gy0, gw, gh, region) -> np.ndarray:
-    iw = np.minimum(dx0 + dw, gx0 + gw) - np.maximum(dx0, gx0)
-    ih = np.minimum(dy0 + dh, gy0 + gh) - np.maximum(dy0, gy0)
-    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+    """Row-aligned IoU from box columns, in place where possible (memory traffic is the cost)."""
+    inter = np.minimum(dx0 + dw, gx0 + gw)
+    inter -= np.maximum(dx0, gx0)
+    np.maximum(inter, 0.0, out=inter)
+    ih = np.minimum(dy0 + dh, gy0 + gh)
+    ih -= np.maximum(dy0, gy0)
+    np.maximum(ih, 0.0, out=ih)
+    inter *= ih
     darea = dw * dh
-    union = np.where(region, darea, darea + gw * gh - inter)
+    union = gw * gh
+    union += darea
+    union -= inter
+    np.copyto(union, darea, where=region)
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -152,7 +160,7 @@ def match(
     hi = np.searchsorted(g_sorted, key_s, "right")
     n_pairs = hi - lo
 
-    out = _Out(T, n)
+    out = _Out(T, n, order)
     max_iou = np.zeros(n)
     dcol = [np.ascontiguousarray(c) for c in dets.bbox[order].T]
     gcol = [np.ascontiguousarray(c) for c in an.bbox.T]
@@ -170,6 +178,14 @@ def match(
             continue
         seg = _Segments(det_p)
         max_iou[seg.ids] = np.maximum(seg.max(np.where(reg_p, -1.0, ious)), 0.0)
+        if mode != "hungarian":  # (hungarian needs each block's full matrix)
+            # most pairs do not overlap enough for any threshold: drop them before the rounds
+            keep = (ious >= thr.min()) & (ious > 0)
+            if not keep.all():
+                det_p, gt_p, reg_p, ious = det_p[keep], gt_p[keep], reg_p[keep], ious[keep]
+                if len(det_p) == 0:
+                    continue
+                seg = _Segments(det_p)
         if mode == "greedy":
             _greedy(thr, det_p, gt_p, reg_p, ious, rank_s, len(an), out)
         elif mode == "any":
@@ -179,18 +195,11 @@ def match(
             _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out)
 
     tp, ign, iou_out, gidx = out.tp, out.ign, out.iou, out.gidx
-    # back to input order
     inv = np.empty(n, np.int64)
     inv[order] = np.arange(n)
-    tp, ign, iou_out, gidx, max_iou = (
-        tp[:, inv],
-        ign[:, inv],
-        iou_out[:, inv],
-        gidx[:, inv],
-        max_iou[inv],
-    )
-    gcat = np.where(gidx >= 0, an.category_id[np.maximum(gidx, 0)] if len(an) else -1, -1)
-    gcat = np.where(tp, gcat, -1)
+    max_iou = max_iou[inv]
+    gcat = np.full(gidx.shape, -1, np.int64)
+    gcat[tp] = an.category_id[gidx[tp]]
     return Matches(
         iou_thresholds=thr,
         tp=tp,
@@ -234,21 +243,23 @@ def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int):
 
 
 class _Out:
-    """Per-threshold results in sorted-detection order."""
+    """Per-threshold results, written straight into input order (no final permutation)."""
 
-    def __init__(self, T: int, n: int):
+    def __init__(self, T: int, n: int, order: np.ndarray):
+        self.order = order  # sorted position -> input row
         self.tp = np.zeros((T, n), bool)
         self.ign = np.zeros((T, n), bool)
         self.iou = np.zeros((T, n))
         self.gidx = np.full((T, n), -1, np.int64)
 
     def store(self, t_i, d_i, p_i, gt_p, reg_p, ious) -> None:
-        """Detection ``d_i`` matched pair ``p_i`` at threshold row ``t_i`` (all arrays)."""
+        """Sorted detection ``d_i`` matched pair ``p_i`` at threshold row ``t_i`` (all arrays)."""
         is_reg = reg_p[p_i]
-        self.tp[t_i, d_i] = ~is_reg
-        self.ign[t_i, d_i] = is_reg
-        self.iou[t_i, d_i] = np.where(is_reg, 0.0, ious[p_i])
-        self.gidx[t_i, d_i] = gt_p[p_i]
+        col = self.order[d_i]
+        self.tp[t_i, col] = ~is_reg
+        self.ign[t_i, col] = is_reg
+        self.iou[t_i, col] = np.where(is_reg, 0.0, ious[p_i])
+        self.gidx[t_i, col] = gt_p[p_i]
 
 
 class _Segments:

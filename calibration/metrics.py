@@ -488,16 +488,18 @@ def _ap_from_curves(
     precision at the first curve point with recall >= r counts, 0 past the curve's end;
     AP is the mean over recall points.
     """
-    if rc.size == 0:
-        return np.zeros(n_rows)
-    # rows become disjoint ranges by offsets, so one accumulate and one searchsorted serve all
-    down = 2.0 * (n_rows - row)  # larger for earlier rows: a right-to-left max restarts per row
-    env = np.maximum.accumulate((pr + down)[::-1])[::-1] - down
+    ap = np.zeros(n_rows)
+    starts = np.searchsorted(row, np.arange(n_rows), "left")
     ends = np.searchsorted(row, np.arange(n_rows), "right")
-    wanted = (recall_points[None, :] + 2.0 * np.arange(n_rows)[:, None]).ravel()
-    q_pos = np.searchsorted(rc + 2.0 * row, wanted, "left").reshape(n_rows, -1)
-    q = np.where(q_pos < ends[:, None], env[np.minimum(q_pos, len(env) - 1)], 0.0)
-    return q.mean(axis=1)
+    for i in range(n_rows):  # a loop over classes keeps recall comparisons exact
+        seg = slice(starts[i], ends[i])
+        if starts[i] == ends[i]:
+            continue
+        env = np.maximum.accumulate(pr[seg][::-1])[::-1]
+        pos = np.searchsorted(rc[seg], recall_points, "left")
+        ok = pos < len(env)
+        ap[i] = np.where(ok, env[np.minimum(pos, len(env) - 1)], 0.0).mean()
+    return ap
 
 
 def average_precision(

@@ -33,7 +33,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("map", "mAP@[.5:.95]", "COCO average precision (pycocotools), higher is better"),
     ("ap50", "AP50", "COCO AP at IoU 0.5, higher is better"),
     ("ece", "ECE", "detection ECE: score vs precision, {bins} equal-width bins, TP at IoU ≥ {iou}"),
-    ("dece", "D-ECE", "ECE over score and box {dims} bins {dece_bins} (Küppers et al.; = netcal)"),
+    ("dece", "D-ECE", "ECE over score and box {dims} jointly, bins {dece_bins} (Küppers et al.; = netcal)"),
     ("mce", "MCE", "largest gap of any score bin"),
     ("ace", "ACE", "adaptive ECE: equal-mass bins, each bin weighted equally"),
     ("laece", "LaECE₀", "localisation-aware ECE: score vs IoU of TPs (any overlap), per class, {laece_bins} bins"),
@@ -46,6 +46,8 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("brier", "Brier", "squared error of the class-probability vector (K+1)"),
 )
 SWEEP_TEXT = {"score_threshold": "score threshold", "nms_iou": "NMS IoU", "topk": "top-k per image"}
+PERSPECTIVE_WHERE = {"application": "after post-processing", "modeling": "on every proposal",
+                     "predictions": "on the predictions file as given"}
 PERSPECTIVE_LABEL = {
     "application": "application (after post-processing)",
     "modeling": "modeling (all proposals)",
@@ -135,62 +137,76 @@ def _direction(gap: float | None) -> str:
 
 def _overall(data, p, name, iou) -> dict[str, str]:
     o = p["overall"]
-    rel = p["reliability"]
-    edges = rel["edges"]
     n = o["n"]
-    # the bin that contributes most to the ECE, among bins whose gap is beyond binomial noise
-    best, worst_bin = -1.0, None
-    for b, c in enumerate(rel["count"]):
-        if not c or rel["precision"][b] is None:
-            continue
-        cf, pr = rel["confidence"][b], rel["precision"][b]
-        se = max((cf * (1.0 - cf) / c) ** 0.5, 1e-9)
-        if abs(cf - pr) / se >= Z_OFF and c * abs(cf - pr) > best:
-            best, worst_bin = c * abs(cf - pr), b
+    runs = [r for r in _runs(p["reliability"]) if abs(r["z"]) >= Z_OFF]
+    runs = sorted(runs, key=lambda r: -r["contribution"])[:2]
     significant = o["gap_se"] is not None and abs(o["gap"]) >= Z_OFF * max(o["gap_se"], 1e-9)
     direction = _direction(o["gap"]) if significant else "calibrated"
-    head = direction.capitalize() if direction != "calibrated" else "Close to calibrated on average"
-    parts = []
-    if worst_bin is not None:
-        b = worst_bin
-        word = _direction(rel["confidence"][b] - rel["precision"][b])
-        lead = f"{head}: " if direction != "calibrated" else f"{head}, but {word} in places: "
-        parts.append(
-            f"{lead}detections scored {edges[b]:.2f}–{edges[b + 1]:.2f} are correct "
-            f"{_pct(rel['precision'][b])} of the time (n = {int(rel['count'][b])})."
-        )
+    if direction != "calibrated":
+        head = direction.capitalize() + ": "
+    elif runs:
+        words = {_direction(r["gap"]) for r in runs}
+        head = f"Close to calibrated on average, but {' and '.join(sorted(words))} in places: "
     else:
-        parts.append(f"{head}: no score bin is off by more than chance.")
+        head = "Close to calibrated: no range of scores is off by more than chance. "
+    said = []
+    for i, r in enumerate(runs):
+        tag = "" if _direction(r["gap"]) == direction or len(runs) == 1 else f" ({_direction(r['gap'])})"
+        who = "detections scored" if i == 0 else "those scored"
+        said.append(f"{who} {r['lo']:.2f}–{r['hi']:.2f} are correct {_pct(r['precision'])} of the time at a mean "
+                    f"score of {r['confidence']:.2f} (n = {r['n']}){tag}")
+    parts = [head + ("; ".join(said) + "." if said else "")]
     parts.append(
         f"Overall the mean score is {o['confidence']:.2f} and {_pct(o['precision'])} of the {n} detections are "
         f"correct (same class, IoU ≥ {iou:g})."
     )
-    split = _split_direction(rel)
-    if split:
-        parts.append(split)
     parts.append(
-        f"ECE {_metric_text(data, p, 'ece')} (chance level {_f(o['ece_chance'])}), D-ECE {_metric_text(data, p, 'dece')}, "
-        f"next to mAP {_metric_text(data, p, 'map')} ({PERSPECTIVE_LABEL.get(name, name)})."
+        f"ECE {_metric_text(data, p, 'ece')}, {_f(o['ece_chance'])} if perfectly calibrated; "
+        f"D-ECE {_metric_text(data, p, 'dece')}; next to mAP {_metric_text(data, p, 'map')}; all measured "
+        f"{PERSPECTIVE_WHERE.get(name, name)}."
     )
     off = o["ece"] is not None and o["ece_chance_p95"] is not None and o["ece"] > o["ece_chance_p95"]
-    sev = "problem" if off or worst_bin is not None else "ok"
-    return {"topic": "overall", "severity": sev, "text": " ".join(parts)}
+    sev = "problem" if off or runs or direction != "calibrated" else "ok"
+    return {"topic": "overall", "severity": sev, "text": " ".join(p for p in parts if p)}
 
 
-def _split_direction(rel) -> str | None:
-    """'over-confident above 0.5, under-confident below' when high and low scores disagree."""
-    hi = [(c, cf - pr) for c, cf, pr in zip(rel["count"], rel["confidence"], rel["precision"], strict=True)
-          if c and cf is not None and cf >= 0.5]
-    lo = [(c, cf - pr) for c, cf, pr in zip(rel["count"], rel["confidence"], rel["precision"], strict=True)
-          if c and cf is not None and cf < 0.5]
-    if not hi or not lo:
-        return None
-    g_hi = sum(c * g for c, g in hi) / sum(c for c, _ in hi)
-    g_lo = sum(c * g for c, g in lo) / sum(c for c, _ in lo)
-    if abs(g_hi) > GAP_TOLERANCE and abs(g_lo) > GAP_TOLERANCE and (g_hi > 0) != (g_lo > 0):
-        return (f"Scores above 0.5 are {_direction(g_hi)} (gap {g_hi:+.2f}) while scores below 0.5 are "
-                f"{_direction(g_lo)} (gap {g_lo:+.2f}).")
-    return None
+def _runs(rel: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Runs of adjacent score bins whose gap has the same sign, pooled.
+
+    ``z`` is the pooled gap over its standard error if the scores were calibrated
+    (``sqrt(Σ n c (1 - c)) / n`` with bin means ``c``); ``contribution`` the run's share of
+    the (unnormalised) ECE, ``Σ n |gap|``.
+    """
+    edges = rel["edges"]
+    runs: list[dict[str, Any]] = []
+    cur: list[int] = []
+    bins = [b for b, c in enumerate(rel["count"]) if c and rel["precision"][b] is not None]
+    sign = lambda b: rel["confidence"][b] > rel["precision"][b]  # noqa: E731
+    for b in bins:
+        if cur and (sign(b) != sign(cur[-1])):
+            runs.append(_pool(rel, cur, edges))
+            cur = []
+        cur.append(b)
+    if cur:
+        runs.append(_pool(rel, cur, edges))
+    return runs
+
+
+def _pool(rel: Mapping[str, Any], bins: list[int], edges: Sequence[float]) -> dict[str, Any]:
+    cnt = [rel["count"][b] for b in bins]
+    conf = [rel["confidence"][b] for b in bins]
+    prec = [rel["precision"][b] for b in bins]
+    n = sum(cnt)
+    gap_sum = sum(c * (cf - pr) for c, cf, pr in zip(cnt, conf, prec, strict=True))
+    var = sum(c * cf * (1.0 - cf) for c, cf in zip(cnt, conf, strict=True))
+    return {
+        "lo": edges[bins[0]], "hi": edges[bins[-1] + 1], "n": int(n),
+        "confidence": sum(c * cf for c, cf in zip(cnt, conf, strict=True)) / n,
+        "precision": sum(c * pr for c, pr in zip(cnt, prec, strict=True)) / n,
+        "gap": gap_sum / n,
+        "z": gap_sum / max(var**0.5, 1e-9),
+        "contribution": abs(gap_sum),
+    }
 
 
 def _describe_group(g: Mapping[str, Any]) -> str:
@@ -324,12 +340,13 @@ def _sweeps(data, p) -> list[dict[str, str]]:
         far = max(pts, key=lambda q: abs(q["metrics"]["dece"] - b_dece))
         delta = far["metrics"]["dece"] - b_dece
         label = SWEEP_TEXT[key]
+        cap = label[0].upper() + label[1:]
         if abs(delta) < 0.005:
             out.append({"topic": "post-processing", "severity": "ok",
                         "text": f"The {label} barely moves D-ECE: within 0.005 of {b_dece:.3f} over {_range(pts)}."})
             continue
         instead = f"instead of {b_name}" if base is not None else "on top of the file as given"
-        text = (f"{label.capitalize()} {far['value']:g} {instead} {'raises' if delta > 0 else 'lowers'} D-ECE by "
+        text = (f"{cap} {far['value']:g} {instead} {'raises' if delta > 0 else 'lowers'} D-ECE by "
                 f"{abs(delta):.3f} ({b_dece:.3f} → {far['metrics']['dece']:.3f}) while mAP goes "
                 f"{_f(b_map)} → {_f(far['metrics'].get('map'))} ({far['detections']} detections).")
         out.append({"topic": "post-processing", "severity": "problem" if delta > 0 else "info", "text": text})
@@ -410,8 +427,8 @@ def sweep_rows(sw: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def group_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Where the miscalibration sits: image regions and box sizes."""
-    head = ["group", "detections", "mean score", "precision", "gap", "ECE", "if calibrated (95th pct)",
-            "random subsets", "z"]
+    head = ["group", "detections", "mean score", "precision", "gap", "ECE", "ECE if calibrated (p95)",
+            "ECE of random subsets", "z"]
     rows = []
     band = p.get("regions_band", 0.2)
     for k, g in (p.get("regions") or {}).items():
@@ -459,7 +476,7 @@ tr.key td{background:#f8fafc;font-weight:600}td.what{color:#5b6472;font-size:12p
 @media (max-width:800px){.figs{grid-template-columns:1fr}}
 figure{margin:0;border:1px solid #e3e6ea;padding:6px;background:#fff}figure img{width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#5b6472;padding:4px 2px 0}
-figure.wide{grid-column:1/-1}pre{background:#f6f8fa;padding:10px;font-size:11.5px;overflow-x:auto;max-height:420px}
+figure.wide{grid-column:1/-1}pre{background:#f6f8fa;padding:10px;font-size:11.5px;overflow-x:auto}
 .note{color:#5b6472;font-size:12.5px}
 """
 
@@ -467,8 +484,8 @@ FIGURE_CAPTIONS = {
     "reliability": "Reliability diagram: observed precision per score bin (blue), its gap to the score (red), "
                    "counts below. Bars under the diagonal are over-confident.",
     "position": "Calibration gap by box centre, as D-ECE bins it; image axes (top-left is the image's top-left). "
-                "Grey: no detections.",
-    "size": "Calibration gap by box width and height (pixels, equal-mass bins).",
+                "Grey: fewer than 10 detections.",
+    "size": "Calibration gap by box width and height (pixels, equal-mass bins). Grey: fewer than 10 detections.",
     "classes": "Per class: calibration errors (left) next to AP (right), worst-calibrated first.",
     "sweeps": "How post-processing moves calibration (left axis) and mAP (right axis); one setting changed at a time.",
 }

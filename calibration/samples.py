@@ -16,7 +16,6 @@ coordinates where pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import zlib
@@ -81,7 +80,16 @@ DOMAINS: dict[str, Domain] = {
 DOMAINS["arid_unseen"] = replace(DOMAINS["arid"], name="arid_unseen", unseen_objects=True)
 
 _CAR_COLOURS = np.array(
-    [(235, 235, 235), (30, 30, 34), (170, 30, 30), (40, 60, 150), (160, 165, 170), (200, 180, 60)],
+    [
+        (235, 235, 235),
+        (30, 30, 34),
+        (170, 30, 30),
+        (40, 60, 150),
+        (160, 165, 170),
+        (200, 180, 60),
+        (96, 96, 100),
+        (70, 72, 76),
+    ],  # the last two are asphalt-grey: hard to see on roads
     dtype=np.float32,
 )
 
@@ -251,24 +259,24 @@ def _circle(cx: float, cy: float, r: float, n: int = 20) -> np.ndarray:
 
 
 def _noise(rng: np.random.Generator, size: int, cells: tuple[int, ...]) -> np.ndarray:
-    """Multi-scale value noise in [0, 1]: bilinear-upsampled random grids, halving amplitude."""
+    """Multi-scale value noise in [0, 1]: bilinear-upsampled random grids, halving amplitude.
+
+    scipy's single-threaded zoom, not a BLAS matmul: on a shared machine BLAS threads
+    spin-wait and make this 50x slower.
+    """
     out = np.zeros((size, size), np.float32)
     amp = 1.0
     for g in cells:
-        up = _upsampler(g + 1, size)
-        out += amp * (up @ rng.random((g + 1, g + 1), dtype=np.float32) @ up.T)
+        grid = rng.random((g + 1, g + 1), dtype=np.float32)
+        out += (
+            amp
+            * ndimage.zoom(grid, size / (g + 1), order=1, grid_mode=True, mode="nearest")[
+                :size, :size
+            ]
+        )
         amp *= 0.5
     lo, hi = out.min(), out.max()
     return (out - lo) / max(hi - lo, 1e-6)
-
-
-@functools.lru_cache(maxsize=32)
-def _upsampler(n: int, size: int) -> np.ndarray:
-    """(size, n) linear-interpolation matrix: ``A @ grid @ A.T`` upsamples a grid bilinearly."""
-    pos = (np.arange(size) + 0.5) * n / size - 0.5
-    return np.stack([np.interp(pos, np.arange(n), np.eye(n)[j]) for j in range(n)], axis=1).astype(
-        np.float32
-    )
 
 
 def render_scene(
@@ -543,6 +551,8 @@ def render_scene(
             cv.paint(_circle(cx, cy, r, 10), np.asarray(dom.tree) * rng.uniform(0.8, 1.2))
 
     img = ndimage.gaussian_filter(cv.img, sigma=(0.6, 0.6, 0))  # sensor blur
+    haze = rng.uniform(0.0, 0.35) if rng.random() < 0.4 else 0.0  # atmosphere: lower contrast
+    img = (1 - haze) * img * rng.uniform(0.85, 1.1) + haze * np.float32(185.0)
     img += rng.normal(0, 3.0, img.shape).astype(np.float32)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), objects
 

@@ -275,7 +275,9 @@ def parse_config(data: Any, source: str | os.PathLike = "config", base: Path | N
 
 def _resolve_paths(cfg: RefineConfig, base: Path) -> RefineConfig:
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else (base / p).resolve()
+        if p is None or p.is_absolute():
+            return p
+        return (base / p).resolve()
 
     updates: dict[str, Any] = {}
     if "classes" in cfg.model_fields_set:

@@ -340,7 +340,7 @@ class LoadedInputs:
     scene: SceneImage
     sources: np.ndarray
     """(A, H, W) uint8 cheap labels."""
-    truth: np.ndarray
+    truth: np.ndarray | None
     heldout: tuple[SceneImage, np.ndarray] | None
     valid: np.ndarray
 
@@ -599,8 +599,12 @@ class Refinement:
         self.reviewed = np.zeros(self.regions.n, bool)
         for r in self.run.completed_rounds():
             self._load_round(r)
+        last = self.run.round_dir(len(self.records)) if self.records else None
         if self.run.final_dir.exists():
             self.final_record = self.run.read_record(self.run.final_dir)
+            last = self.run.final_dir
+        if last is not None and (last / "model.pt").exists():  # warm start from the latest model
+            self.model = SegmentationModel.load(last / "model.pt", self.schema, threads=self.config.threads)
 
     def _load_round(self, r: int) -> None:
         d = self.run.round_dir(r)
@@ -613,8 +617,6 @@ class Refinement:
         self.change_map.reshape(-1)[change.index] = min(r, 255)
         self.changes.append(change.summary())
         self.records.append(record)
-        if (d / "model.pt").exists():
-            self.model = SegmentationModel.load(d / "model.pt", self.schema, threads=self.config.threads)
 
     # --- rounds -----------------------------------------------------------------------------------
     @property
@@ -779,7 +781,6 @@ class Refinement:
 
     def write_change_map(self) -> Path:
         """``change_map.tif``: the round in which each pixel changed (0 = unchanged), styled."""
-        from tiles.classes import ClassDef
         from tiles.qgis import write_raster_style
 
         rounds = max(1, len(self.records))
@@ -790,7 +791,6 @@ class Refinement:
             dst.write(self.change_map, 1)
             dst.write_colormap(1, schema.colormap())
             dst.set_band_description(1, "round in which the label changed (0 = unchanged)")
-        del ClassDef
         write_raster_style(path, schema)
         return path
 
@@ -811,6 +811,15 @@ def _round_schema(rounds: int) -> ClassSchema:
 
 
 # --- the whole simulation --------------------------------------------------------------------------
+def _check_budget_fits(config: RefineConfig, valid_pixels: int, source: str | os.PathLike | None) -> None:
+    """A pixel budget larger than the scene is an error before any work (clicks: at setup)."""
+    sel = config.select
+    if sel.unit == "pixels" and sel.budget > valid_pixels:
+        raise config_error(
+            "select.budget", f"{sel.budget:g} pixels is more than the scene's {valid_pixels} valid pixels", source
+        )
+
+
 def run_simulation(
     config: RefineConfig,
     out_dir: str | os.PathLike,
@@ -846,23 +855,36 @@ def run_simulation(
         "inputs": inputs.to_dict() if inputs is not None else "sample",
         "expert": type(expert).__name__ if expert is not None else "SimulatedExpert",
     }
+    schema = data = None
+    if inputs is not None:  # the user's files: check them all before anything is written
+        schema = load_schema(inputs.classes or config.classes)
+        data = load_inputs(inputs, schema)
+        _check_budget_fits(config, int(data.valid.sum()), config_source)
+    created = not Path(out_dir).exists()
     run = RunDir.open(out_dir, identity, resume=resume, restart=restart)
-    if inputs is None:
-        inputs = prepare_sample(config, run.inputs, echo)
-    schema = load_schema(inputs.classes or config.classes)
-    data = load_inputs(inputs, schema)
-    start = fuse_sources(data.sources, schema, config.cheap.fusion)
-    start[~data.valid] = schema.ignore
-    if expert is None:
-        expert = SimulatedExpert(data.truth, schema, config.review.expert_error, config.review.seed,
-                                 pixel_exact=config.review.relabel == "pixel")  # fmt: skip
-    evaluator = Evaluator(data.truth, start, schema, data.heldout if evaluate_model else None)
-    del data.truth  # from here on, only the expert and the evaluator hold it
-    loop = Refinement(
-        config, schema, run, data.scene, data.valid, data.sources if data.sources.shape[0] > 1 else None,
-        expert, evaluator, strategy, source=config_source, evaluate_model=evaluate_model, echo=echo,
-    )  # fmt: skip
-    loop.setup(start, data.sources, regions)
+    fresh = not run.setup_dir.exists()
+    try:
+        if inputs is None:
+            inputs = prepare_sample(config, run.inputs, echo)
+        if data is None:
+            schema = load_schema(inputs.classes or config.classes)
+            data = load_inputs(inputs, schema)
+        start = fuse_sources(data.sources, schema, config.cheap.fusion)
+        start[~data.valid] = schema.ignore
+        if expert is None:
+            expert = SimulatedExpert(data.truth, schema, config.review.expert_error, config.review.seed,
+                                     pixel_exact=config.review.relabel == "pixel")  # fmt: skip
+        evaluator = Evaluator(data.truth, start, schema, data.heldout if evaluate_model else None)
+        data.truth = None  # from here on, only the expert and the evaluator hold it
+        loop = Refinement(
+            config, schema, run, data.scene, data.valid, data.sources if data.sources.shape[0] > 1 else None,
+            expert, evaluator, strategy, source=config_source, evaluate_model=evaluate_model, echo=echo,
+        )  # fmt: skip
+        loop.setup(start, data.sources, regions)
+    except BaseException:
+        if fresh:
+            run.discard(created)
+        raise
     if loop.records:
         echo(f"resuming after round {len(loop.records)}")
     done_now = 0
@@ -887,6 +909,8 @@ def run_simulation(
             outputs["qgis_project"] = bundle.project
             outputs["qgis_mask"] = bundle.mask
             outputs["qgis_polygons"] = bundle.polygons
+    if report and finished:
+        outputs["report_json"], outputs["report_html"] = run.root / "report.json", run.root / "report.html"
     from refine.report import build_report, write_report
 
     rep = build_report(
@@ -895,6 +919,5 @@ def run_simulation(
         strategy=strategy.name,
     )  # fmt: skip
     if report and finished:
-        json_path, html_path = write_report(rep, run.root)
-        outputs["report_json"], outputs["report_html"] = json_path, html_path
+        write_report(rep, run.root)
     return SimulationResult(run.root, loop.setup_record, loop.records, loop.final_record, rep, refined, outputs)

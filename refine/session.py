@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -74,7 +75,7 @@ class RunDir:
                 "run in it, --restart to start it over, or choose another --out",
                 root,
             )
-        if resume:
+        if resume and entries:
             if previous is None:
                 raise TrustmapError(f"nothing to resume: no {RUN_FILE} from an earlier refine run here", root)
             diff = _first_difference(previous.get("identity", {}), _jsonable(identity))
@@ -84,6 +85,8 @@ class RunDir:
                     "use --restart to start over with the new settings",
                     root,
                 )
+            for stale in [*root.glob(".*.part*"), *run.state.glob(".*.part*")]:  # a killed commit
+                _remove(stale)
             ensure_writable_dir(root)
             return run
         if restart and entries:
@@ -122,6 +125,13 @@ class RunDir:
         for hidden in self.root.glob(".*.part*"):  # staging left by a killed process
             _remove(hidden)
 
+    def discard(self, created: bool) -> None:
+        """Undo a new run that failed before its first commit: no partial output stays."""
+        self.clear()
+        if created:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()  # only if empty
+
     # --- committed state ----------------------------------------------------------------------------
     def round_dir(self, r: int) -> Path:
         return self.state / f"round_{r:03d}"
@@ -150,6 +160,7 @@ class RunDir:
         ensure_writable_dir(self.state)
         with atomic_dir(self.state / name) as tmp:
             yield tmp
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; state is shared like any output
 
     def read_record(self, folder: Path) -> dict[str, Any]:
         path = folder / "record.json"
@@ -178,7 +189,7 @@ class RunDir:
 def write_record(folder: Path, record: dict[str, Any]) -> Path:
     """Write a JSON record into a staged state folder."""
     path = folder / "record.json"
-    path.write_text(json.dumps(_jsonable(record), indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -193,7 +204,9 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN; null reads as "not defined"
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -215,6 +228,12 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
                 return found
         return None
     return None if a == b else (prefix or "(top level)")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 import pytest
-from rasterio.transform import from_origin
+from affine import Affine
 from scipy import ndimage as ndi
 from shapely.geometry import box
 
@@ -101,7 +101,7 @@ def _polys() -> gpd.GeoDataFrame:
 
 
 def test_polygons_rasterised_onto_the_scene_grid(tmp_path) -> None:
-    transform = from_origin(0, 10, 1, 1)  # 10 x 10 one-metre pixels
+    transform = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 10.0)  # 10 x 10 one-metre pixels
     r = Rg.build_regions("polygons", shape=(10, 10), polygons=_polys(), transform=transform)
     assert r.n == 2
     np.testing.assert_array_equal(r.source_index, [0, 2])  # the tiny polygon covers no centre
