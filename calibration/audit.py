@@ -50,7 +50,11 @@ from tiles.io import atomic_dir, write_text_atomic
 FORMAT = "trustmap-calibration-audit-v1"
 #: Numbers each sweep point keeps (the sweep figure plots D-ECE, ECE, LaECE and mAP).
 SWEEP_KEYS = ("dece", "ece", "laece", "mce", "map", "ap50")
-SWEEP_LABELS = {"score_threshold": "score threshold", "nms_iou": "NMS IoU", "topk": "top-k per image"}
+SWEEP_LABELS = {
+    "score_threshold": "score threshold",
+    "nms_iou": "NMS IoU",
+    "topk": "top-k per image",
+}
 _PARAM = {"score_threshold": "score_thresh", "nms_iou": "nms_iou", "topk": "topk"}
 PERSPECTIVE_TEXT = {
     "application": "after the detector's post-processing (score threshold, NMS, top-k): what users see",
@@ -63,7 +67,16 @@ CHANCE_CHUNK = 5_000_000  # draws x detections simulated at once (memory bound)
 HEATMAP_MIN_COUNT = 10  # heat-map cells with fewer detections are greyed out (noise, not signal)
 SIZE_BINS = 5  # quantile bins per axis of the (w, h) grid
 POSITION_BINS = 5  # default bins per axis of the (cx, cy) grid when D-ECE does not bin cx/cy
-_VERSIONED = ("numpy", "scipy", "torch", "torchvision", "pycocotools", "netcal", "matplotlib", "pydantic")
+_VERSIONED = (
+    "numpy",
+    "scipy",
+    "torch",
+    "torchvision",
+    "pycocotools",
+    "netcal",
+    "matplotlib",
+    "pydantic",
+)
 
 
 @dataclass
@@ -109,25 +122,43 @@ def audit_predictions(
     }
     with atomic_dir(out) as tmp:
         return _finish(
-            tmp, Path(out), cfg, gt, {"predictions": dets}, TableSweeper(dets), inputs, config_path, timings
+            tmp,
+            Path(out),
+            cfg,
+            gt,
+            {"predictions": dets},
+            TableSweeper(dets),
+            inputs,
+            config_path,
+            timings,
         )
 
 
-def audit_model(config: AuditConfig, out: str | os.PathLike, config_path: str | os.PathLike | None = None) -> AuditResult:
+def audit_model(
+    config: AuditConfig, out: str | os.PathLike, config_path: str | os.PathLike | None = None
+) -> AuditResult:
     """Run the configured detector on the configured data, then audit its detections."""
     if not config.runs_model:
-        raise TrustmapError("the config has no 'detector' and 'data': give --predictions and --annotations", config_path)
+        raise TrustmapError(
+            "the config has no 'detector' and 'data': give --predictions and --annotations",
+            config_path,
+        )
     from calibration.adapters import images_from_coco, load_detector
 
     _check_out(out)
     det_cfg, data = config.detector, config.data
     t0 = time.perf_counter()
     detector = load_detector(
-        det_cfg.model, det_cfg.weights, num_classes=det_cfg.num_classes, category_ids=det_cfg.category_ids,
+        det_cfg.model,
+        det_cfg.weights,
+        num_classes=det_cfg.num_classes,
+        category_ids=det_cfg.category_ids,
         **det_cfg.options,
     )
     detector.min_score = det_cfg.min_score
-    gt_given = GroundTruth.from_coco_json(data.coco.annotations) if data.coco is not None else None
+    if data.coco is not None:  # checked before anything is written
+        gt = GroundTruth.from_coco_json(data.coco.annotations)
+        records = images_from_coco(data.coco.images, data.coco.annotations)
     timings = {"load": time.perf_counter() - t0}
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -136,17 +167,21 @@ def audit_model(config: AuditConfig, out: str | os.PathLike, config_path: str | 
             from calibration.samples import make_split
 
             s = data.sample
-            ann = make_split(tmp / "data", s.split, s.n_images, size=s.size, seed=s.seed, domain=s.domain)
-            images_root = tmp / "data"
+            ann = make_split(
+                tmp / "data", s.split, s.n_images, size=s.size, seed=s.seed, domain=s.domain
+            )
             gt = GroundTruth.from_coco_json(ann)
-            shown = {"annotations": str(out.resolve() / "data" / ann.name), "images": str(out.resolve() / "data"),
-                     "sample": s.model_dump(mode="json")}
+            records = images_from_coco(tmp / "data", ann)
+            shown = {
+                "annotations": str(out.resolve() / "data" / ann.name),
+                "images": str(out.resolve() / "data"),
+                "sample": s.model_dump(mode="json"),
+            }
             timings["generate_data"] = time.perf_counter() - t0
         else:
-            ann, images_root, gt = data.coco.annotations, data.coco.images, gt_given
-            shown = {"annotations": str(ann), "images": str(images_root)}
+            shown = {"annotations": str(data.coco.annotations), "images": str(data.coco.images)}
         t0 = time.perf_counter()
-        candidates = detector.candidates(images_from_coco(images_root, ann), batch_size=det_cfg.batch_size)
+        candidates = detector.candidates(records, batch_size=det_cfg.batch_size)
         timings["detector"] = time.perf_counter() - t0
         post = config.postprocess
         perspectives: dict[str, Detections] = {}
@@ -176,7 +211,9 @@ def audit_model(config: AuditConfig, out: str | os.PathLike, config_path: str | 
 # --------------------------------------------------------------------------- per perspective
 
 
-def analyse(dets: Detections, gt: GroundTruth, mcfg: MetricsConfig, position_bins: int = POSITION_BINS) -> dict[str, Any]:
+def analyse(
+    dets: Detections, gt: GroundTruth, mcfg: MetricsConfig, position_bins: int = POSITION_BINS
+) -> dict[str, Any]:
     """Metrics with intervals plus the breakdowns behind the report's findings.
 
     Breakdowns use the detections that count for ECE: those not absorbed by crowd/ignore
@@ -191,29 +228,45 @@ def analyse(dets: Detections, gt: GroundTruth, mcfg: MetricsConfig, position_bin
     rel = reliability(conf, tp, bins=mcfg.bins, strategy=mcfg.bin_strategy)
     res["overall"] = groups.breakdown(np.zeros(len(conf), np.int64), ["all"], compare=False)["all"]
     res["reliability"] = {
-        "edges": rel["edges"], "count": rel["count"], "confidence": rel["confidence"], "precision": rel["target"],
+        "edges": rel["edges"],
+        "count": rel["count"],
+        "confidence": rel["confidence"],
+        "precision": rel["target"],
     }
     # position: equal-width bins over the image, as D-ECE bins cx and cy
     pos_edges = np.linspace(0.0, 1.0, position_bins + 1)
     res["position"] = _grid(feats[:, 1], feats[:, 2], conf, tp, pos_edges, pos_edges) | {
-        "x_label": "box centre x / image width", "y_label": "box centre y / image height",
-        "image_axes": True, "edge_format": ".1f",
+        "x_label": "box centre x / image width",
+        "y_label": "box centre y / image height",
+        "image_axes": True,
+        "edge_format": ".1f",
     }
     res["regions_band"] = 1.0 / position_bins
     res["regions"] = {}
     if position_bins >= 3:
         ix, iy = _bin(feats[:, 1], pos_edges), _bin(feats[:, 2], pos_edges)
-        outer = ((ix == 0) | (ix == position_bins - 1)).astype(np.int64) + ((iy == 0) | (iy == position_bins - 1))
-        res["regions"] = groups.breakdown(outer, ["interior", "edges", "corners"])  # 0, 1 or 2 outer axes
+        outer = ((ix == 0) | (ix == position_bins - 1)).astype(np.int64) + (
+            (iy == 0) | (iy == position_bins - 1)
+        )
+        res["regions"] = groups.breakdown(
+            outer, ["interior", "edges", "corners"]
+        )  # 0, 1 or 2 outer axes
     # size: box width and height in pixels, equal-mass bins (aerial objects span a narrow range)
     row = gt.images.index_of(dets.image_id[valid])
     w_px, h_px = feats[:, 3] * gt.images.width[row], feats[:, 4] * gt.images.height[row]
-    res["size"] = _grid(w_px, h_px, conf, tp, _quantile_edges(w_px, SIZE_BINS), _quantile_edges(h_px, SIZE_BINS)) | {
-        "x_label": "box width (pixels)", "y_label": "box height (pixels)", "image_axes": False, "edge_format": ".0f",
+    res["size"] = _grid(
+        w_px, h_px, conf, tp, _quantile_edges(w_px, SIZE_BINS), _quantile_edges(h_px, SIZE_BINS)
+    ) | {
+        "x_label": "box width (pixels)",
+        "y_label": "box height (pixels)",
+        "image_axes": False,
+        "edge_format": ".0f",
     }
     res["sizes"] = _size_groups(np.sqrt(np.maximum(w_px * h_px, 0.0)), groups)
     cats = gt.category_ids
-    by_class = groups.breakdown(np.searchsorted(cats, dets.category_id[valid]), [str(int(c)) for c in cats])
+    by_class = groups.breakdown(
+        np.searchsorted(cats, dets.category_id[valid]), [str(int(c)) for c in cats]
+    )
     res["classes"] = {k: v | {"name": gt.categories[int(k)]} for k, v in by_class.items()}
     return res
 
@@ -238,14 +291,20 @@ class GroupCalibration:
     for equal-width bins), so a group's ECE is exactly the audit's ECE on that subset.
     """
 
-    def __init__(self, conf: np.ndarray, tp: np.ndarray, mcfg: MetricsConfig, draws: int | None = None):
+    def __init__(
+        self, conf: np.ndarray, tp: np.ndarray, mcfg: MetricsConfig, draws: int | None = None
+    ):
         self.conf, self.tp = np.asarray(conf, np.float64), np.asarray(tp, np.float64)
         self.bins, self.p = mcfg.bins, 1 if mcfg.norm == "l1" else 2
-        self.b = bin_index(self.conf, bin_edges(self.conf, self.bins, mcfg.bin_strategy, (0.0, 1.0)))
+        self.b = bin_index(
+            self.conf, bin_edges(self.conf, self.bins, mcfg.bin_strategy, (0.0, 1.0))
+        )
         self.seed = 0 if mcfg.seed is None else mcfg.seed
         self.draws = CHANCE_DRAWS if draws is None else draws
 
-    def breakdown(self, labels: np.ndarray, names: list[str], compare: bool = True) -> dict[str, dict[str, Any]]:
+    def breakdown(
+        self, labels: np.ndarray, names: list[str], compare: bool = True
+    ) -> dict[str, dict[str, Any]]:
         """Statistics per group; ``labels[i]`` is detection i's group index (-1: in none)."""
         labels = np.asarray(labels, np.int64)
         g = len(names)
@@ -257,8 +316,18 @@ class GroupCalibration:
         for k, name in enumerate(names):
             sel = labels == k
             if n[k] == 0:
-                out[name] = dict.fromkeys(("confidence", "precision", "gap", "gap_se", "ece", "ece_chance",
-                                           "ece_chance_p95"), None) | {"n": 0}
+                out[name] = dict.fromkeys(
+                    (
+                        "confidence",
+                        "precision",
+                        "gap",
+                        "gap_se",
+                        "ece",
+                        "ece_chance",
+                        "ece_chance_p95",
+                    ),
+                    None,
+                ) | {"n": 0}
                 continue
             c, t = self.conf[sel], self.tp[sel]
             st = {
@@ -273,7 +342,11 @@ class GroupCalibration:
             }
             if rand is not None:
                 mu, sd = float(rand[:, k].mean()), float(rand[:, k].std(ddof=1))
-                st |= {"ece_random": mu, "ece_random_sd": sd, "z": (st["ece"] - mu) / sd if sd > 0 else 0.0}
+                st |= {
+                    "ece_random": mu,
+                    "ece_random_sd": sd,
+                    "z": (st["ece"] - mu) / sd if sd > 0 else 0.0,
+                }
             out[name] = st
         return out
 
@@ -283,8 +356,14 @@ class GroupCalibration:
         ok = labels >= 0
         cell = ((np.arange(k)[:, None] * g + labels) * self.bins + b)[ok]
         size = k * g * self.bins
-        tot = np.stack([np.bincount(cell, minlength=size), np.bincount(cell, conf[ok], size),
-                        np.bincount(cell, target[ok], size)], axis=-1).astype(np.float64)
+        tot = np.stack(
+            [
+                np.bincount(cell, minlength=size),
+                np.bincount(cell, conf[ok], size),
+                np.bincount(cell, target[ok], size),
+            ],
+            axis=-1,
+        ).astype(np.float64)
         return binned_error(tot.reshape(k, g, self.bins, 3), "ece", self.p) ** (1.0 / self.p)
 
     def _simulate(self, labels: np.ndarray, g: int, kind: str) -> np.ndarray:
@@ -301,7 +380,11 @@ class GroupCalibration:
                 lab = np.broadcast_to(labels, (k, n))
             else:
                 lab = rng.permuted(np.broadcast_to(labels, (k, n)), axis=1)
-                conf, target, b = np.broadcast_to(self.conf, (k, n)), np.broadcast_to(self.tp, (k, n)), np.broadcast_to(self.b, (k, n))
+                conf, target, b = (
+                    np.broadcast_to(self.conf, (k, n)),
+                    np.broadcast_to(self.tp, (k, n)),
+                    np.broadcast_to(self.b, (k, n)),
+                )
             out.append(self._ece(lab, conf, target, b, g))
         return np.concatenate(out) if out else np.zeros((0, g))
 
@@ -329,8 +412,13 @@ def _grid(x, y, conf, tp, x_edges, y_edges) -> dict[str, Any]:
         c = np.bincount(cell, conf, nx * ny) / cnt
         p = np.bincount(cell, tp.astype(float), nx * ny) / cnt
     shape = (ny, nx)
-    return {"x_edges": x_edges, "y_edges": y_edges, "count": cnt.reshape(shape),
-            "confidence": c.reshape(shape), "precision": p.reshape(shape)}
+    return {
+        "x_edges": x_edges,
+        "y_edges": y_edges,
+        "count": cnt.reshape(shape),
+        "confidence": c.reshape(shape),
+        "precision": p.reshape(shape),
+    }
 
 
 def _size_groups(side: np.ndarray, groups: GroupCalibration) -> dict[str, Any]:
@@ -338,7 +426,9 @@ def _size_groups(side: np.ndarray, groups: GroupCalibration) -> dict[str, Any]:
     if side.size < 3:
         return {}
     lo, hi = np.quantile(side, [1 / 3, 2 / 3])
-    out = groups.breakdown((side >= lo).astype(np.int64) + (side >= hi), ["small", "medium", "large"])
+    out = groups.breakdown(
+        (side >= lo).astype(np.int64) + (side >= hi), ["small", "medium", "large"]
+    )
     out["small"]["below_px"] = float(lo)
     out["medium"]["range_px"] = [float(lo), float(hi)]
     out["large"]["above_px"] = float(hi)
@@ -349,7 +439,10 @@ def _size_groups(side: np.ndarray, groups: GroupCalibration) -> dict[str, Any]:
 
 
 def postprocess_table(
-    dets: Detections, score_thresh: float | None = None, nms_iou: float | None = None, topk: int | None = None
+    dets: Detections,
+    score_thresh: float | None = None,
+    nms_iou: float | None = None,
+    topk: int | None = None,
 ) -> Detections:
     """torchvision's post-processing order on a detections table: ``score > t``, per (image,
     class) NMS, then the ``topk`` best per image. ``None`` skips a step.
@@ -364,9 +457,17 @@ def postprocess_table(
         import torch
         from torchvision.ops import batched_nms
 
-        groups = np.unique(np.column_stack([dets.image_id[keep], dets.category_id[keep]]), axis=0, return_inverse=True)[1]
-        k = batched_nms(torch.from_numpy(dets.bbox_xyxy[keep]), torch.from_numpy(dets.score[keep]),
-                        torch.from_numpy(groups.reshape(-1).astype(np.int64)), float(nms_iou))
+        groups = np.unique(
+            np.column_stack([dets.image_id[keep], dets.category_id[keep]]),
+            axis=0,
+            return_inverse=True,
+        )[1]
+        k = batched_nms(
+            torch.from_numpy(dets.bbox_xyxy[keep]),
+            torch.from_numpy(dets.score[keep]),
+            torch.from_numpy(groups.reshape(-1).astype(np.int64)),
+            float(nms_iou),
+        )
         keep = np.sort(keep[k.numpy()])
     if topk is not None and keep.size:
         order = np.lexsort((-dets.score[keep], dets.image_id[keep]))
@@ -381,8 +482,10 @@ class TableSweeper:
     """Sweeps over a fixed detections table (a predictions file): only tightening is possible."""
 
     perspective = "predictions"
-    note = ("re-applied to the predictions file: thresholds below its lowest score and NMS looser than the "
-            "detector's own cannot be undone, so those points equal the file as given")
+    note = (
+        "re-applied to the predictions file: thresholds below its lowest score and NMS looser than the "
+        "detector's own cannot be undone, so those points equal the file as given"
+    )
 
     def __init__(self, dets: Detections):
         self.dets = dets
@@ -421,7 +524,9 @@ def _model_defaults(candidates: Any, post: PostprocessSection) -> dict[str, Any]
     }
 
 
-def run_sweeps(sweeper: Callable[..., Detections], gt: GroundTruth, cfg: AuditConfig) -> dict[str, Any]:
+def run_sweeps(
+    sweeper: Callable[..., Detections], gt: GroundTruth, cfg: AuditConfig
+) -> dict[str, Any]:
     """Metrics (no intervals) along each configured post-processing sweep, one setting at a time.
 
     The audited setting is added as a point of every sweep, so each curve passes through
@@ -440,20 +545,30 @@ def run_sweeps(sweeper: Callable[..., Detections], gt: GroundTruth, cfg: AuditCo
         for v in values:
             if sweeper.allowed(name, v):
                 todo.append((name, v))
-    out: dict[str, Any] = {"perspective": sweeper.perspective, "note": sweeper.note, "defaults": defaults}
+    out: dict[str, Any] = {
+        "perspective": sweeper.perspective,
+        "note": sweeper.note,
+        "defaults": defaults,
+    }
     for name in ("score_threshold", "nms_iou", "topk"):
         if getattr(cfg.sweeps, name):
-            out[name] = {"label": SWEEP_LABELS[name], "default": defaults[_PARAM[name]], "points": []}
+            out[name] = {
+                "label": SWEEP_LABELS[name],
+                "default": defaults[_PARAM[name]],
+                "points": [],
+            }
     for name, v in progress(todo, desc="post-processing sweeps", unit="setting"):
         params = defaults | {_PARAM[name]: v}
         dets = sweeper(**params)
         r = compute_metrics(dets, gt, mcfg, validate=False)
-        out[name]["points"].append({
-            "value": v,
-            "audited": v == defaults[_PARAM[name]],
-            "detections": len(dets),
-            "metrics": {k: r["metrics"][k]["value"] for k in SWEEP_KEYS},
-        })
+        out[name]["points"].append(
+            {
+                "value": v,
+                "audited": v == defaults[_PARAM[name]],
+                "detections": len(dets),
+                "metrics": {k: r["metrics"][k]["value"] for k in SWEEP_KEYS},
+            }
+        )
     return out
 
 
@@ -488,7 +603,8 @@ def build_document(
         "format": FORMAT,
         "title": cfg.title or "Detector calibration audit",
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "inputs": dict(inputs) | {
+        "inputs": dict(inputs)
+        | {
             "config_path": None if config_path is None else str(Path(config_path).resolve()),
             "config": cfg.model_dump(mode="json"),
             "metrics_config": mcfg.model_dump(mode="json"),
@@ -507,7 +623,9 @@ def build_document(
     return data
 
 
-def write_outputs(folder: Path, data: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, Path]:
+def write_outputs(
+    folder: Path, data: dict[str, Any], timings: dict[str, float] | None = None
+) -> dict[str, Path]:
     """Draw the figures and write ``audit.{json,md,html}`` and ``figures/`` into ``folder``."""
     from calibration import report
 
@@ -520,16 +638,28 @@ def write_outputs(folder: Path, data: dict[str, Any], timings: dict[str, float] 
     data["figures"] = {name: f"figures/{name}.png" for name in pngs}
     timings["figures"] = time.perf_counter() - t0
     data["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    files = {"html": folder / "audit.html", "json": folder / "audit.json", "md": folder / "audit.md"}
+    files = {
+        "html": folder / "audit.html",
+        "json": folder / "audit.json",
+        "md": folder / "audit.md",
+    }
     write_text_atomic(files["json"], json.dumps(data, indent=1, allow_nan=False) + "\n")
     write_text_atomic(files["md"], report.render_markdown(data))
     write_text_atomic(files["html"], report.render_html(data, pngs))
     return files
 
 
-def _finish(tmp: Path, out: Path, cfg: AuditConfig, gt: GroundTruth, perspectives: Mapping[str, Detections],
-            sweeper: Any, inputs: dict[str, Any], config_path: str | os.PathLike | None,
-            timings: dict[str, float]) -> AuditResult:
+def _finish(
+    tmp: Path,
+    out: Path,
+    cfg: AuditConfig,
+    gt: GroundTruth,
+    perspectives: Mapping[str, Detections],
+    sweeper: Any,
+    inputs: dict[str, Any],
+    config_path: str | os.PathLike | None,
+    timings: dict[str, float],
+) -> AuditResult:
     """Build everything into ``tmp`` (the caller's ``atomic_dir`` swaps it onto ``out``)."""
     _readable(tmp)
     data = build_document(cfg, gt, perspectives, sweeper, inputs, config_path, timings)
@@ -542,17 +672,23 @@ def draw_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for name, p in data["perspectives"].items():
         ece = p["metrics"]["ece"]["value"]
-        out[f"reliability_{name}"] = figs.reliability_diagram(p["reliability"], f"Reliability, {name}", ece)
+        out[f"reliability_{name}"] = figs.reliability_diagram(
+            p["reliability"], f"Reliability, {name}", ece
+        )
         dece = p["metrics"]["dece"]["value"]
         suffix = f" (D-ECE {dece:.3f})" if dece is not None else ""
-        out[f"position_{name}"] = figs.gap_heatmap(p["position"], f"Gap by box position, {name}{suffix}",
-                                                   min_count=HEATMAP_MIN_COUNT)
-        out[f"size_{name}"] = figs.gap_heatmap(p["size"], f"Gap by box size, {name}", min_count=HEATMAP_MIN_COUNT)
+        out[f"position_{name}"] = figs.gap_heatmap(
+            p["position"], f"Gap by box position, {name}{suffix}", min_count=HEATMAP_MIN_COUNT
+        )
+        out[f"size_{name}"] = figs.gap_heatmap(
+            p["size"], f"Gap by box size, {name}", min_count=HEATMAP_MIN_COUNT
+        )
         out[f"classes_{name}"] = figs.per_class_bars(p["per_category"], f"Per class, {name}")
     sw = data.get("sweeps") or {}
     if any(isinstance(v, Mapping) and v.get("points") for v in sw.values()):
         out["sweeps"] = figs.sweep_curves(
-            {k: v for k, v in sw.items() if k in _PARAM}, f"Post-processing sweeps ({sw['perspective']} perspective)"
+            {k: v for k, v in sw.items() if k in _PARAM},
+            f"Post-processing sweeps ({sw['perspective']} perspective)",
         )
     return out
 
@@ -572,7 +708,9 @@ def _check_out(out: str | os.PathLike) -> None:
     if p.exists() and not p.is_dir():
         raise TrustmapError("output path exists and is not a directory", p)
     if p.is_dir() and any(p.iterdir()) and not (p / "audit.json").exists():
-        raise TrustmapError("output directory exists and is not an earlier audit; choose a new or empty folder", p)
+        raise TrustmapError(
+            "output directory exists and is not an earlier audit; choose a new or empty folder", p
+        )
 
 
 def _readable(folder: Path) -> None:

@@ -25,17 +25,39 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--predictions", type=_path, help="Detections: COCO results .json (detectron2's export) or .npz.")
+@click.option(
+    "--predictions",
+    type=_path,
+    help="Detections: COCO results .json (detectron2's export) or .npz.",
+)
 @click.option("--annotations", type=_path, help="Ground truth: COCO annotations .json.")
-@click.option("--config", "config_path", type=_path,
-              help="Audit YAML: a detector and data to run, and/or metric, bootstrap and sweep settings.")
-@click.option("--out", "out_dir", required=True, type=_path,
-              help="Output folder (audit.html, audit.json, audit.md, figures/); replaced only when complete.")
-@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=None,
-              help="Bootstrap replicates (overrides the config; 0 = no intervals).")
+@click.option(
+    "--config",
+    "config_path",
+    type=_path,
+    help="Audit YAML: a detector and data to run, and/or metric, bootstrap and sweep settings.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=_path,
+    help="Output folder (audit.html, audit.json, audit.md, figures/); replaced only when complete.",
+)
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Bootstrap replicates (overrides the config; 0 = no intervals).",
+)
 @user_errors
 def audit(
-    predictions: Path | None, annotations: Path | None, config_path: Path | None, out_dir: Path, n_boot: int | None
+    predictions: Path | None,
+    annotations: Path | None,
+    config_path: Path | None,
+    out_dir: Path,
+    n_boot: int | None,
 ) -> None:
     """Measure calibration (ECE, D-ECE, LaECE, NLL, Brier, ... with bootstrap CIs, next to mAP),
     sweep post-processing, and write an HTML / JSON / Markdown report.
@@ -51,7 +73,9 @@ def audit(
         cfg = cfg.model_copy(update={"bootstrap": cfg.bootstrap.model_copy(update={"n": n_boot})})
     if predictions is not None or annotations is not None:
         if predictions is None or annotations is None:
-            raise TrustmapError("give both --predictions and --annotations (or a --config that runs a detector)")
+            raise TrustmapError(
+                "give both --predictions and --annotations (or a --config that runs a detector)"
+            )
         result = audit_predictions(predictions, annotations, out_dir, cfg, config_path)
     elif cfg.runs_model:
         result = audit_model(cfg, out_dir, config_path)

@@ -34,12 +34,22 @@ class DetectorSection(_Section):
     """A torchvision detector by name with local weights (nothing is ever downloaded)."""
 
     model: str = "sample_fasterrcnn"
-    weights: Path | None = Field(None, description="State dict or checkpoint; None = packaged sample weights.")
-    num_classes: int | None = Field(None, ge=2, description="With background; None = read from the weights.")
-    category_ids: list[int] | None = Field(None, description="Dataset category of labels 1..K; None = from the checkpoint.")
+    weights: Path | None = Field(
+        None, description="State dict or checkpoint; None = packaged sample weights."
+    )
+    num_classes: int | None = Field(
+        None, ge=2, description="With background; None = read from the weights."
+    )
+    category_ids: list[int] | None = Field(
+        None, description="Dataset category of labels 1..K; None = from the checkpoint."
+    )
     batch_size: int = Field(4, ge=1)
-    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Candidates at or below are dropped for good.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Builder keywords, e.g. rpn_post_nms_top_n_test.")
+    min_score: float = Field(
+        0.0, ge=0.0, le=1.0, description="Candidates at or below are dropped for good."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Builder keywords, e.g. rpn_post_nms_top_n_test."
+    )
 
     @field_validator("model")
     @classmethod
@@ -94,7 +104,9 @@ class PostprocessSection(_Section):
     score_thresh: float | None = Field(None, ge=0.0, le=1.0)
     nms_iou: float | None = Field(None, ge=0.0, le=1.0)
     topk: int | None = Field(None, ge=1)
-    max_per_image: int | None = Field(1000, ge=1, description="Modeling perspective: rows kept per image.")
+    max_per_image: int | None = Field(
+        1000, ge=1, description="Modeling perspective: rows kept per image."
+    )
 
 
 class MatchingSection(_Section):
@@ -129,9 +141,13 @@ class MetricsSection(_Section):
             raise ValueError(f"dece_dims must start with 'confidence', got {dims}")
         if len(set(dims)) != len(dims):
             raise ValueError(f"dece_dims lists a dimension twice: {dims}")
-        n_bins = len(self.dece_bins) if self.dece_bins is not None else len(MetricsConfig().dece_bins)
+        n_bins = (
+            len(self.dece_bins) if self.dece_bins is not None else len(MetricsConfig().dece_bins)
+        )
         if n_bins != len(dims):
-            raise ValueError(f"dece_bins needs one bin count per entry of dece_dims ({len(dims)}), got {n_bins}")
+            raise ValueError(
+                f"dece_bins needs one bin count per entry of dece_dims ({len(dims)}), got {n_bins}"
+            )
         return self
 
 
@@ -144,7 +160,9 @@ class BootstrapSection(_Section):
 class SweepsSection(_Section):
     """Post-processing settings to re-apply without a new forward pass (empty = no sweep)."""
 
-    score_threshold: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    score_threshold: list[float] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    )
     nms_iou: list[float] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     topk: list[int] = Field(default_factory=list)
 
@@ -170,7 +188,9 @@ class AuditConfig(_Section):
     title: str | None = None
     detector: DetectorSection | None = None
     data: DataSection | None = None
-    perspectives: list[Perspective] = Field(default_factory=lambda: ["application", "modeling"], min_length=1)
+    perspectives: list[Perspective] = Field(
+        default_factory=lambda: ["application", "modeling"], min_length=1
+    )
     postprocess: PostprocessSection = Field(default_factory=PostprocessSection)
     matching: MatchingSection = Field(default_factory=MatchingSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
@@ -187,7 +207,9 @@ class AuditConfig(_Section):
     @model_validator(mode="after")
     def _model_needs_data(self) -> AuditConfig:
         if (self.detector is None) != (self.data is None):
-            raise ValueError("'detector' and 'data' go together: give both (run a model) or neither (--predictions)")
+            raise ValueError(
+                "'detector' and 'data' go together: give both (run a model) or neither (--predictions)"
+            )
         return self
 
     @property
@@ -235,7 +257,9 @@ def parse_config(data: Any, source: str | os.PathLike | None = None) -> AuditCon
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise TrustmapError(f"expected a mapping of sections at the top level, got {type(data).__name__}", source)
+        raise TrustmapError(
+            f"expected a mapping of sections at the top level, got {type(data).__name__}", source
+        )
     try:
         return AuditConfig.model_validate(data)
     except ValidationError as exc:
@@ -259,7 +283,9 @@ def load_config(path: str | os.PathLike) -> AuditConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise TrustmapError(f"not valid YAML{where} ({getattr(exc, 'problem', None) or type(exc).__name__})", p) from None
+        raise TrustmapError(
+            f"not valid YAML{where} ({getattr(exc, 'problem', None) or type(exc).__name__})", p
+        ) from None
     except UnicodeDecodeError:
         raise TrustmapError("not a text YAML file (binary content)", p) from None
     cfg = parse_config(data, p).resolve_paths(p.parent.resolve())
@@ -273,11 +299,16 @@ def check_paths(cfg: AuditConfig, source: str | os.PathLike | None = None) -> No
     if cfg.detector is not None:
         wanted.append(("detector.weights", cfg.detector.weights, False))
     if cfg.data is not None and cfg.data.coco is not None:
-        wanted += [("data.coco.annotations", cfg.data.coco.annotations, False), ("data.coco.images", cfg.data.coco.images, True)]
+        wanted += [
+            ("data.coco.annotations", cfg.data.coco.annotations, False),
+            ("data.coco.images", cfg.data.coco.images, True),
+        ]
     for key, path, is_dir in wanted:
         if path is None:
             continue
         if not path.exists():
             raise TrustmapError(f"key '{key}': {path} not found", source)
         if is_dir != path.is_dir():
-            raise TrustmapError(f"key '{key}': {path} is {'not ' if is_dir else ''}a folder", source)
+            raise TrustmapError(
+                f"key '{key}': {path} is {'not ' if is_dir else ''}a folder", source
+            )

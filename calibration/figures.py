@@ -49,9 +49,9 @@ def save_png(data: bytes, path: str | os.PathLike) -> Path:
 
 def _arr(values: Sequence[Any]) -> np.ndarray:
     """JSON list (None for missing) -> float array (NaN for missing)."""
-    return np.array([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], float).reshape(
-        np.shape(values)
-    )
+    return np.array(
+        [np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], float
+    ).reshape(np.shape(values))
 
 
 def _empty(ax, text: str) -> None:
@@ -79,14 +79,37 @@ def reliability_figure(
     fig = _figure(5.2, 5.6)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.2))
     ok = cnt > 0
-    top.bar(left[ok], prec[ok], width[ok], align="edge", color=BLUE, edgecolor="white", label=f"observed {target_label}")
+    top.bar(
+        left[ok],
+        prec[ok],
+        width[ok],
+        align="edge",
+        color=BLUE,
+        edgecolor="white",
+        label=f"observed {target_label}",
+    )
     gap = conf - prec
-    for sel, colour, hatch, label in ((ok & (gap > 0), RED, "//", "gap: over-confident"),
-                                      (ok & (gap < 0), GREEN, "\\\\", "gap: under-confident")):
+    for sel, colour, hatch, label in (
+        (ok & (gap > 0), RED, "//", "gap: over-confident"),
+        (ok & (gap < 0), GREEN, "\\\\", "gap: under-confident"),
+    ):
         if sel.any():
-            top.bar(left[sel], gap[sel], width[sel], bottom=prec[sel], align="edge", color=colour, alpha=0.35,
-                    edgecolor=colour, hatch=hatch, linewidth=0.6, label=label)
-    top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
+            top.bar(
+                left[sel],
+                gap[sel],
+                width[sel],
+                bottom=prec[sel],
+                align="edge",
+                color=colour,
+                alpha=0.35,
+                edgecolor=colour,
+                hatch=hatch,
+                linewidth=0.6,
+                label=label,
+            )
+    top.plot(
+        [0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration"
+    )
     top.plot(conf[ok], prec[ok], "o", color="black", markersize=3)
     top.set_ylim(0, 1)
     top.set_xlim(edges[0], edges[-1])
@@ -105,7 +128,9 @@ def reliability_figure(
 
 
 def _range_labels(edges: np.ndarray, fmt: str) -> list[str]:
-    return [f"{format(a, fmt)}–{format(b, fmt)}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [
+        f"{format(a, fmt)}–{format(b, fmt)}" for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
 
 
 def heatmap_figure(grid: Mapping[str, Any], title: str, min_count: int = 1) -> Figure:
@@ -127,8 +152,13 @@ def heatmap_figure(grid: Mapping[str, Any], title: str, min_count: int = 1) -> F
     lim = float(np.nanmax(np.abs(gap))) if np.isfinite(gap).any() else 1.0
     lim = max(lim, 0.05)
     image_axes = bool(grid.get("image_axes", False))
-    im = ax.imshow(np.ma.masked_invalid(gap), cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim),
-                   origin="upper" if image_axes else "lower", aspect="auto")
+    im = ax.imshow(
+        np.ma.masked_invalid(gap),
+        cmap="RdBu_r",
+        norm=TwoSlopeNorm(0.0, -lim, lim),
+        origin="upper" if image_axes else "lower",
+        aspect="auto",
+    )
     fmt = grid.get("edge_format", ".2f")
     ax.set_xticks(range(nx), _range_labels(xe, fmt), rotation=30, ha="right", fontsize=7)
     ax.set_yticks(range(ny), _range_labels(ye, fmt), fontsize=7)
@@ -138,10 +168,25 @@ def heatmap_figure(grid: Mapping[str, Any], title: str, min_count: int = 1) -> F
         n = int(cnt[r, c])
         if np.isfinite(g):
             dark = abs(g) > 0.6 * lim
-            ax.text(c, r, f"{g:+.2f}\nn={n}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")
+            ax.text(
+                c,
+                r,
+                f"{g:+.2f}\nn={n}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
         else:
-            ax.text(c, r, "empty" if n == 0 else f"n={n}", ha="center", va="center", fontsize=6, color=GREY)
+            ax.text(
+                c,
+                r,
+                "empty" if n == 0 else f"n={n}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color=GREY,
+            )
     bar = fig.colorbar(im, ax=ax, shrink=0.85)
     bar.set_label("score − precision (red: over-confident)", fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -154,7 +199,9 @@ def per_class_figure(per_category: Mapping[str, Mapping[str, Any]], title: str) 
     ``per_category`` maps a category id to ``{"name", "ece", "laece", "ap", "n_detections"}``
     (None where a class has no detections or no ground truth).
     """
-    rows = sorted(per_category.values(), key=lambda r: (r.get("ece") is None, -(r.get("ece") or 0.0)))
+    rows = sorted(
+        per_category.values(), key=lambda r: (r.get("ece") is None, -(r.get("ece") or 0.0))
+    )
     names = [f"{r['name']} (n={r.get('n_detections', 0)})" for r in rows]
     y = np.arange(len(rows))
     fig = _figure(6.4, 1.6 + 0.42 * max(len(rows), 2))
@@ -167,13 +214,20 @@ def per_class_figure(per_category: Mapping[str, Mapping[str, Any]], title: str) 
     ax_ce.barh(y + h / 2, np.nan_to_num(la), h, color=GREEN, label="LaECE (IoU)")
     ax_ce.set_xlabel("calibration error (lower is better)")
     ax_ce.set_xlim(0, max(0.1, float(np.nanmax(np.r_[ece, la, 0.0])) * 1.15))
-    ax_ce.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2)
+    ax_ce.legend(
+        fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2
+    )
     ax_ap.barh(y, np.nan_to_num(ap), 0.6, color=BLUE, label="AP@[.5:.95]")
     ax_ap.set_xlim(0, 1)
     ax_ap.set_xlabel("AP (higher is better)")
     for yy, v in zip(y, ap, strict=True):
-        ax_ap.text(0.01 if not np.isfinite(v) else v + 0.01, yy, "no GT" if not np.isfinite(v) else f"{v:.2f}",
-                   va="center", fontsize=7)
+        ax_ap.text(
+            0.01 if not np.isfinite(v) else v + 0.01,
+            yy,
+            "no GT" if not np.isfinite(v) else f"{v:.2f}",
+            va="center",
+            fontsize=7,
+        )
     for yy, v in zip(y, ece, strict=True):
         if not np.isfinite(v):
             ax_ce.text(0.002, yy, "no detections", va="center", fontsize=7, color=GREY)
@@ -209,24 +263,38 @@ def sweep_figure(sweeps: Mapping[str, Any], title: str) -> Figure:
         ax.set_ylim(bottom=0)
         twin = ax.twinx()
         m = _arr([p["metrics"].get("map") for p in sw["points"]])
-        handles.append(twin.plot(x, m, "s--", color="black", label="mAP (right axis)", markersize=4)[0])
+        handles.append(
+            twin.plot(x, m, "s--", color="black", label="mAP (right axis)", markersize=4)[0]
+        )
         twin.set_ylabel("mAP@[.5:.95]")
         top = float(np.nanmax(m)) if np.isfinite(m).any() else 1.0
         twin.set_ylim(0, min(1.0, max(top * 1.25, 0.05)))
         d = sw.get("default")
         if d is not None:
-            marker = ax.axvline(float(d), color=GREY, linestyle=":", linewidth=1.5, label="audited setting")
+            marker = ax.axvline(
+                float(d), color=GREY, linestyle=":", linewidth=1.5, label="audited setting"
+            )
         if name == "topk" and len(x) > 1 and x.max() / max(x.min(), 1) > 20:
             ax.set_xscale("log")
     shown = handles[:4] + ([marker] if marker is not None else [])
-    fig.legend(shown, [h.get_label() for h in shown], loc="outside lower center", ncols=len(shown), fontsize=8,
-               frameon=False)
+    fig.legend(
+        shown,
+        [h.get_label() for h in shown],
+        loc="outside lower center",
+        ncols=len(shown),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(title, fontsize=10)
     return fig
 
 
-def reliability_diagram(rel: Mapping[str, Sequence[Any]], title: str, ece: float | None = None,
-                        target_label: str = "precision") -> bytes:
+def reliability_diagram(
+    rel: Mapping[str, Sequence[Any]],
+    title: str,
+    ece: float | None = None,
+    target_label: str = "precision",
+) -> bytes:
     """:func:`reliability_figure` as PNG bytes."""
     return to_png(reliability_figure(rel, title, ece, target_label))
 

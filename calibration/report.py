@@ -33,21 +33,48 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("map", "mAP@[.5:.95]", "COCO average precision (pycocotools), higher is better"),
     ("ap50", "AP50", "COCO AP at IoU 0.5, higher is better"),
     ("ece", "ECE", "detection ECE: score vs precision, {bins} equal-width bins, TP at IoU ≥ {iou}"),
-    ("dece", "D-ECE", "ECE over score and box {dims} jointly, bins {dece_bins} (Küppers et al.; = netcal)"),
+    (
+        "dece",
+        "D-ECE",
+        "ECE over score and box {dims} jointly, bins {dece_bins} (Küppers et al.; = netcal)",
+    ),
     ("mce", "MCE", "largest gap of any score bin"),
     ("ace", "ACE", "adaptive ECE: equal-mass bins, each bin weighted equally"),
-    ("laece", "LaECE₀", "localisation-aware ECE: score vs IoU of TPs (any overlap), per class, {laece_bins} bins"),
+    (
+        "laece",
+        "LaECE₀",
+        "localisation-aware ECE: score vs IoU of TPs (any overlap), per class, {laece_bins} bins",
+    ),
     ("laace", "LaACE₀", "LaECE with equal-mass bins"),
-    ("detection_top_label_ce", "Top-label CE (det.)", "score vs precision, {classwise_norm} norm (Huseljic et al.)"),
-    ("detection_classwise_ce", "Classwise CE (det.)", "per-class score vs precision, mean over classes, {classwise_norm}"),
-    ("top_label_ce", "Top-label CE", "max class probability vs correct class incl. background (K+1), {classwise_norm}"),
-    ("classwise_ce", "Classwise CE", "every class probability vs its indicator (K+1), {classwise_norm}"),
+    (
+        "detection_top_label_ce",
+        "Top-label CE (det.)",
+        "score vs precision, {classwise_norm} norm (Huseljic et al.)",
+    ),
+    (
+        "detection_classwise_ce",
+        "Classwise CE (det.)",
+        "per-class score vs precision, mean over classes, {classwise_norm}",
+    ),
+    (
+        "top_label_ce",
+        "Top-label CE",
+        "max class probability vs correct class incl. background (K+1), {classwise_norm}",
+    ),
+    (
+        "classwise_ce",
+        "Classwise CE",
+        "every class probability vs its indicator (K+1), {classwise_norm}",
+    ),
     ("nll", "NLL", "negative log-likelihood of the matched class or background (K+1)"),
     ("brier", "Brier", "squared error of the class-probability vector (K+1)"),
 )
 SWEEP_TEXT = {"score_threshold": "score threshold", "nms_iou": "NMS IoU", "topk": "top-k per image"}
-PERSPECTIVE_WHERE = {"application": "after post-processing", "modeling": "on every proposal",
-                     "predictions": "on the predictions file as given"}
+PERSPECTIVE_WHERE = {
+    "application": "after post-processing",
+    "modeling": "on every proposal",
+    "predictions": "on the predictions file as given",
+}
 PERSPECTIVE_LABEL = {
     "application": "application (after post-processing)",
     "modeling": "modeling (all proposals)",
@@ -107,7 +134,13 @@ def findings(data: Mapping[str, Any]) -> list[dict[str, str]]:
     iou = data["inputs"]["metrics_config"]["iou_threshold"]
     out: list[dict[str, str]] = []
     if not p["counts"]["detections"]:
-        return [{"topic": "overall", "severity": "problem", "text": f"There are no detections ({name}): nothing to audit."}]
+        return [
+            {
+                "topic": "overall",
+                "severity": "problem",
+                "text": f"There are no detections ({name}): nothing to audit.",
+            }
+        ]
     out.append(_overall(data, p, name, iou))
     for fn in (_position, _size, _classes):
         f = fn(p)
@@ -120,8 +153,13 @@ def findings(data: Mapping[str, Any]) -> list[dict[str, str]]:
     skipped = [k for k, e in p["metrics"].items() if e.get("skipped")]
     if skipped:
         why = p["metrics"][skipped[0]]["skipped"]
-        out.append({"topic": "inputs", "severity": "info",
-                    "text": f"Not measured: {', '.join(_label(k) for k in skipped)} ({why})."})
+        out.append(
+            {
+                "topic": "inputs",
+                "severity": "info",
+                "text": f"Not measured: {', '.join(_label(k) for k in skipped)} ({why}).",
+            }
+        )
     return out
 
 
@@ -148,14 +186,20 @@ def _overall(data, p, name, iou) -> dict[str, str]:
         words = {_direction(r["gap"]) for r in runs}
         head = f"Close to calibrated on average, but {' and '.join(sorted(words))} in places: "
     else:
-        head = "Close to calibrated: no range of scores is off by more than chance. "
+        head = "Close to calibrated: no range of scores is off by more than chance."
     said = []
     for i, r in enumerate(runs):
-        tag = "" if _direction(r["gap"]) == direction or len(runs) == 1 else f" ({_direction(r['gap'])})"
+        tag = (
+            ""
+            if _direction(r["gap"]) == direction or len(runs) == 1
+            else f" ({_direction(r['gap'])})"
+        )
         who = "detections scored" if i == 0 else "those scored"
-        said.append(f"{who} {r['lo']:.2f}–{r['hi']:.2f} are correct {_pct(r['precision'])} of the time at a mean "
-                    f"score of {r['confidence']:.2f} (n = {r['n']}){tag}")
-    parts = [head + ("; ".join(said) + "." if said else "")]
+        said.append(
+            f"{who} {r['lo']:.2f}–{r['hi']:.2f} are correct {_pct(r['precision'])} of the time at a mean "
+            f"score of {r['confidence']:.2f} (n = {r['n']}){tag}"
+        )
+    parts = [head + ("; ".join(said) + "." if said else "")]  # head ends with ": " when runs follow
     parts.append(
         f"Overall the mean score is {o['confidence']:.2f} and {_pct(o['precision'])} of the {n} detections are "
         f"correct (same class, IoU ≥ {iou:g})."
@@ -165,7 +209,9 @@ def _overall(data, p, name, iou) -> dict[str, str]:
         f"D-ECE {_metric_text(data, p, 'dece')}; next to mAP {_metric_text(data, p, 'map')}; all measured "
         f"{PERSPECTIVE_WHERE.get(name, name)}."
     )
-    off = o["ece"] is not None and o["ece_chance_p95"] is not None and o["ece"] > o["ece_chance_p95"]
+    off = (
+        o["ece"] is not None and o["ece_chance_p95"] is not None and o["ece"] > o["ece_chance_p95"]
+    )
     sev = "problem" if off or runs or direction != "calibrated" else "ok"
     return {"topic": "overall", "severity": sev, "text": " ".join(p for p in parts if p)}
 
@@ -200,7 +246,9 @@ def _pool(rel: Mapping[str, Any], bins: list[int], edges: Sequence[float]) -> di
     gap_sum = sum(c * (cf - pr) for c, cf, pr in zip(cnt, conf, prec, strict=True))
     var = sum(c * cf * (1.0 - cf) for c, cf in zip(cnt, conf, strict=True))
     return {
-        "lo": edges[bins[0]], "hi": edges[bins[-1] + 1], "n": int(n),
+        "lo": edges[bins[0]],
+        "hi": edges[bins[-1] + 1],
+        "n": int(n),
         "confidence": sum(c * cf for c, cf in zip(cnt, conf, strict=True)) / n,
         "precision": sum(c * pr for c, pr in zip(cnt, prec, strict=True)) / n,
         "gap": gap_sum / n,
@@ -210,9 +258,11 @@ def _pool(rel: Mapping[str, Any], bins: list[int], edges: Sequence[float]) -> di
 
 
 def _describe_group(g: Mapping[str, Any]) -> str:
-    return (f"ECE {_f(g['ece'])} vs {_f(g.get('ece_random'))} ± {_f(g.get('ece_random_sd'))} for random sets of "
-            f"{g['n']} of these detections (z = {g.get('z', 0):.1f}); mean score {_f(g['confidence'], 2)} but "
-            f"{_pct(g['precision'])} correct")
+    return (
+        f"ECE {_f(g['ece'])} vs {_f(g.get('ece_random'))} ± {_f(g.get('ece_random_sd'))} for random sets of "
+        f"{g['n']} of these detections (z = {g.get('z', 0):.1f}); mean score {_f(g['confidence'], 2)} but "
+        f"{_pct(g['precision'])} correct"
+    )
 
 
 def _worst(groups: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
@@ -225,16 +275,22 @@ def _worst(groups: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
 
 def _clearly_worse(g: Mapping[str, Any]) -> bool:
     """Worse than random subsets by ``Z_OFF`` sds and ``ECE_MARGIN``, and miscalibrated beyond chance."""
-    return (g["z"] >= Z_OFF and g["ece"] - g["ece_random"] >= ECE_MARGIN
-            and g["ece"] > (g.get("ece_chance_p95") or 0.0))
+    return (
+        g["z"] >= Z_OFF
+        and g["ece"] - g["ece_random"] >= ECE_MARGIN
+        and g["ece"] > (g.get("ece_chance_p95") or 0.0)
+    )
 
 
 def _listing(groups: Mapping[str, Mapping[str, Any]]) -> str:
     return ", ".join(f"{k} {_f(g['ece'])}" for k, g in groups.items() if g.get("ece") is not None)
 
 
-REGION_TEXT = {"corners": ("image corners", "corners"), "edges": ("band along the image edges", "edge band"),
-               "interior": ("image interior", "interior")}
+REGION_TEXT = {
+    "corners": ("image corners", "corners"),
+    "edges": ("band along the image edges", "edge band"),
+    "interior": ("image interior", "interior"),
+}
 
 
 def _position(p) -> dict[str, str] | None:
@@ -244,13 +300,20 @@ def _position(p) -> dict[str, str] | None:
         return None
     worst, best = wb
     band = p.get("regions_band", 0.2)
-    long_name = REGION_TEXT[worst][0] + ("" if worst == "interior" else f" (outer {band:.0%} of the image)")
+    long_name = REGION_TEXT[worst][0] + (
+        "" if worst == "interior" else f" (outer {band:.0%} of the image)"
+    )
     if not _clearly_worse(regions[worst]):
-        return {"topic": "position", "severity": "ok",
-                "text": f"No clear position effect: no image region is worse than random subsets of the same size "
-                        f"(ECE {_listing(regions)})."}
-    text = (f"Worst in the {long_name}: {_describe_group(regions[worst])}. "
-            f"Best: the {REGION_TEXT[best][1]}, ECE {_f(regions[best]['ece'])}.")
+        return {
+            "topic": "position",
+            "severity": "ok",
+            "text": f"No clear position effect: no image region is worse than random subsets of the same size "
+            f"(ECE {_listing(regions)}).",
+        }
+    text = (
+        f"Worst in the {long_name}: {_describe_group(regions[worst])}. "
+        f"Best: the {REGION_TEXT[best][1]}, ECE {_f(regions[best]['ece'])}."
+    )
     cell = _worst_cell(p["position"], worst)
     if cell:
         text += f" Its most miscalibrated cell of the position map is {cell}."
@@ -275,12 +338,18 @@ def _worst_cell(grid: Mapping[str, Any], region: str) -> str | None:
     r, c = at
     vert = ("top", "middle", "bottom")[min(int(3 * (r + 0.5) / ny), 2)]
     horiz = ("left", "centre", "right")[min(int(3 * (c + 0.5) / nx), 2)]
-    name = "centre" if (vert, horiz) == ("middle", "centre") else f"{vert}-{horiz}".replace("middle-", "middle ")
+    name = (
+        "centre"
+        if (vert, horiz) == ("middle", "centre")
+        else f"{vert}-{horiz}".replace("middle-", "middle ")
+    )
     xe, ye = grid["x_edges"], grid["y_edges"]
     gap = grid["confidence"][r][c] - grid["precision"][r][c]
-    return (f"{name} (x {xe[c]:.1f}–{xe[c + 1]:.1f}, y {ye[r]:.1f}–{ye[r + 1]:.1f} of the image): "
-            f"gap {gap:+.2f}, {_pct(grid['precision'][r][c])} correct at mean score {grid['confidence'][r][c]:.2f} "
-            f"(n = {int(grid['count'][r][c])})")
+    return (
+        f"{name} (x {xe[c]:.1f}–{xe[c + 1]:.1f}, y {ye[r]:.1f}–{ye[r + 1]:.1f} of the image): "
+        f"gap {gap:+.2f}, {_pct(grid['precision'][r][c])} correct at mean score {grid['confidence'][r][c]:.2f} "
+        f"(n = {int(grid['count'][r][c])})"
+    )
 
 
 def _size(p) -> dict[str, str] | None:
@@ -291,15 +360,23 @@ def _size(p) -> dict[str, str] | None:
     worst, best = wb
     span = {
         "small": f"small boxes (under {sizes['small'].get('below_px', 0):.0f} px across)",
-        "medium": "medium boxes ({:.0f}–{:.0f} px across)".format(*sizes["medium"].get("range_px", [0, 0])),
+        "medium": "medium boxes ({:.0f}–{:.0f} px across)".format(
+            *sizes["medium"].get("range_px", [0, 0])
+        ),
         "large": f"large boxes (over {sizes['large'].get('above_px', 0):.0f} px across)",
     }
     if _clearly_worse(sizes[worst]):
-        return {"topic": "size", "severity": "problem",
-                "text": f"Worst for {span[worst]}: {_describe_group(sizes[worst])}. "
-                        f"Best: {best} boxes, ECE {_f(sizes[best]['ece'])}."}
-    return {"topic": "size", "severity": "ok",
-            "text": f"Box size matters little: no size third is worse than random subsets (ECE {_listing(sizes)})."}
+        return {
+            "topic": "size",
+            "severity": "problem",
+            "text": f"Worst for {span[worst]}: {_describe_group(sizes[worst])}. "
+            f"Best: {best} boxes, ECE {_f(sizes[best]['ece'])}.",
+        }
+    return {
+        "topic": "size",
+        "severity": "ok",
+        "text": f"Box size matters little: no size third is worse than random subsets (ECE {_listing(sizes)}).",
+    }
 
 
 def _classes(p) -> dict[str, str] | None:
@@ -311,12 +388,18 @@ def _classes(p) -> dict[str, str] | None:
     w, b = classes[worst], classes[best]
     ap = lambda k: _f((p["per_category"].get(k) or {}).get("ap"))  # noqa: E731
     if _clearly_worse(w):
-        return {"topic": "class", "severity": "problem",
-                "text": f"Worst for class '{w['name']}' ({_direction(w['gap'])}): {_describe_group(w)}; AP {ap(worst)}. "
-                        f"Best: '{b['name']}', ECE {_f(b['ece'])}, AP {ap(best)}."}
+        return {
+            "topic": "class",
+            "severity": "problem",
+            "text": f"Worst for class '{w['name']}' ({_direction(w['gap'])}): {_describe_group(w)}; AP {ap(worst)}. "
+            f"Best: '{b['name']}', ECE {_f(b['ece'])}, AP {ap(best)}.",
+        }
     named = {f"'{g['name']}'": g for g in classes.values()}
-    return {"topic": "class", "severity": "ok",
-            "text": f"No class stands out from random subsets of the same size (ECE {_listing(named)})."}
+    return {
+        "topic": "class",
+        "severity": "ok",
+        "text": f"No class stands out from random subsets of the same size (ECE {_listing(named)}).",
+    }
 
 
 def _sweeps(data, p) -> list[dict[str, str]]:
@@ -332,9 +415,17 @@ def _sweeps(data, p) -> list[dict[str, str]]:
             continue
         base = next((q for q in pts if q.get("audited")), None)
         if base is not None:
-            b_dece, b_map, b_name = base["metrics"]["dece"], base["metrics"]["map"], f"{base['value']:g}"
+            b_dece, b_map, b_name = (
+                base["metrics"]["dece"],
+                base["metrics"]["map"],
+                f"{base['value']:g}",
+            )
         else:
-            b_dece, b_map, b_name = base_p["metrics"]["dece"]["value"], base_p["metrics"]["map"]["value"], "the file as given"
+            b_dece, b_map, b_name = (
+                base_p["metrics"]["dece"]["value"],
+                base_p["metrics"]["map"]["value"],
+                "the file as given",
+            )
         if b_dece is None:
             continue
         far = max(pts, key=lambda q: abs(q["metrics"]["dece"] - b_dece))
@@ -342,14 +433,27 @@ def _sweeps(data, p) -> list[dict[str, str]]:
         label = SWEEP_TEXT[key]
         cap = label[0].upper() + label[1:]
         if abs(delta) < 0.005:
-            out.append({"topic": "post-processing", "severity": "ok",
-                        "text": f"The {label} barely moves D-ECE: within 0.005 of {b_dece:.3f} over {_range(pts)}."})
+            out.append(
+                {
+                    "topic": "post-processing",
+                    "severity": "ok",
+                    "text": f"The {label} barely moves D-ECE: within 0.005 of {b_dece:.3f} over {_range(pts)}.",
+                }
+            )
             continue
         instead = f"instead of {b_name}" if base is not None else "on top of the file as given"
-        text = (f"{cap} {far['value']:g} {instead} {'raises' if delta > 0 else 'lowers'} D-ECE by "
-                f"{abs(delta):.3f} ({b_dece:.3f} → {far['metrics']['dece']:.3f}) while mAP goes "
-                f"{_f(b_map)} → {_f(far['metrics'].get('map'))} ({far['detections']} detections).")
-        out.append({"topic": "post-processing", "severity": "problem" if delta > 0 else "info", "text": text})
+        text = (
+            f"{cap} {far['value']:g} {instead} {'raises' if delta > 0 else 'lowers'} D-ECE by "
+            f"{abs(delta):.3f} ({b_dece:.3f} → {far['metrics']['dece']:.3f}) while mAP goes "
+            f"{_f(b_map)} → {_f(far['metrics'].get('map'))} ({far['detections']} detections)."
+        )
+        out.append(
+            {
+                "topic": "post-processing",
+                "severity": "problem" if delta > 0 else "info",
+                "text": text,
+            }
+        )
     return out
 
 
@@ -362,12 +466,19 @@ def _perspectives(data) -> dict[str, str] | None:
     if "application" not in ps or "modeling" not in ps:
         return None
     a, m = ps["application"], ps["modeling"]
-    parts = [f"Post-processing changes the picture: before it (modeling perspective, {m['counts']['detections']} proposals) "
-             f"ECE is {_f(m['metrics']['ece']['value'])} and D-ECE {_f(m['metrics']['dece']['value'])}; after it "
-             f"({a['counts']['detections']} detections) ECE is {_f(a['metrics']['ece']['value'])} and D-ECE "
-             f"{_f(a['metrics']['dece']['value'])}."]
-    if m["metrics"].get("nll", {}).get("value") is not None and a["metrics"].get("nll", {}).get("value") is not None:
-        parts.append(f"NLL {_f(m['metrics']['nll']['value'])} → {_f(a['metrics']['nll']['value'])}.")
+    parts = [
+        f"Post-processing changes the picture: before it (modeling perspective, {m['counts']['detections']} proposals) "
+        f"ECE is {_f(m['metrics']['ece']['value'])} and D-ECE {_f(m['metrics']['dece']['value'])}; after it "
+        f"({a['counts']['detections']} detections) ECE is {_f(a['metrics']['ece']['value'])} and D-ECE "
+        f"{_f(a['metrics']['dece']['value'])}."
+    ]
+    if (
+        m["metrics"].get("nll", {}).get("value") is not None
+        and a["metrics"].get("nll", {}).get("value") is not None
+    ):
+        parts.append(
+            f"NLL {_f(m['metrics']['nll']['value'])} → {_f(a['metrics']['nll']['value'])}."
+        )
     return {"topic": "perspective", "severity": "info", "text": " ".join(parts)}
 
 
@@ -377,8 +488,11 @@ def _perspectives(data) -> dict[str, str] | None:
 def _descr(template: str, mc: Mapping[str, Any]) -> str:
     dims = [d for d in mc.get("dece_dims", []) if d != "confidence"]
     return template.format(
-        bins=mc.get("bins"), iou=mc.get("iou_threshold"), dims=", ".join(dims) or "(none)",
-        dece_bins="×".join(str(b) for b in mc.get("dece_bins", [])), laece_bins=mc.get("laece_bins"),
+        bins=mc.get("bins"),
+        iou=mc.get("iou_threshold"),
+        dims=", ".join(dims) or "(none)",
+        dece_bins="×".join(str(b) for b in mc.get("dece_bins", [])),
+        laece_bins=mc.get("laece_bins"),
         classwise_norm=str(mc.get("classwise_norm", "")).upper(),
     )
 
@@ -392,21 +506,57 @@ def metric_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     for key, label, what in METRICS:
         if not any(key in data["perspectives"][n]["metrics"] for n in names):
             continue
-        rows.append([label, *[_ci(data["perspectives"][n]["metrics"].get(key, {"skipped": "-"})) for n in names],
-                     _descr(what, mc)])
-    for ckey, clabel in (("detections", "detections"), ("tp", f"true positives (IoU ≥ {mc['iou_threshold']:g})"),
-                         ("ignored", "in crowd/ignore regions")):
-        rows.append([clabel, *[str(data["perspectives"][n]["counts"][ckey]) for n in names], "count"])
+        rows.append(
+            [
+                label,
+                *[
+                    _ci(data["perspectives"][n]["metrics"].get(key, {"skipped": "-"}))
+                    for n in names
+                ],
+                _descr(what, mc),
+            ]
+        )
+    for ckey, clabel in (
+        ("detections", "detections"),
+        ("tp", f"true positives (IoU ≥ {mc['iou_threshold']:g})"),
+        ("ignored", "in crowd/ignore regions"),
+    ):
+        rows.append(
+            [clabel, *[str(data["perspectives"][n]["counts"][ckey]) for n in names], "count"]
+        )
     return head, rows
 
 
 def class_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    head = ["class", "objects", "detections", "TP", "AP", "AP50", "ECE", "LaECE", "mean score", "precision"]
+    head = [
+        "class",
+        "objects",
+        "detections",
+        "TP",
+        "AP",
+        "AP50",
+        "ECE",
+        "LaECE",
+        "mean score",
+        "precision",
+    ]
     rows = []
     for cid, c in p["per_category"].items():
         g = (p.get("classes") or {}).get(cid, {})
-        rows.append([f"{c['name']} ({cid})", str(c["n_gt"]), str(c["n_detections"]), str(c["n_tp"]), _f(c["ap"]),
-                     _f(c["ap50"]), _f(c["ece"]), _f(c["laece"]), _f(g.get("confidence"), 2), _pct(g.get("precision"))])
+        rows.append(
+            [
+                f"{c['name']} ({cid})",
+                str(c["n_gt"]),
+                str(c["n_detections"]),
+                str(c["n_tp"]),
+                _f(c["ap"]),
+                _f(c["ap50"]),
+                _f(c["ece"]),
+                _f(c["laece"]),
+                _f(g.get("confidence"), 2),
+                _pct(g.get("precision")),
+            ]
+        )
     return head, rows
 
 
@@ -420,19 +570,41 @@ def sweep_rows(sw: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         for q in s["points"]:
             m = q["metrics"]
             mark = " (audited)" if q.get("audited") else ""
-            rows.append([s["label"], f"{q['value']:g}{mark}", str(q["detections"]), _f(m["dece"]), _f(m["ece"]),
-                         _f(m["laece"]), _f(m["mce"]), _f(m["map"]), _f(m["ap50"])])
+            rows.append(
+                [
+                    s["label"],
+                    f"{q['value']:g}{mark}",
+                    str(q["detections"]),
+                    _f(m["dece"]),
+                    _f(m["ece"]),
+                    _f(m["laece"]),
+                    _f(m["mce"]),
+                    _f(m["map"]),
+                    _f(m["ap50"]),
+                ]
+            )
     return head, rows
 
 
 def group_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Where the miscalibration sits: image regions and box sizes."""
-    head = ["group", "detections", "mean score", "precision", "gap", "ECE", "ECE if calibrated (p95)",
-            "ECE of random subsets", "z"]
+    head = [
+        "group",
+        "detections",
+        "mean score",
+        "precision",
+        "gap",
+        "ECE",
+        "ECE if calibrated (p95)",
+        "ECE of random subsets",
+        "z",
+    ]
     rows = []
     band = p.get("regions_band", 0.2)
     for k, g in (p.get("regions") or {}).items():
-        rows.append([f"region: {k}" + ("" if k == "interior" else f" (outer {band:.0%})"), *_group_cells(g)])
+        rows.append(
+            [f"region: {k}" + ("" if k == "interior" else f" (outer {band:.0%})"), *_group_cells(g)]
+        )
     sizes = p.get("sizes") or {}
     for k, g in sizes.items():
         if "below_px" in g:
@@ -448,9 +620,22 @@ def group_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
 def _group_cells(g: Mapping[str, Any]) -> list[str]:
     gap = "–" if g.get("gap") is None else f"{g['gap']:+.3f}"
     chance = f"{_f(g.get('ece_chance'))} ({_f(g.get('ece_chance_p95'))})"
-    rand = f"{_f(g.get('ece_random'))} ± {_f(g.get('ece_random_sd'))}" if g.get("ece_random") is not None else "–"
+    rand = (
+        f"{_f(g.get('ece_random'))} ± {_f(g.get('ece_random_sd'))}"
+        if g.get("ece_random") is not None
+        else "–"
+    )
     z = "–" if g.get("z") is None else f"{g['z']:+.1f}"
-    return [str(g["n"]), _f(g["confidence"], 3), _pct(g["precision"]), gap, _f(g["ece"]), chance, rand, z]
+    return [
+        str(g["n"]),
+        _f(g["confidence"], 3),
+        _pct(g["precision"]),
+        gap,
+        _f(g["ece"]),
+        chance,
+        rand,
+        z,
+    ]
 
 
 # --------------------------------------------------------------------------- HTML
@@ -482,23 +667,27 @@ figure.wide{grid-column:1/-1}pre{background:#f6f8fa;padding:10px;font-size:11.5p
 
 FIGURE_CAPTIONS = {
     "reliability": "Reliability diagram: observed precision per score bin (blue), its gap to the score (red), "
-                   "counts below. Bars under the diagonal are over-confident.",
+    "counts below. Bars under the diagonal are over-confident.",
     "position": "Calibration gap by box centre, as D-ECE bins it; image axes (top-left is the image's top-left). "
-                "Grey: fewer than 10 detections.",
+    "Grey: fewer than 10 detections.",
     "size": "Calibration gap by box width and height (pixels, equal-mass bins). Grey: fewer than 10 detections.",
     "classes": "Per class: calibration errors (left) next to AP (right), worst-calibrated first.",
     "sweeps": "How post-processing moves calibration (left axis) and mAP (right axis); one setting changed at a time.",
 }
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]], key_rows: int = 0, what_col: bool = False) -> str:
+def _table(
+    head: Sequence[str], rows: Sequence[Sequence[str]], key_rows: int = 0, what_col: bool = False
+) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = []
     for i, r in enumerate(rows):
         cells = []
         for j, v in enumerate(r):
             cls = "what" if what_col and j == len(r) - 1 else ("num" if j else "")
-            cells.append(f"<td class='{cls}'>{html.escape(v)}</td>" if cls else f"<td>{html.escape(v)}</td>")
+            cells.append(
+                f"<td class='{cls}'>{html.escape(v)}</td>" if cls else f"<td>{html.escape(v)}</td>"
+            )
         body.append(f"<tr{' class=key' if i < key_rows else ''}>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -510,8 +699,10 @@ def _subtitle(data: Mapping[str, Any]) -> str:
         src = f"detector {d['model']} ({d['weights']})"
     else:
         src = f"predictions {inp['predictions']}"
-    return (f"{src} · ground truth {inp['annotations']} · {ds['images']} images, {ds['objects']} objects, "
-            f"{len(ds['categories'])} classes · {data['created']}")
+    return (
+        f"{src} · ground truth {inp['annotations']} · {ds['images']} images, {ds['objects']} objects, "
+        f"{len(ds['categories'])} classes · {data['created']}"
+    )
 
 
 def _figure_html(name: str, png: bytes, wide: bool = False) -> str:
@@ -519,8 +710,10 @@ def _figure_html(name: str, png: bytes, wide: bool = False) -> str:
     b64 = base64.b64encode(png).decode("ascii")
     cap = FIGURE_CAPTIONS.get(kind, "")
     cls = " class='wide'" if wide else ""
-    return (f"<figure{cls}><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
-            f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+    return (
+        f"<figure{cls}><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
+        f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+    )
 
 
 def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
@@ -536,7 +729,9 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
     ]
     for f in data["findings"]:
         sev = f["severity"]
-        parts.append(f"<li class='{sev}'><span class='tag {sev}'>{esc(f['topic'])}</span>{esc(f['text'])}</li>")
+        parts.append(
+            f"<li class='{sev}'><span class='tag {sev}'>{esc(f['topic'])}</span>{esc(f['text'])}</li>"
+        )
     parts.append("</ul></section>")
     head, rows = metric_rows(data)
     parts += [
@@ -546,19 +741,27 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         _table(head, rows, key_rows=2, what_col=True),
     ]
     for name, p in data["perspectives"].items():
-        parts.append(f"<h3>Where: image regions and box sizes — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>")
+        parts.append(
+            f"<h3>Where: image regions and box sizes — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>"
+        )
         parts.append(_table(*group_rows(p)))
         parts.append(f"<h3>Per class — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>")
         parts.append(_table(*class_rows(p)))
     sw = data.get("sweeps") or {}
     if sw:
-        parts += [f"<h2>Post-processing sweeps ({esc(sw['perspective'])} perspective)</h2>",
-                  f"<p class='note'>{esc(sw['note'])}. Point estimates, no intervals.</p>",
-                  _table(*sweep_rows(sw))]
+        parts += [
+            f"<h2>Post-processing sweeps ({esc(sw['perspective'])} perspective)</h2>",
+            f"<p class='note'>{esc(sw['note'])}. Point estimates, no intervals.</p>",
+            _table(*sweep_rows(sw)),
+        ]
         if "sweeps" in figures:
-            parts.append(f"<div class='figs'>{_figure_html('sweeps', figures['sweeps'], wide=True)}</div>")
+            parts.append(
+                f"<div class='figs'>{_figure_html('sweeps', figures['sweeps'], wide=True)}</div>"
+            )
     for name in data["perspectives"]:
-        parts.append(f"<h2>Figures — {esc(PERSPECTIVE_LABEL.get(name, name))}</h2><div class='figs'>")
+        parts.append(
+            f"<h2>Figures — {esc(PERSPECTIVE_LABEL.get(name, name))}</h2><div class='figs'>"
+        )
         for kind in ("reliability", "position", "size"):
             key = f"{kind}_{name}"
             if key in figures:
@@ -586,13 +789,19 @@ def _input_rows(data: Mapping[str, Any]) -> list[list[str]]:
             rows.append([key.replace("_", " "), str(inp[key])])
     if inp.get("detector"):
         d = inp["detector"]
-        rows += [["detector", d["model"]], ["weights", d["weights"]], ["head", d["head"]],
-                 ["post-processing", ", ".join(f"{k}={v}" for k, v in d["postprocess"].items())]]
+        rows += [
+            ["detector", d["model"]],
+            ["weights", d["weights"]],
+            ["head", d["head"]],
+            ["post-processing", ", ".join(f"{k}={v}" for k, v in d["postprocess"].items())],
+        ]
     mc = inp["metrics_config"]
     rows.append(["matching", f"{mc['match_mode']}, IoU ≥ {mc['iou_threshold']:g}, class-aware"])
     rows.append(["versions", ", ".join(f"{k} {v}" for k, v in inp["versions"].items())])
     if data.get("timings_s"):
-        rows.append(["timings (s)", ", ".join(f"{k} {v:.1f}" for k, v in data["timings_s"].items())])
+        rows.append(
+            ["timings (s)", ", ".join(f"{k} {v:.1f}" for k, v in data["timings_s"].items())]
+        )
     return rows
 
 
@@ -604,7 +813,9 @@ def config_text(data: Mapping[str, Any]) -> str:
         for k in ("perspectives", "postprocess", "detector", "data"):
             cfg.pop(k, None)
     cfg["metrics"] = data["inputs"]["metrics_config"]
-    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+    return yaml.safe_dump(
+        cfg, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100
+    )
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -623,22 +834,52 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     out = [f"# {data['title']}", "", f"_{_subtitle(data)}_", "", "## What is wrong, and where", ""]
     out += [f"- **{f['topic']}** ({f['severity']}): {f['text']}" for f in data["findings"]]
     head, rows = metric_rows(data)
-    out += ["", "## Metrics", "", f"Value [{level}% bootstrap interval over images]. Calibration errors: lower is better.", "",
-            _md_table(head, rows)]
+    out += [
+        "",
+        "## Metrics",
+        "",
+        f"Value [{level}% bootstrap interval over images]. Calibration errors: lower is better.",
+        "",
+        _md_table(head, rows),
+    ]
     for name, p in data["perspectives"].items():
         label = PERSPECTIVE_LABEL.get(name, name)
-        out += ["", f"### Where: image regions and box sizes — {label}", "", _md_table(*group_rows(p)),
-                "", f"### Per class — {label}", "", _md_table(*class_rows(p))]
+        out += [
+            "",
+            f"### Where: image regions and box sizes — {label}",
+            "",
+            _md_table(*group_rows(p)),
+            "",
+            f"### Per class — {label}",
+            "",
+            _md_table(*class_rows(p)),
+        ]
     sw = data.get("sweeps") or {}
     if sw:
-        out += ["", f"## Post-processing sweeps ({sw['perspective']} perspective)", "", f"{sw['note']}.", "",
-                _md_table(*sweep_rows(sw))]
+        out += [
+            "",
+            f"## Post-processing sweeps ({sw['perspective']} perspective)",
+            "",
+            f"{sw['note']}.",
+            "",
+            _md_table(*sweep_rows(sw)),
+        ]
     figs = data.get("figures") or {}
     if figs:
         out += ["", "## Figures", ""]
         for name, path in figs.items():
             cap = FIGURE_CAPTIONS.get(name.split("_")[0], "")
             out += [f"![{name}]({path})", "", f"_{name}: {cap}_", ""]
-    out += ["## Inputs", "", _md_table(["input", "value"], _input_rows(data)), "",
-            "### Configuration (as run, defaults filled in)", "", "```yaml", config_text(data).rstrip(), "```", ""]
+    out += [
+        "## Inputs",
+        "",
+        _md_table(["input", "value"], _input_rows(data)),
+        "",
+        "### Configuration (as run, defaults filled in)",
+        "",
+        "```yaml",
+        config_text(data).rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(out)

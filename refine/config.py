@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from tiles.errors import TrustmapError
 
@@ -40,11 +40,12 @@ class SampleSettings(_Section):
     heldout_size: int = Field(512, ge=256, le=16384, description="Edge of the held-out scene.")
     heldout_seed: int = Field(1, ge=0, description="Seed of the held-out scene (model mIoU).")
 
-    @model_validator(mode="after")
-    def _distinct(self) -> SampleSettings:
-        if self.heldout_seed == self.seed:
-            raise ValueError("heldout_seed must differ from seed (the held-out scene must be another scene)")
-        return self
+    @field_validator("heldout_seed")
+    @classmethod
+    def _distinct(cls, value: int, info: ValidationInfo) -> int:
+        if value == info.data.get("seed"):
+            raise ValueError("must differ from sample.seed (the held-out scene must be another scene)")
+        return value
 
 
 class CheapSettings(_Section):
@@ -63,7 +64,7 @@ class ModelSettings(_Section):
     arch: str = "Unet"
     encoder: str = "tu-resnet10t"
     encoder_depth: int = Field(3, ge=1, le=5)
-    decoder_channels: list[int] | None = Field(default_factory=lambda: [32, 16, 8])
+    decoder_channels: list[int] | None = Field(default_factory=lambda: [32, 16, 8], validate_default=True)
     encoder_weights: Path | None = Field(None, description="Local file of pretrained encoder weights.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the head (MC dropout).")
     tile_size: int = Field(256, ge=32, le=4096)
@@ -77,19 +78,24 @@ class ModelSettings(_Section):
             raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHS)}")
         return value
 
-    @model_validator(mode="after")
-    def _shapes(self) -> ModelSettings:
-        if self.decoder_channels is not None:
-            if len(self.decoder_channels) != self.encoder_depth:
-                raise ValueError(
-                    f"decoder_channels has {len(self.decoder_channels)} entries; it needs one per "
-                    f"encoder level (encoder_depth={self.encoder_depth})"
-                )
-            if min(self.decoder_channels) < 1:
-                raise ValueError("decoder_channels must be positive")
-        if self.overlap >= self.tile_size:
-            raise ValueError(f"overlap ({self.overlap}) must be smaller than tile_size ({self.tile_size})")
-        return self
+    @field_validator("decoder_channels")
+    @classmethod
+    def _decoder(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        depth = info.data.get("encoder_depth")
+        if value is not None:
+            if depth is not None and len(value) != depth:
+                raise ValueError(f"has {len(value)} entries; it needs one per encoder level (encoder_depth={depth})")
+            if min(value, default=1) < 1:
+                raise ValueError("channels must be positive")
+        return value
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap(cls, value: int, info: ValidationInfo) -> int:
+        tile = info.data.get("tile_size")
+        if tile is not None and value >= tile:
+            raise ValueError(f"must be smaller than tile_size ({tile})")
+        return value
 
 
 class TrainSettings(_Section):
@@ -127,34 +133,41 @@ class RegionSettings(_Section):
     size: int = Field(400, ge=4, description="Superpixel size (px) or grid cell edge (px).")
     compactness: float = Field(0.1, gt=0.0)
     cost: Literal["pixels", "dominant_clicks", "polygon_clicks"] = "pixels"
-    polygons: Path | None = None
+    polygons: Path | None = Field(None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _polygons(self) -> RegionSettings:
-        if self.kind == "polygons" and self.polygons is None:
-            raise ValueError("kind 'polygons' needs polygons: PATH (a vector file of review units)")
-        return self
+    @field_validator("polygons")
+    @classmethod
+    def _polygons(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("kind") == "polygons" and value is None:
+            raise ValueError("regions.kind 'polygons' needs a vector file of review units here")
+        return value
 
 
 class SelectSettings(_Section):
     """The annotation budget and how it is spread over rounds."""
 
-    budget: float = Field(0.08, gt=0.0, description="Total budget, in `unit`.")
     unit: Literal["fraction", "pixels", "clicks"] = "fraction"
+    budget: float = Field(0.08, gt=0.0, description="Total budget, in `unit`.")
     rounds: int = Field(4, ge=1, le=1000)
     per_round: float | None = Field(None, gt=0.0, description="Budget per round (default budget/rounds).")
 
-    @model_validator(mode="after")
-    def _fraction(self) -> SelectSettings:
-        if self.unit == "fraction":
-            if self.budget > 1.0:
-                raise ValueError(
-                    f"budget {self.budget} is a fraction of the scene and must be <= 1; for a count "
-                    "of pixels or clicks set unit: pixels or unit: clicks"
-                )
-            if self.per_round is not None and self.per_round > self.budget:
-                raise ValueError("per_round must not exceed budget")
-        return self
+    @field_validator("budget")
+    @classmethod
+    def _fraction(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("unit", "fraction") == "fraction" and value > 1.0:
+            raise ValueError(
+                f"{value:g} is a fraction of the scene and must be <= 1; for a count of pixels "
+                "or clicks set select.unit: pixels or select.unit: clicks"
+            )
+        return value
+
+    @field_validator("per_round")
+    @classmethod
+    def _per_round(cls, value: float | None, info: ValidationInfo) -> float | None:
+        budget = info.data.get("budget")
+        if value is not None and budget is not None and value > budget:
+            raise ValueError(f"must not exceed select.budget ({budget:g})")
+        return value
 
 
 class ReviewSettings(_Section):
@@ -181,14 +194,16 @@ class RefineConfig(_Section):
     select: SelectSettings = Field(default_factory=SelectSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
 
-    @model_validator(mode="after")
-    def _units(self) -> RefineConfig:
-        unit, cost = self.select.unit, self.regions.cost
-        if unit == "pixels" and cost != "pixels":
-            raise ValueError(f"select.unit 'pixels' needs regions.cost 'pixels' (it is {cost!r})")
-        if unit == "clicks" and cost == "pixels":
-            raise ValueError("select.unit 'clicks' needs regions.cost dominant_clicks or polygon_clicks")
-        return self
+    @field_validator("select")
+    @classmethod
+    def _units(cls, value: SelectSettings, info: ValidationInfo) -> SelectSettings:
+        regions = info.data.get("regions")
+        cost = regions.cost if regions is not None else "pixels"
+        if value.unit == "pixels" and cost != "pixels":
+            raise ValueError(f"unit 'pixels' needs regions.cost 'pixels' (it is {cost!r})")
+        if value.unit == "clicks" and cost == "pixels":
+            raise ValueError("unit 'clicks' needs regions.cost dominant_clicks or polygon_clicks")
+        return value
 
     def with_overrides(self, **sections: dict[str, Any]) -> RefineConfig:
         """A validated copy with some keys replaced, e.g. ``strategy={"score": "margin"}``."""

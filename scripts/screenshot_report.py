@@ -21,15 +21,27 @@ from PIL import Image
 
 CHROMIUM = os.environ.get("TRUSTMAP_CHROMIUM", "/usr/bin/chromium")
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--force-device-scale-factor=1",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
 )
 MAX_AUTO_HEIGHT = 16000
 
 
-def screenshot(html: str | os.PathLike, png: str | os.PathLike, width: int = 1280, height: int = 2400,
-               timeout: float = 120.0) -> Path:
+def screenshot(
+    html: str | os.PathLike,
+    png: str | os.PathLike,
+    width: int = 1280,
+    height: int = 2400,
+    timeout: float = 120.0,
+) -> Path:
     """Render ``html`` at ``width`` x ``height`` CSS pixels into ``png``; raise with Chromium's output."""
     src, dst = Path(html).resolve(), Path(png).resolve()
     if not src.is_file():
@@ -40,8 +52,14 @@ def screenshot(html: str | os.PathLike, png: str | os.PathLike, width: int = 128
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="trustmap-chromium-") as profile:
         tmp_png = Path(profile) / "shot.png"
-        cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}/p", f"--screenshot={tmp_png}",
-               f"--window-size={width},{MAX_AUTO_HEIGHT if auto else height}", src.as_uri()]
+        cmd = [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={profile}/p",
+            f"--screenshot={tmp_png}",
+            f"--window-size={width},{MAX_AUTO_HEIGHT if auto else height}",
+            src.as_uri(),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not tmp_png.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -69,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("html", type=Path)
     ap.add_argument("png", type=Path)
     ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--height", type=int, default=2400, help="0 = fit the whole page (up to 16000 px)")
+    ap.add_argument(
+        "--height", type=int, default=2400, help="0 = fit the whole page (up to 16000 px)"
+    )
     args = ap.parse_args(argv)
     try:
         out = screenshot(args.html, args.png, args.width, args.height)

@@ -31,8 +31,13 @@ def test_defaults_fill_what_the_file_leaves_out():
     m = cfg.metrics_config()
     assert m.bins == 10 and m.n_boot == 1000 and m.dece_dims == ("confidence", "cx", "cy", "w", "h")
     # sections map onto the metrics settings; sweep values come back sorted and unique
-    cfg = parse_config({"matching": {"mode": "hungarian", "iou": 0.3}, "bootstrap": {"n": 0, "level": 0.9},
-                        "sweeps": {"nms_iou": [0.7, 0.3, 0.7]}})
+    cfg = parse_config(
+        {
+            "matching": {"mode": "hungarian", "iou": 0.3},
+            "bootstrap": {"n": 0, "level": 0.9},
+            "sweeps": {"nms_iou": [0.7, 0.3, 0.7]},
+        }
+    )
     m = cfg.metrics_config()
     assert (m.match_mode, m.iou_threshold, m.n_boot, m.ci_level) == ("hungarian", 0.3, 0, 0.9)
     assert cfg.sweeps.nms_iou == [0.3, 0.7]
@@ -44,35 +49,71 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     (tmp_path / "imgs").mkdir()
     (tmp_path / "gt.json").write_text("{}")
     path = tmp_path / "cfg" / "a.yaml"
-    path.write_text("detector: {weights: ../w.pt}\ndata: {coco: {annotations: ../gt.json, images: ../imgs}}\n")
+    path.write_text(
+        "detector: {weights: ../w.pt}\ndata: {coco: {annotations: ../gt.json, images: ../imgs}}\n"
+    )
     monkeypatch.chdir(ROOT)  # the working directory plays no part
     cfg = load_config(path)
     assert cfg.detector.weights == tmp_path / "w.pt"
-    assert cfg.data.coco.annotations == tmp_path / "gt.json" and cfg.data.coco.images == tmp_path / "imgs"
+    assert (
+        cfg.data.coco.annotations == tmp_path / "gt.json"
+        and cfg.data.coco.images == tmp_path / "imgs"
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("metrics:\n  bins: 0\n", "key 'metrics.bins': Input should be greater than or equal to 1"),
-        ("metrics:\n  binz: 5\n", "key 'metrics.binz': unknown key (not an audit setting; check the spelling)"),
-        ("metrics: {dece_dims: [confidence, cx], dece_bins: [10, 5, 5]}\n",
-         "key 'metrics': dece_bins needs one bin count per entry of dece_dims (2), got 3"),
-        ("metrics: {dece_dims: [cx, confidence], dece_bins: [5, 10]}\n",
-         "key 'metrics': dece_dims must start with 'confidence'"),
-        ("metrics: {dece_dims: [confidence, area], dece_bins: [10, 5]}\n", "key 'metrics.dece_dims[1]': Input should be"),
-        ("matching: {mode: nearest}\n", "key 'matching.mode': Input should be 'greedy', 'hungarian' or 'any'"),
+        (
+            "metrics:\n  binz: 5\n",
+            "key 'metrics.binz': unknown key (not an audit setting; check the spelling)",
+        ),
+        (
+            "metrics: {dece_dims: [confidence, cx], dece_bins: [10, 5, 5]}\n",
+            "key 'metrics': dece_bins needs one bin count per entry of dece_dims (2), got 3",
+        ),
+        (
+            "metrics: {dece_dims: [cx, confidence], dece_bins: [5, 10]}\n",
+            "key 'metrics': dece_dims must start with 'confidence'",
+        ),
+        (
+            "metrics: {dece_dims: [confidence, area], dece_bins: [10, 5]}\n",
+            "key 'metrics.dece_dims[1]': Input should be",
+        ),
+        (
+            "matching: {mode: nearest}\n",
+            "key 'matching.mode': Input should be 'greedy', 'hungarian' or 'any'",
+        ),
         ("matching: {iou: 1.5}\n", "key 'matching.iou': Input should be less than or equal to 1"),
         ("bootstrap: {n: -1}\n", "key 'bootstrap.n': Input should be greater than or equal to 0"),
-        ("sweeps: {nms_iou: [0.3, 1.2]}\n", "key 'sweeps.nms_iou': values must lie in [0, 1], got [0.3, 1.2]"),
+        (
+            "sweeps: {nms_iou: [0.3, 1.2]}\n",
+            "key 'sweeps.nms_iou': values must lie in [0, 1], got [0.3, 1.2]",
+        ),
         ("sweeps: {topk: [0, 10]}\n", "key 'sweeps.topk': top-k values must be >= 1"),
-        ("perspectives: [application, application]\n", "key 'perspectives': lists a perspective twice"),
-        ("perspectives: [raw]\n", "key 'perspectives[0]': Input should be 'application' or 'modeling'"),
-        ("detector: {model: yolo}\ndata: {sample: {}}\n", "key 'detector.model': unknown detector 'yolo'; choose from"),
+        (
+            "perspectives: [application, application]\n",
+            "key 'perspectives': lists a perspective twice",
+        ),
+        (
+            "perspectives: [raw]\n",
+            "key 'perspectives[0]': Input should be 'application' or 'modeling'",
+        ),
+        (
+            "detector: {model: yolo}\ndata: {sample: {}}\n",
+            "key 'detector.model': unknown detector 'yolo'; choose from",
+        ),
         ("detector: {}\n", "'detector' and 'data' go together"),
         ("detector: {}\ndata: {}\n", "key 'data': give exactly one of 'sample' or 'coco'"),
-        ("detector: {}\ndata: {sample: {domain: lunar}}\n", "key 'data.sample.domain': unknown sample domain 'lunar'"),
-        ("detector: {batch_size: 0}\ndata: {sample: {}}\n", "key 'detector.batch_size': Input should be greater"),
+        (
+            "detector: {}\ndata: {sample: {domain: lunar}}\n",
+            "key 'data.sample.domain': unknown sample domain 'lunar'",
+        ),
+        (
+            "detector: {batch_size: 0}\ndata: {sample: {}}\n",
+            "key 'detector.batch_size': Input should be greater",
+        ),
         ("- just\n- a list\n", "expected a mapping of sections at the top level, got list"),
         ("metrics: [unclosed\n", "not valid YAML at line 2"),
     ],
@@ -89,7 +130,9 @@ def test_errors_name_the_file_and_the_key(tmp_path, text, message):
 def test_missing_files_are_named_by_key(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text("detector: {weights: gone.pt}\ndata: {sample: {}}\n")
-    with pytest.raises(TrustmapError, match=r"x\.yaml: key 'detector\.weights': .*gone\.pt not found"):
+    with pytest.raises(
+        TrustmapError, match=r"x\.yaml: key 'detector\.weights': .*gone\.pt not found"
+    ):
         load_config(path)
     path.write_text(f"detector: {{}}\ndata: {{coco: {{annotations: {path}, images: {path}}}}}\n")
     with pytest.raises(TrustmapError, match=r"key 'data\.coco\.images': .* is not a folder"):

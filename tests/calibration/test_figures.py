@@ -31,9 +31,12 @@ def over_confident() -> dict:
     conf = rng.uniform(0.5, 1.0, 4000)
     correct = rng.random(4000) < conf - 0.3  # 30 points less often right than scored
     rel = reliability(conf, correct, bins=10)
-    return {"edges": rel["edges"].tolist(), "count": rel["count"].tolist(),
-            "confidence": [None if np.isnan(v) else v for v in rel["confidence"]],
-            "precision": [None if np.isnan(v) else v for v in rel["target"]]}
+    return {
+        "edges": rel["edges"].tolist(),
+        "count": rel["count"].tolist(),
+        "confidence": [None if np.isnan(v) else v for v in rel["confidence"]],
+        "precision": [None if np.isnan(v) else v for v in rel["target"]],
+    }
 
 
 def test_reliability_diagram_shows_gap_counts_and_ece(over_confident):
@@ -54,7 +57,11 @@ def test_reliability_diagram_shows_gap_counts_and_ece(over_confident):
 
 def test_heatmap_colours_gap_sign_and_masks_empty_cells():
     grid = {
-        "x_edges": [0, 0.5, 1.0], "y_edges": [0, 0.5, 1.0], "x_label": "cx", "y_label": "cy", "image_axes": True,
+        "x_edges": [0, 0.5, 1.0],
+        "y_edges": [0, 0.5, 1.0],
+        "x_label": "cx",
+        "y_label": "cy",
+        "image_axes": True,
         "count": [[50, 0], [40, 3]],
         "confidence": [[0.9, None], [0.3, 0.5]],
         "precision": [[0.3, None], [0.8, 0.5]],
@@ -90,17 +97,31 @@ def test_per_class_bars_put_worst_calibrated_class_first():
 
 
 def test_sweep_curves_plot_every_metric_and_map_on_a_twin_axis():
-    pts = [{"value": v, "metrics": {"dece": 0.1 + v / 10, "ece": 0.05 + v / 10, "laece": 0.2, "map": 0.5 - v / 5}}
-           for v in (0.3, 0.5, 0.7)]
-    sweeps = {"nms_iou": {"label": "NMS IoU", "default": 0.5, "points": pts},
-              "score_threshold": {"label": "score threshold", "default": 0.05, "points": pts[:2]}}
+    pts = [
+        {
+            "value": v,
+            "metrics": {
+                "dece": 0.1 + v / 10,
+                "ece": 0.05 + v / 10,
+                "laece": 0.2,
+                "map": 0.5 - v / 5,
+            },
+        }
+        for v in (0.3, 0.5, 0.7)
+    ]
+    sweeps = {
+        "nms_iou": {"label": "NMS IoU", "default": 0.5, "points": pts},
+        "score_threshold": {"label": "score threshold", "default": 0.05, "points": pts[:2]},
+    }
     fig = figures.sweep_figure(sweeps, "sweeps")
     ax = fig.axes[0]
     twin = next(a for a in fig.axes if a is not ax and a.bbox.bounds == ax.bbox.bounds)
     by_label = {ln.get_label(): ln for ln in ax.lines}
     assert list(by_label["D-ECE"].get_ydata()) == pytest.approx([0.13, 0.15, 0.17])
     assert list(twin.lines[0].get_ydata()) == pytest.approx([0.44, 0.4, 0.36])
-    assert any(list(ln.get_xdata()) == [0.5, 0.5] for ln in ax.lines)  # the audited setting is marked
+    assert any(
+        list(ln.get_xdata()) == [0.5, 0.5] for ln in ax.lines
+    )  # the audited setting is marked
     assert len(fig.axes) == 4  # two sweeps, each with its twin axis
     empty = figures.sweep_figure({}, "none")
     assert "no post-processing sweep" in empty.axes[0].texts[0].get_text()

@@ -26,7 +26,9 @@ sweeps: {score_threshold: [0.8, 0.9], nms_iou: [0.3], topk: []}
 """
 
 
-def write_pair(folder: Path, n_images: int = 30, size: int = 160, seed: int = 0) -> tuple[Path, Path]:
+def write_pair(
+    folder: Path, n_images: int = 30, size: int = 160, seed: int = 0
+) -> tuple[Path, Path]:
     """A COCO ground truth and over-confident predictions for it: scores 0.7-1.0, 45% right."""
     rng = np.random.default_rng(seed)
     cats = [{"id": 3, "name": "car"}, {"id": 7, "name": "boat"}]
@@ -37,13 +39,29 @@ def write_pair(folder: Path, n_images: int = 30, size: int = 160, seed: int = 0)
             side = float(rng.uniform(8, 30))
             x, y = (float(v) for v in rng.uniform(0, size - side, 2))
             cat = int(rng.choice([3, 7]))
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "bbox": [x, y, side, side],
-                         "area": side * side, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": cat,
+                    "bbox": [x, y, side, side],
+                    "area": side * side,
+                    "iscrowd": 0,
+                }
+            )
             right = rng.random() < 0.45
-            dx, dy = (rng.uniform(-0.05, 0.05, 2) if right else np.sign(rng.uniform(-1, 1, 2)) * 0.8) * side
+            dx, dy = (
+                rng.uniform(-0.05, 0.05, 2) if right else np.sign(rng.uniform(-1, 1, 2)) * 0.8
+            ) * side
             bx, by = (float(np.clip(v, 0, size - side)) for v in (x + dx, y + dy))
-            preds.append({"image_id": i, "category_id": cat, "bbox": [bx, by, side, side],
-                          "score": float(rng.uniform(0.7, 1.0))})
+            preds.append(
+                {
+                    "image_id": i,
+                    "category_id": cat,
+                    "bbox": [bx, by, side, side],
+                    "score": float(rng.uniform(0.7, 1.0)),
+                }
+            )
     folder.mkdir(parents=True, exist_ok=True)
     gt, pr = folder / "instances.json", folder / "results.json"
     gt.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -76,7 +94,12 @@ def audited(pair, tmp_path_factory) -> tuple[Path, object]:
 
 def test_audit_writes_html_json_markdown_and_figures(audited):
     out, res = audited
-    assert sorted(p.name for p in out.iterdir()) == ["audit.html", "audit.json", "audit.md", "figures"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "audit.html",
+        "audit.json",
+        "audit.md",
+        "figures",
+    ]
     data = json.loads((out / "audit.json").read_text())
     assert data["format"] == "trustmap-calibration-audit-v1"
     assert data["inputs"]["config"]["bootstrap"]["n"] == 40 and data["inputs"]["versions"]["numpy"]
@@ -97,11 +120,15 @@ def test_audit_numbers_are_the_metrics_functions_numbers(audited, pair):
     mcfg = MetricsConfig(**{**data["inputs"]["metrics_config"], "n_boot": 0})
     direct = compute_metrics(dets, gt, mcfg)
     for key in ("dece", "ece", "laece", "map"):
-        assert p["metrics"][key]["value"] == pytest.approx(direct["metrics"][key]["value"], abs=1e-12), key
+        assert p["metrics"][key]["value"] == pytest.approx(
+            direct["metrics"][key]["value"], abs=1e-12
+        ), key
     # and D-ECE from first principles (netcal's definition) over [confidence, cx, cy]
     m = match(dets, gt, 0.5, "greedy")
     feats = box_features(dets, gt, ("confidence", "cx", "cy"))
-    assert p["metrics"]["dece"]["value"] == pytest.approx(dece(feats, m.tp[0], [10, 4, 4]), abs=1e-12)
+    assert p["metrics"]["dece"]["value"] == pytest.approx(
+        dece(feats, m.tp[0], [10, 4, 4]), abs=1e-12
+    )
     e = p["metrics"]["dece"]
     assert e["ci_low"] <= e["value"] <= e["ci_high"]
     assert p["overall"]["ece"] == pytest.approx(p["metrics"]["ece"]["value"], abs=1e-12)
@@ -126,9 +153,22 @@ def test_summary_reports_the_injected_over_confidence(audited):
 def test_npz_predictions_give_the_same_audit(pair, audited, tmp_path):
     pr, gt, cfg = pair
     Detections.load(pr).save(tmp_path / "results.npz")
-    audit("--predictions", tmp_path / "results.npz", "--annotations", gt, "--config", cfg, "--out", tmp_path / "a")
-    a = json.loads((tmp_path / "a" / "audit.json").read_text())["perspectives"]["predictions"]["metrics"]
-    b = json.loads((audited[0] / "audit.json").read_text())["perspectives"]["predictions"]["metrics"]
+    audit(
+        "--predictions",
+        tmp_path / "results.npz",
+        "--annotations",
+        gt,
+        "--config",
+        cfg,
+        "--out",
+        tmp_path / "a",
+    )
+    a = json.loads((tmp_path / "a" / "audit.json").read_text())["perspectives"]["predictions"][
+        "metrics"
+    ]
+    b = json.loads((audited[0] / "audit.json").read_text())["perspectives"]["predictions"][
+        "metrics"
+    ]
     assert a == b
 
 
@@ -169,7 +209,10 @@ def _corrupt(kind: str, pr: Path, gt: Path, d: Path) -> list[object]:
         ("truncated predictions", "bad.json: not valid JSON (truncated or corrupt?)"),
         ("corrupt npz", "bad.npz: not a readable .npz file"),
         ("annotations swapped for results", "results.json: not a COCO annotations file"),
-        ("unknown category", "detection 5 (image_id 1): category_id 99 is not a ground-truth category"),
+        (
+            "unknown category",
+            "detection 5 (image_id 1): category_id 99 is not a ground-truth category",
+        ),
         ("image with no image", "image_id 4242 is not an image of the ground truth"),
         ("score above 1", "score 1.5 is outside [0, 1]"),
         ("box out of image", "lies outside its 160x160 image"),
@@ -189,9 +232,14 @@ def test_bad_config_names_the_key_and_writes_nothing(pair, tmp_path):
     pr, gt, _ = pair
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("metrics:\n  bins: 0\n")
-    res = audit("--predictions", pr, "--annotations", gt, "--config", cfg, "--out", tmp_path / "o", ok=False)
+    res = audit(
+        "--predictions", pr, "--annotations", gt, "--config", cfg, "--out", tmp_path / "o", ok=False
+    )
     assert res.exit_code == 1
-    assert res.stderr.strip() == f"error: {cfg}: key 'metrics.bins': Input should be greater than or equal to 1"
+    assert (
+        res.stderr.strip()
+        == f"error: {cfg}: key 'metrics.bins': Input should be greater than or equal to 1"
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -207,8 +255,12 @@ def test_usage_errors_and_module_entry_point(pair, tmp_path):
     pr, _, _ = pair
     res = audit("--predictions", pr, "--out", tmp_path / "o", ok=False)
     assert res.exit_code == 1 and "give both --predictions and --annotations" in res.stderr
-    proc = subprocess.run([sys.executable, "-m", "calibration", "audit", "--help"], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "calibration", "audit", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0 and "--predictions" in proc.stdout and "--config" in proc.stdout
 
 
@@ -226,7 +278,11 @@ sweeps: {{score_threshold: [0.5], nms_iou: [0.7], topk: []}}
     audit("--config", cfg, "--out", out)
     data = json.loads((out / "audit.json").read_text())
     assert set(data["perspectives"]) == {"application", "modeling"}
-    assert data["inputs"]["detector"]["postprocess"] == {"score_thresh": 0.05, "nms_iou": 0.5, "topk": 100}
+    assert data["inputs"]["detector"]["postprocess"] == {
+        "score_thresh": 0.05,
+        "nms_iou": 0.5,
+        "topk": 100,
+    }
     mod = data["perspectives"]["modeling"]
     assert mod["counts"]["detections"] == 4 * 50  # every proposal, before threshold/NMS/top-k
     assert mod["metrics"]["nll"]["value"] is not None  # softmax vectors reach the K+1 metrics
@@ -234,4 +290,6 @@ sweeps: {{score_threshold: [0.5], nms_iou: [0.7], topk: []}}
     assert [q["value"] for q in nms] == [0.5, 0.7] and nms[0]["audited"]
     app = data["perspectives"]["application"]
     assert nms[0]["metrics"]["dece"] == pytest.approx(app["metrics"]["dece"]["value"], abs=1e-12)
-    assert (out / "data" / "test.json").exists() and len(list((out / "data" / "test").glob("*.png"))) == 4
+    assert (out / "data" / "test.json").exists() and len(
+        list((out / "data" / "test").glob("*.png"))
+    ) == 4

