@@ -38,6 +38,8 @@ MatchMode = Literal["greedy", "hungarian", "any"]
 MODES: tuple[str, ...] = ("greedy", "hungarian", "any")
 #: Pairs materialised at once; blocks are processed in chunks beyond this (memory bound).
 PAIR_CHUNK = 4_000_000
+#: Pairs scored at once: small enough for the temporaries to stay in cache.
+CACHE_PAIRS = 1 << 17
 
 
 @dataclass
@@ -52,13 +54,20 @@ class Matches:
     max_iou: np.ndarray  # (N,) best IoU with any object of the block, threshold-free
     rank: np.ndarray  # (N,) int64: position in its (image, class) block by descending score
     image_index: np.ndarray  # (N,) int64: row in gt.images (-1 if unknown)
-    gt_category: np.ndarray  # (T, N) int64: category of the matched object, -1 when none
     n_gt: dict[int, int]  # objects (not regions) per category id
     mode: str
     class_aware: bool
+    annotation_category: np.ndarray  # (M,) category of each gt.annotations row
 
     def __len__(self) -> int:
         return self.tp.shape[1]
+
+    @property
+    def gt_category(self) -> np.ndarray:
+        """(T, N) category of the matched object, -1 when none (computed on demand)."""
+        out = np.full(self.gt_index.shape, -1, np.int64)
+        out[self.tp] = self.annotation_category[self.gt_index[self.tp]]
+        return out
 
     def index(self, threshold: float) -> int:
         """Row of ``threshold`` in the per-threshold arrays."""
@@ -77,14 +86,11 @@ class Matches:
         """
         t = self.index(threshold)
         cats = np.asarray(category_ids, dtype=np.int64)
+        gcat = np.full(len(self), -1, np.int64)
+        gcat[self.tp[t]] = self.annotation_category[self.gt_index[t, self.tp[t]]]
         order = np.argsort(cats)
-        pos = np.clip(np.searchsorted(cats[order], self.gt_category[t]), 0, max(len(cats) - 1, 0))
-        known = (
-            self.tp[t] & (cats[order][pos] == self.gt_category[t])
-            if len(cats)
-            else np.zeros(len(self), bool)
-        )
-        return np.where(known, order[pos], len(cats)).astype(np.int64)
+        col = index_in(gcat, cats[order])
+        return np.where(col >= 0, order[np.maximum(col, 0)] if len(cats) else 0, len(cats)).astype(np.int64)
 
 
 def pairwise_iou(det_xywh: np.ndarray, gt_xywh: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -164,30 +170,46 @@ def match(
     max_iou = np.zeros(n)
     dcol = [np.ascontiguousarray(c) for c in dets.bbox[order].T]
     gcol = [np.ascontiguousarray(c) for c in an.bbox.T]
-    for a, b in _chunks(block_start, n_pairs, n):
-        det_p = np.repeat(np.arange(a, b), n_pairs[a:b])  # sorted-det position of each pair
-        first = np.cumsum(n_pairs[a:b]) - n_pairs[a:b]
-        within = np.arange(len(det_p)) - np.repeat(first, n_pairs[a:b])
-        gt_p = g_order[np.repeat(lo[a:b], n_pairs[a:b]) + within]
+
+    def pairs(a: int, b: int):
+        """Every same-block pair of sorted detections a..b-1: det position, gt row, region?, IoU."""
+        cnt = n_pairs[a:b]
+        det_p = np.repeat(np.arange(a, b), cnt)
+        first = np.cumsum(cnt) - cnt
+        gt_p = g_order[np.repeat(lo[a:b], cnt) + np.arange(len(det_p)) - np.repeat(first, cnt)]
         reg_p = region[gt_p]
         # det_p is sorted, so repeating is a streaming copy rather than a random gather
-        ious = _iou_cols(
-            *(np.repeat(c[a:b], n_pairs[a:b]) for c in dcol), *(c[gt_p] for c in gcol), reg_p
-        )
+        ious = _iou_cols(*(np.repeat(c[a:b], cnt) for c in dcol), *(c[gt_p] for c in gcol), reg_p)
+        if len(det_p):
+            seg = _Segments(det_p)
+            max_iou[seg.ids] = np.maximum(seg.max(np.where(reg_p, -1.0, ious)), 0.0)
+        return det_p, gt_p, reg_p, ious
+
+    lowest = thr.min()
+    for a, b in _chunks(block_start, n_pairs, n):
+        if mode == "hungarian":  # needs each block's full (detections x objects) matrix
+            det_p, gt_p, reg_p, ious = pairs(a, b)
+        else:
+            # build, score and prune pairs in cache-sized pieces: most pairs overlap too little
+            # for any threshold, and only the survivors go on to the assignment
+            kept = []
+            for a2, b2 in _spans(n_pairs, a, b, CACHE_PAIRS):
+                p = pairs(a2, b2)
+                keep = (p[3] >= lowest) & (p[3] > 0)
+                kept.append([x[keep] for x in p])
+            det_p, gt_p, reg_p, ious = (np.concatenate(x) for x in zip(*kept, strict=True))
         if len(det_p) == 0:
             continue
         seg = _Segments(det_p)
-        max_iou[seg.ids] = np.maximum(seg.max(np.where(reg_p, -1.0, ious)), 0.0)
-        if mode != "hungarian":  # (hungarian needs each block's full matrix)
-            # most pairs do not overlap enough for any threshold: drop them before the rounds
-            keep = (ious >= thr.min()) & (ious > 0)
-            if not keep.all():
-                det_p, gt_p, reg_p, ious = det_p[keep], gt_p[keep], reg_p[keep], ious[keep]
-                if len(det_p) == 0:
-                    continue
-                seg = _Segments(det_p)
         if mode == "greedy":
-            _greedy(thr, det_p, gt_p, reg_p, ious, rank_s, len(an), out)
+            # one threshold at a time, each on its own candidates: a low threshold (LaECE's
+            # "any overlap") has many more candidate pairs than COCO's 0.5..0.95
+            for t, th in enumerate(thr):
+                c = ious >= th
+                if c.all():
+                    _greedy(th, t, det_p, gt_p, reg_p, ious, rank_s, len(an), out)
+                elif c.any():
+                    _greedy(th, t, det_p[c], gt_p[c], reg_p[c], ious[c], rank_s, len(an), out)
         elif mode == "any":
             t_i, s_i, p_i = _pick(_keys(thr, ious, reg_p), seg.starts, seg.lengths)
             out.store(t_i, seg.ids[s_i], p_i, gt_p, reg_p, ious)
@@ -198,8 +220,6 @@ def match(
     inv = np.empty(n, np.int64)
     inv[order] = np.arange(n)
     max_iou = max_iou[inv]
-    gcat = np.full(gidx.shape, -1, np.int64)
-    gcat[tp] = an.category_id[gidx[tp]]
     return Matches(
         iou_thresholds=thr,
         tp=tp,
@@ -209,10 +229,10 @@ def match(
         max_iou=max_iou,
         rank=rank_s[inv],
         image_index=img,
-        gt_category=gcat,
         n_gt=n_gt,
         mode=mode,
         class_aware=class_aware,
+        annotation_category=an.category_id,
     )
 
 
@@ -222,6 +242,17 @@ def index_in(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
         return np.full(len(values), -1, np.int64)
     pos = np.clip(np.searchsorted(sorted_ids, values), 0, len(sorted_ids) - 1)
     return np.where(sorted_ids[pos] == values, pos, -1)
+
+
+def _spans(n_pairs: np.ndarray, a: int, b: int, limit: int):
+    """Split detections a..b-1 into runs of at most ``limit`` pairs (a larger detection alone)."""
+    cum = np.cumsum(n_pairs[a:b])
+    start = a
+    while start < b:
+        base = cum[start - a - 1] if start > a else 0
+        end = max(a + int(np.searchsorted(cum, base + limit, "right")), start + 1)
+        yield start, min(end, b)
+        start = end
 
 
 def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int):
@@ -306,32 +337,30 @@ def _pick(key: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
     return t_i, s_i, last[t_i, s_i]
 
 
-def _greedy(thr, det_p, gt_p, reg_p, ious, rank_s, n_ann, out: _Out) -> None:
-    """COCO greedy matching: one round per within-block rank, all thresholds at once.
+def _greedy(th, row, det_p, gt_p, reg_p, ious, rank_s, n_ann, out: _Out) -> None:
+    """COCO greedy matching at threshold ``th`` (result row ``row``), one round per rank.
 
-    Round r settles the r-th detection of every block; pairs are reordered by rank once
-    so that each round is a contiguous slice.
+    Round r settles the r-th detection of every block at once; pairs are reordered by
+    rank so that each round is a contiguous slice. Every pair given is a candidate.
     """
     prank = rank_s[det_p]
     by_rank = np.argsort(prank, kind="stable")  # within a rank, pairs stay grouped by det
     det_p, gt_p, reg_p, ious = det_p[by_rank], gt_p[by_rank], reg_p[by_rank], ious[by_rank]
     bounds = np.searchsorted(prank[by_rank], np.arange(prank.max() + 2))
-    cand = _candidates(thr, ious)  # (T, P) bool: 1 byte per pair and threshold
     pref = _preference(ious, reg_p)
-    taken = np.zeros((len(thr), n_ann), bool)
+    taken = np.zeros(n_ann, bool)
     for r in range(len(bounds) - 1):
         s, e = bounds[r], bounds[r + 1]
-        c = cand[:, s:e]
-        if s == e or not c.any():
+        if s == e:
             continue
         g, reg = gt_p[s:e], reg_p[s:e]
-        key = np.where(c & (reg[None, :] | ~taken[:, g]), pref[None, s:e], -1.0)
+        key = np.where(reg | ~taken[g], pref[s:e], -1.0)[None, :]
         seg = _Segments(det_p[s:e])
-        t_i, s_i, p_i = _pick(key, seg.starts, seg.lengths)
+        _, s_i, p_i = _pick(key, seg.starts, seg.lengths)
         p_i = p_i + s
-        out.store(t_i, seg.ids[s_i], p_i, gt_p, reg_p, ious)
+        out.store(np.full(len(p_i), row), seg.ids[s_i], p_i, gt_p, reg_p, ious)
         obj = ~reg_p[p_i]
-        taken[t_i[obj], gt_p[p_i[obj]]] = True
+        taken[gt_p[p_i[obj]]] = True
 
 
 def _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out: _Out) -> None:

@@ -165,8 +165,7 @@ def calibration_error_statistic(
     if classes is None:
         cls_idx, n_cls = np.zeros(n, np.int64), 1
     else:
-        uniq, cls_idx = np.unique(np.asarray(classes), return_inverse=True)
-        n_cls = max(len(uniq), 1)
+        cls_idx, n_cls = _codes(np.asarray(classes))
     b = np.empty(n, np.int64)
     per_class_edges = strategy == "mass" or value_range is None
     if per_class_edges and classes is not None:
@@ -175,14 +174,18 @@ def calibration_error_statistic(
             b[sel] = bin_index(conf[sel], bin_edges(conf[sel], bins, strategy, value_range))
     else:
         b[:] = bin_index(conf, bin_edges(conf, bins, strategy, value_range))
-    p = _power(norm)
     return _grouped(
         grp,
         cls_idx * bins + b,
         np.column_stack([np.ones(n), conf, tgt]),
         (n_cls, bins),
-        lambda tot: _mean_over_classes(binned_error(tot, kind, p, min_count), p),
+        _class_mean(kind, _power(norm), min_count),
     )
+
+
+def _class_mean(kind: Kind, p: int, min_count: int = 1):
+    """``finalize`` of a (class, bin) grid: per-class error, class mean, ``1/p`` root."""
+    return lambda tot: _mean_over_classes(binned_error(tot, kind, p, min_count), p)
 
 
 def calibration_error(confidence: np.ndarray, target: np.ndarray, **kwargs: Any) -> float:
@@ -277,6 +280,25 @@ def dece_statistic(
     group: np.ndarray | None = None,
 ) -> Statistic:
     """D-ECE (Küppers et al. 2020) as a bootstrap-ready statistic; see :func:`dece`."""
+    cell, n_cells, conf = _dece_cells(features, bins, strategy)
+    n = len(cell)
+    grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
+    return _grouped(
+        grp,
+        cell,
+        np.column_stack([np.ones(n), conf, np.asarray(matched, np.float64)]),
+        (n_cells,),
+        lambda tot: binned_error(tot, "ece", 1, min_count),  # one grid, no class axis
+    )
+
+
+def _dece_cells(features: np.ndarray, bins: int | Sequence[int], strategy: BinStrategy):
+    """Flat D-ECE cell of each row, the number of cells, and the confidence column.
+
+    netcal clips features to [eps, 1 - eps] first; :func:`bin_index` already puts 0, 1
+    and anything beyond into the end bins, and the clip moves a mean by at most 1e-16,
+    so the copy is skipped.
+    """
     X = np.asarray(features, dtype=np.float64)
     if X.ndim == 1:
         X = X[:, None]
@@ -284,17 +306,15 @@ def dece_statistic(
     nb = [int(bins)] * d if np.isscalar(bins) else [int(b) for b in bins]
     if len(nb) != d:
         raise TrustmapError(f"D-ECE: {len(nb)} bin counts given for {d} dimensions")
-    X = np.clip(X, _EPS, 1.0 - _EPS)  # as netcal, so that 0 and 1 fall inside the bins
-    idx = [bin_index(X[:, k], bin_edges(X[:, k], nb[k], strategy, (0.0, 1.0))) for k in range(d)]
-    cell = np.ravel_multi_index(idx, nb) if n else np.zeros(0, np.int64)
-    grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
-    return _grouped(
-        grp,
-        cell,
-        np.column_stack([np.ones(n), X[:, 0], np.asarray(matched, np.float64)]),
-        (int(np.prod(nb)),),
-        lambda tot: binned_error(tot, "ece", 1, min_count),
-    )
+    if strategy == "mass":  # netcal's quantiles are of the clipped values
+        cols = [np.clip(X[:, k], _EPS, 1.0 - _EPS) for k in range(d)]
+    else:
+        cols = [X[:, k] for k in range(d)]
+    cell = np.zeros(n, np.int64)
+    for k in range(d):  # row-major flat index, built in place
+        cell *= nb[k]
+        cell += bin_index(cols[k], bin_edges(cols[k], nb[k], strategy, (0.0, 1.0)))
+    return cell, int(np.prod(nb)), X[:, 0]
 
 
 def dece(
@@ -312,7 +332,15 @@ def dece(
     equal_intervals=(strategy == "width"), sample_threshold=min_count).measure(features,
     matched)``, computed with one ``bincount`` instead of ``binned_statistic_dd``.
     """
-    return dece_statistic(features, matched, bins, strategy, min_count).value()
+    cell, n_cells, conf = _dece_cells(features, bins, strategy)
+    tot = np.column_stack(
+        [
+            np.bincount(cell, minlength=n_cells).astype(np.float64),
+            np.bincount(cell, conf, n_cells),
+            np.bincount(cell, np.asarray(matched, np.float64), n_cells),
+        ]
+    )
+    return float(binned_error(tot, "ece", 1, min_count))
 
 
 # ----------------------------------------------------------- classification-style metrics
@@ -843,16 +871,16 @@ def compute_metrics(
     s, tp, g, cat = dets.score[valid], m.tp[ti, valid], group[valid], dets.category_id[valid]
     common = {"group": g, "bins": cfg.bins, "strategy": cfg.bin_strategy}
     stats["ece"] = calibration_error_statistic(s, tp, norm=cfg.norm, kind="ece", **common)
-    stats["mce"] = calibration_error_statistic(s, tp, kind="mce", **common)
+    # same cells, other read-outs: sharing the entries lets the bootstrap reuse one product
+    stats["mce"] = replace(stats["ece"], finalize=_class_mean("mce", 1))
     stats["ace"] = calibration_error_statistic(
         s, tp, norm=cfg.norm, kind="ace", group=g, bins=cfg.bins, strategy="mass"
     )
     stats["dece"] = dece_statistic(
         box_features(dets, gt, cfg.dece_dims)[valid], tp, cfg.dece_bins, cfg.bin_strategy, group=g
     )
-    stats["detection_top_label_ce"] = calibration_error_statistic(
-        s, tp, norm=cfg.classwise_norm, **common
-    )
+    pw = _power(cfg.classwise_norm)
+    stats["detection_top_label_ce"] = replace(stats["ece"], finalize=_class_mean("ece", pw))
     stats["detection_classwise_ce"] = calibration_error_statistic(
         s, tp, classes=cat, norm=cfg.classwise_norm, **common
     )
@@ -1015,11 +1043,22 @@ def _aggregate(
         # table would be mostly empty; the sparse conversion adds the few duplicates
         return Statistic.from_rows(group, cell, values, cell_shape, _unset)
     key = np.asarray(group, np.int64) * n_cells + np.asarray(cell, np.int64)
-    sums = np.column_stack(
-        [np.bincount(key, weights=values[:, j], minlength=n_groups * n_cells) for j in range(s)]
-    )
+    size = n_groups * n_cells
+    sums = np.column_stack([np.bincount(key, weights=values[:, j], minlength=size) for j in range(s)])
     used = np.flatnonzero(sums.any(axis=1))
     return Statistic.from_rows(used // n_cells, used % n_cells, sums[used], cell_shape, _unset)
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense codes 0..k-1 of the distinct values (sorted), without sorting small-range ints."""
+    if values.size and np.issubdtype(values.dtype, np.integer):
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo < 1_000_000:
+            present = np.bincount(values - lo, minlength=hi - lo + 1) > 0
+            lut = np.cumsum(present) - 1
+            return lut[values - lo].astype(np.int64), max(int(present.sum()), 1)
+    uniq, inv = np.unique(values, return_inverse=True)
+    return inv.astype(np.int64), max(len(uniq), 1)
 
 
 def _grouped(group, cell, values, cell_shape, finalize) -> Statistic:

@@ -176,7 +176,7 @@ def _direction(gap: float | None) -> str:
 def _overall(data, p, name, iou) -> dict[str, str]:
     o = p["overall"]
     n = o["n"]
-    runs = [r for r in _runs(p["reliability"]) if abs(r["z"]) >= Z_OFF]
+    runs = [r for r in _runs(p["reliability"]) if abs(r["z"]) >= Z_OFF and abs(r["gap"]) > GAP_TOLERANCE]
     runs = sorted(runs, key=lambda r: -r["contribution"])[:2]
     significant = o["gap_se"] is not None and abs(o["gap"]) >= Z_OFF * max(o["gap_se"], 1e-9)
     direction = _direction(o["gap"]) if significant else "calibrated"
@@ -257,10 +257,17 @@ def _pool(rel: Mapping[str, Any], bins: list[int], edges: Sequence[float]) -> di
     }
 
 
+def _direction_words(gap: float | None) -> str:
+    """A group's direction; a miscalibrated group whose mean gap is ~0 errs both ways."""
+    d = _direction(gap)
+    return "over- and under-confident by score range" if d == "calibrated" else d
+
+
 def _describe_group(g: Mapping[str, Any]) -> str:
+    link = "but" if _direction(g["gap"]) != "calibrated" else "and"
     return (
         f"ECE {_f(g['ece'])} vs {_f(g.get('ece_random'))} ± {_f(g.get('ece_random_sd'))} for random sets of "
-        f"{g['n']} of these detections (z = {g.get('z', 0):.1f}); mean score {_f(g['confidence'], 2)} but "
+        f"{g['n']} of these detections (z = {g.get('z', 0):.1f}); mean score {_f(g['confidence'], 2)} {link} "
         f"{_pct(g['precision'])} correct"
     )
 
@@ -391,7 +398,7 @@ def _classes(p) -> dict[str, str] | None:
         return {
             "topic": "class",
             "severity": "problem",
-            "text": f"Worst for class '{w['name']}' ({_direction(w['gap'])}): {_describe_group(w)}; AP {ap(worst)}. "
+            "text": f"Worst for class '{w['name']}' ({_direction_words(w['gap'])}): {_describe_group(w)}; AP {ap(worst)}. "
             f"Best: '{b['name']}', ECE {_f(b['ece'])}, AP {ap(best)}.",
         }
     named = {f"'{g['name']}'": g for g in classes.values()}

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         elapsed = time.time() - start
         history.append(
-            [step, round(float(loss.detach()), 4)] + [round(float(v), 4) for v in losses.values()]
+            [step, round(float(loss.detach()), 4)] + [round(v.item(), 4) for v in losses.values()]
         )
         if step % 10 == 0 or step == total:
             print(
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     "n_train": len(train_images),
                     "data_seed": args.data_seed,
                     "seed": args.seed,
-                    "torch": torch.__version__,
+                    "torch": str(torch.__version__),
                 },
                 "test_metrics": metrics,
             },

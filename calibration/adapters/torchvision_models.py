@@ -15,14 +15,14 @@ proposal or anchor the detector would consider, with its probability vector, and
   while carrying the candidate index, so it returns exactly the boxes, scores and labels that
   the model's ``forward`` returns (bit for bit; only candidates with exactly equal scores may
   come in another order, which torchvision leaves arbitrary as well), plus each detection's
-  probability vector. Re-applying it with
-  other thresholds costs no forward pass, which makes post-processing sweeps cheap.
+  probability vector. Re-applying it with other thresholds costs no forward pass, which makes
+  post-processing sweeps cheap (:func:`postprocess`).
 
 Probability columns: Faster R-CNN and SSD are softmax heads whose background is index 0 in
 torchvision; it is moved LAST (K+1 columns). RetinaNet and FCOS are per-class sigmoid heads (K
 columns); FCOS's column values are its detection scores ``sqrt(sigmoid(cls) * sigmoid(ctr))``, so
 that ``score == probs[category column]`` holds for every detector, and its ``logits`` are the
-logit of those values. torchvision reserves label 0 for the background in every detector (the
+logit of those values (clamped to [1e-6, 1 - 1e-6] to stay finite). torchvision reserves label 0 for the background in every detector (the
 ``num_classes`` of its builders counts it); for sigmoid heads ``background_label=None`` keeps
 that column as a class.
 
@@ -122,10 +122,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         raise TrustmapError("is a directory, expected a weights file (.pt/.pth)", p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # RuntimeError, UnpicklingError, EOFError...: torch has no one type
+        text = str(exc)
+        unsafe = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), None)
+        if (
+            unsafe
+        ):  # a real checkpoint that pickles arbitrary Python objects: not loaded, for safety
+            raise TrustmapError(
+                "cannot read weights safely: the file pickles Python objects beyond tensors and "
+                f"plain containers ({unsafe.split(' was not')[0]}); re-save it as a state_dict",
+                p,
+            ) from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise TrustmapError(
             f"cannot read weights: not a PyTorch checkpoint, or truncated/corrupt ({first})", p
         ) from None
@@ -757,7 +765,7 @@ class TorchvisionDetector:
     def _rows_from_pairs(self, anchor, labels, scores, boxes, probs_all, logits_all, cols, ctr):
         index, pair_row = torch.unique(anchor, return_inverse=True)
         probs = probs_all[index]
-        logits = torch.logit(probs) if ctr else logits_all[index][:, cols]
+        logits = torch.logit(probs, eps=1e-6) if ctr else logits_all[index][:, cols]
         row_box = torch.zeros((len(index), 4), dtype=boxes.dtype, device=boxes.device)
         row_box[pair_row] = boxes  # every pair of an anchor has the anchor's box
         return index, row_box, probs, logits, pair_row, labels, scores, boxes

@@ -262,7 +262,7 @@ def test_weights_errors_name_the_file_and_the_keys(tmp_path):
         load_detector("sample_fasterrcnn", tmp_path / "nope.pt")
     assert "nope.pt" in str(e.value)
     bad = tmp_path / "corrupt.pt"
-    bad.write_bytes(b"\x80\x04garbage" * 50)
+    bad.write_bytes(b"this is not a checkpoint\n" * 50)
     with pytest.raises(TrustmapError, match="corrupt.pt: cannot read weights"):
         load_detector("sample_fasterrcnn", bad)
     good = tmp_path / "good.pt"
@@ -271,6 +271,9 @@ def test_weights_errors_name_the_file_and_the_keys(tmp_path):
     trunc.write_bytes(good.read_bytes()[:5000])
     with pytest.raises(TrustmapError, match="truncated.pt: cannot read weights"):
         load_detector("sample_fasterrcnn", trunc)
+    torch.save({"model": {"w": torch.zeros(1)}, "note": torch.__version__}, tmp_path / "objects.pt")
+    with pytest.raises(TrustmapError, match="objects.pt: cannot read weights safely.*TorchVersion"):
+        load_detector("sample_fasterrcnn", tmp_path / "objects.pt")
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(TrustmapError, match="no model weights found"):
         load_detector("sample_fasterrcnn", tmp_path / "list.pt")

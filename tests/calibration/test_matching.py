@@ -229,6 +229,7 @@ def test_chunked_pairs_give_the_same_result(monkeypatch):
     for mode in ("greedy", "hungarian", "any"):
         whole = match(dets, gt, [0.3, 0.6], mode)
         monkeypatch.setattr(matching, "PAIR_CHUNK", 37)
+        monkeypatch.setattr(matching, "CACHE_PAIRS", 5)
         parts = match(dets, gt, [0.3, 0.6], mode)
         monkeypatch.undo()
         for f in ("tp", "ignored", "iou", "gt_index", "max_iou", "rank"):

@@ -183,6 +183,9 @@ def _corrupt(kind: str, pr: Path, gt: Path, d: Path) -> list[object]:
     if kind == "truncated predictions":
         bad.write_text(pr.read_text()[:200])
         return ["--predictions", bad, "--annotations", gt]
+    if kind == "truncated annotations":
+        bad.write_text(gt.read_text()[:-40])
+        return ["--predictions", pr, "--annotations", bad]
     if kind == "corrupt npz":
         (d / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
         return ["--predictions", d / "bad.npz", "--annotations", gt]
@@ -207,6 +210,7 @@ def _corrupt(kind: str, pr: Path, gt: Path, d: Path) -> list[object]:
         ("missing predictions", "nope.json: file not found"),
         ("missing annotations", "nope.json: file not found"),
         ("truncated predictions", "bad.json: not valid JSON (truncated or corrupt?)"),
+        ("truncated annotations", "bad.json: not valid JSON (truncated or corrupt?)"),
         ("corrupt npz", "bad.npz: not a readable .npz file"),
         ("annotations swapped for results", "results.json: not a COCO annotations file"),
         (
