@@ -240,6 +240,7 @@ def analyse(
         "y_label": "box centre y / image height",
         "image_axes": True,
         "edge_format": ".1f",
+        "min_count": HEATMAP_MIN_COUNT,
     }
     res["regions_band"] = 1.0 / position_bins
     res["regions"] = {}
@@ -261,6 +262,7 @@ def analyse(
         "y_label": "box height (pixels)",
         "image_axes": False,
         "edge_format": ".0f",
+        "min_count": HEATMAP_MIN_COUNT,
     }
     res["sizes"] = _size_groups(np.sqrt(np.maximum(w_px * h_px, 0.0)), groups)
     cats = gt.category_ids
@@ -661,7 +663,6 @@ def _finish(
     timings: dict[str, float],
 ) -> AuditResult:
     """Build everything into ``tmp`` (the caller's ``atomic_dir`` swaps it onto ``out``)."""
-    _readable(tmp)
     data = build_document(cfg, gt, perspectives, sweeper, inputs, config_path, timings)
     files = write_outputs(tmp, data, timings)
     return AuditResult(data=data, out_dir=out, files={k: out / p.name for k, p in files.items()})
@@ -678,10 +679,12 @@ def draw_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
         dece = p["metrics"]["dece"]["value"]
         suffix = f" (D-ECE {dece:.3f})" if dece is not None else ""
         out[f"position_{name}"] = figs.gap_heatmap(
-            p["position"], f"Gap by box position, {name}{suffix}", min_count=HEATMAP_MIN_COUNT
+            p["position"],
+            f"Gap by box position, {name}{suffix}",
+            min_count=p["position"]["min_count"],
         )
         out[f"size_{name}"] = figs.gap_heatmap(
-            p["size"], f"Gap by box size, {name}", min_count=HEATMAP_MIN_COUNT
+            p["size"], f"Gap by box size, {name}", min_count=p["size"]["min_count"]
         )
         out[f"classes_{name}"] = figs.per_class_bars(p["per_category"], f"Per class, {name}")
     sw = data.get("sweeps") or {}
@@ -711,14 +714,6 @@ def _check_out(out: str | os.PathLike) -> None:
         raise TrustmapError(
             "output directory exists and is not an earlier audit; choose a new or empty folder", p
         )
-
-
-def _readable(folder: Path) -> None:
-    """Give the output folder the usual permissions (``mkdtemp`` makes it owner-only), so a
-    report shared from a web or file server can be read."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
 
 
 def versions() -> dict[str, str]:

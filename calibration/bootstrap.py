@@ -127,7 +127,9 @@ def _replicates(stat: Statistic, wt: np.ndarray, mat: sp.csr_matrix) -> np.ndarr
         w = wt if step >= n_boot else np.ascontiguousarray(wt[:, a : a + step])
         tot = mat @ w  # (cells, chunk), C order
         # replicate axis to the front as a view: no transposed copy of a large table
-        out[a : a + w.shape[1]] = stat.finalize(np.moveaxis(tot.reshape(*stat.shape, w.shape[1]), -1, 0))
+        out[a : a + w.shape[1]] = stat.finalize(
+            np.moveaxis(tot.reshape(*stat.shape, w.shape[1]), -1, 0)
+        )
     return out
 
 

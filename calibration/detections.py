@@ -77,7 +77,7 @@ def _box_problem(bbox: np.ndarray, i: int) -> str:
 # --------------------------------------------------------------------------- ground truth
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: compare columns explicitly
 class ImageTable:
     """The images a ground truth covers: COCO ``images`` as columns."""
 
@@ -100,7 +100,7 @@ class ImageTable:
         return np.where(ids[pos] == image_id, order[pos], -1)
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: compare columns explicitly
 class AnnotationTable:
     """COCO ``annotations`` as columns. ``ignore`` marks do-not-care regions."""
 
@@ -121,7 +121,7 @@ class AnnotationTable:
         return self.iscrowd | self.ignore
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: compare columns explicitly
 class GroundTruth:
     """Images, annotated boxes and category names of one evaluation set."""
 

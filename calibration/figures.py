@@ -188,7 +188,7 @@ def heatmap_figure(grid: Mapping[str, Any], title: str, min_count: int = 1) -> F
                 color=GREY,
             )
     bar = fig.colorbar(im, ax=ax, shrink=0.85)
-    bar.set_label("score − precision (red: over-confident)", fontsize=8)
+    bar.set_label("score − precision", fontsize=8)
     ax.set_title(title, fontsize=10)
     return fig
 

@@ -16,10 +16,11 @@ is *ignored*, neither TP nor FP, and a region can absorb any number of detection
 A threshold of 0 means "any overlap": a pair needs IoU > 0 as well as IoU >= threshold.
 
 The work is vectorised: detections are sorted once by (image, class, -score), every
-same-block (detection, ground truth) pair is laid out flat, and IoUs are computed in one
-pass. The greedy rule is sequential only *within* a block, so it runs in rounds over
-within-block rank (round r settles the r-th detection of every block at once); the
-number of rounds is the largest block, not the number of detections.
+same-block (detection, ground truth) pair is laid out flat and scored in cache-sized
+pieces, and pairs below the lowest threshold are dropped before any assignment (most
+pairs do not overlap). The greedy rule is sequential only *within* a block, so it runs
+in rounds over within-block rank (round r settles the r-th detection of every block at
+once); the number of rounds is the largest block, not the number of detections.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Matches:
     iou: np.ndarray  # (T, N) IoU with the matched object (0 when unmatched)
     gt_index: np.ndarray  # (T, N) int64: row in gt.annotations (object or region), -1 when none
     max_iou: np.ndarray  # (N,) best IoU with any object of the block, threshold-free
-    rank: np.ndarray  # (N,) int64: position in its (image, class) block by descending score
+    rank: np.ndarray  # (N,) int64: position in its block (image, and class if class-aware) by score
     image_index: np.ndarray  # (N,) int64: row in gt.images (-1 if unknown)
     n_gt: dict[int, int]  # objects (not regions) per category id
     mode: str
@@ -90,7 +91,9 @@ class Matches:
         gcat[self.tp[t]] = self.annotation_category[self.gt_index[t, self.tp[t]]]
         order = np.argsort(cats)
         col = index_in(gcat, cats[order])
-        return np.where(col >= 0, order[np.maximum(col, 0)] if len(cats) else 0, len(cats)).astype(np.int64)
+        return np.where(col >= 0, order[np.maximum(col, 0)] if len(cats) else 0, len(cats)).astype(
+            np.int64
+        )
 
 
 def pairwise_iou(det_xywh: np.ndarray, gt_xywh: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -21,9 +21,10 @@ MIN_GROUP = 20
 MIN_CELL = 10  # the same for a cell of the position map
 #: Mean confidence − precision beyond which a set of detections is called over/under-confident.
 GAP_TOLERANCE = 0.03
-#: A group is "worse" than another when its ECE in excess of chance is higher by this much
-#: and by this factor (and its ECE is above its own chance 95th percentile).
-ECE_MARGIN, ECE_RATIO = 0.02, 1.5
+#: A group (region, size third, class) is called worse than the detector in general when its
+#: ECE exceeds that of random same-size subsets by ``Z_OFF`` standard deviations and by
+#: this much (and exceeds what perfect calibration would show, at the 95th percentile).
+ECE_MARGIN = 0.02
 #: A score bin (or all detections) counts as off only when its gap is this many standard
 #: errors from 0 under perfect calibration (3 ~ Bonferroni over 10 bins at 5%).
 Z_OFF = 3.0
@@ -32,7 +33,7 @@ Z_OFF = 3.0
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("map", "mAP@[.5:.95]", "COCO average precision (pycocotools), higher is better"),
     ("ap50", "AP50", "COCO AP at IoU 0.5, higher is better"),
-    ("ece", "ECE", "detection ECE: score vs precision, {bins} equal-width bins, TP at IoU ≥ {iou}"),
+    ("ece", "ECE", "detection ECE: score vs precision, {bins} {strategy} bins, TP at IoU ≥ {iou}"),
     (
         "dece",
         "D-ECE",
@@ -176,7 +177,9 @@ def _direction(gap: float | None) -> str:
 def _overall(data, p, name, iou) -> dict[str, str]:
     o = p["overall"]
     n = o["n"]
-    runs = [r for r in _runs(p["reliability"]) if abs(r["z"]) >= Z_OFF and abs(r["gap"]) > GAP_TOLERANCE]
+    runs = [
+        r for r in _runs(p["reliability"]) if abs(r["z"]) >= Z_OFF and abs(r["gap"]) > GAP_TOLERANCE
+    ]
     runs = sorted(runs, key=lambda r: -r["contribution"])[:2]
     significant = o["gap_se"] is not None and abs(o["gap"]) >= Z_OFF * max(o["gap_se"], 1e-9)
     direction = _direction(o["gap"]) if significant else "calibrated"
@@ -496,6 +499,7 @@ def _descr(template: str, mc: Mapping[str, Any]) -> str:
     dims = [d for d in mc.get("dece_dims", []) if d != "confidence"]
     return template.format(
         bins=mc.get("bins"),
+        strategy="equal-width" if mc.get("bin_strategy", "width") == "width" else "equal-mass",
         iou=mc.get("iou_threshold"),
         dims=", ".join(dims) or "(none)",
         dece_bins="×".join(str(b) for b in mc.get("dece_bins", [])),
@@ -675,9 +679,10 @@ figure.wide{grid-column:1/-1}pre{background:#f6f8fa;padding:10px;font-size:11.5p
 FIGURE_CAPTIONS = {
     "reliability": "Reliability diagram: observed precision per score bin (blue), its gap to the score (red), "
     "counts below. Bars under the diagonal are over-confident.",
-    "position": "Calibration gap by box centre, as D-ECE bins it; image axes (top-left is the image's top-left). "
-    "Grey: fewer than 10 detections.",
-    "size": "Calibration gap by box width and height (pixels, equal-mass bins). Grey: fewer than 10 detections.",
+    "position": "Calibration gap (score − precision; red: over-confident) by box centre, as D-ECE bins it; "
+    "image axes (top-left is the image's top-left).",
+    "size": "Calibration gap (score − precision; red: over-confident) by box width and height (pixels, "
+    "equal-mass bins).",
     "classes": "Per class: calibration errors (left) next to AP (right), worst-calibrated first.",
     "sweeps": "How post-processing moves calibration (left axis) and mAP (right axis); one setting changed at a time.",
 }
@@ -712,10 +717,21 @@ def _subtitle(data: Mapping[str, Any]) -> str:
     )
 
 
-def _figure_html(name: str, png: bytes, wide: bool = False) -> str:
-    kind = name.split("_")[0]
-    b64 = base64.b64encode(png).decode("ascii")
+def caption(name: str, data: Mapping[str, Any]) -> str:
+    """A figure's caption; heat maps say how few detections grey a cell out."""
+    kind, _, persp = name.partition("_")
     cap = FIGURE_CAPTIONS.get(kind, "")
+    grid = (
+        (data["perspectives"].get(persp) or {}).get(kind) if kind in ("position", "size") else None
+    )
+    if grid and grid.get("min_count"):
+        cap += f" Grey: fewer than {grid['min_count']} detections."
+    return cap
+
+
+def _figure_html(name: str, png: bytes, data: Mapping[str, Any], wide: bool = False) -> str:
+    b64 = base64.b64encode(png).decode("ascii")
+    cap = caption(name, data)
     cls = " class='wide'" if wide else ""
     return (
         f"<figure{cls}><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
@@ -763,7 +779,7 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         ]
         if "sweeps" in figures:
             parts.append(
-                f"<div class='figs'>{_figure_html('sweeps', figures['sweeps'], wide=True)}</div>"
+                f"<div class='figs'>{_figure_html('sweeps', figures['sweeps'], data, wide=True)}</div>"
             )
     for name in data["perspectives"]:
         parts.append(
@@ -772,10 +788,10 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         for kind in ("reliability", "position", "size"):
             key = f"{kind}_{name}"
             if key in figures:
-                parts.append(_figure_html(key, figures[key]))
+                parts.append(_figure_html(key, figures[key], data))
         key = f"classes_{name}"
         if key in figures:
-            parts.append(_figure_html(key, figures[key]))
+            parts.append(_figure_html(key, figures[key], data))
         parts.append("</div>")
     parts += [
         "<h2>Inputs</h2>",
@@ -875,7 +891,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     if figs:
         out += ["", "## Figures", ""]
         for name, path in figs.items():
-            cap = FIGURE_CAPTIONS.get(name.split("_")[0], "")
+            cap = caption(name, data)
             out += [f"![{name}]({path})", "", f"_{name}: {cap}_", ""]
     out += [
         "## Inputs",

@@ -62,6 +62,7 @@ def atomic_dir(dst: str | os.PathLike) -> Iterator[Path]:
     dst = Path(dst)
     ensure_writable_dir(dst.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like a normal mkdir
     try:
         yield tmp
         if dst.exists():
@@ -82,6 +83,12 @@ def write_text_atomic(dst: str | os.PathLike, text: str) -> Path:
     with atomic_path(dst) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(dst)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path: Path) -> None:

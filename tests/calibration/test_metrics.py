@@ -316,7 +316,9 @@ def test_replicates_equal_brute_force_resampling():
             dets.score, m.tp[0], classes=dets.category_id, group=grp, norm="l2"
         ),
         "dece": M.dece_statistic(feats, m.tp[0], [4, 3, 3, 2, 2], group=grp),
-        "ace": M.calibration_error_statistic(dets.score, m.tp[0], group=grp, kind="ace", strategy="mass"),
+        "ace": M.calibration_error_statistic(
+            dets.score, m.tp[0], group=grp, kind="ace", strategy="mass"
+        ),
         "nll": M.nll_brier_statistics(dets.probs, m.target_column(0.5, [1, 2, 3]), 3, group=grp)[0],
     }
     w = resample_counts(len(gt.images), 3, seed=5)
@@ -333,7 +335,7 @@ def test_replicates_equal_brute_force_resampling():
             "ace": _ace_fixed_edges(dets.score, m.tp[0], rows),
             "nll": M.nll(dets.probs[rows], m.target_column(0.5, [1, 2, 3])[rows], 3),
         }
-        for name, st_ in stats.items():
+        for name in stats:
             # the product runs in float32: agreement to ~1e-6 relative
             assert reps[name][b] == pytest.approx(direct[name], rel=2e-5, abs=1e-6), name
 
@@ -342,7 +344,9 @@ def _ace_fixed_edges(conf, hit, rows):
     edges = M.bin_edges(conf, 10, "mass")
     b = M.bin_index(conf[rows], edges)
     cnt = np.bincount(b, minlength=10)
-    gap = np.abs(np.bincount(b, hit[rows], 10) - np.bincount(b, conf[rows], 10)) / np.maximum(cnt, 1)
+    gap = np.abs(np.bincount(b, hit[rows], 10) - np.bincount(b, conf[rows], 10)) / np.maximum(
+        cnt, 1
+    )
     return gap[cnt > 0].mean()
 
 
@@ -464,7 +468,10 @@ def test_batched_replicates_equal_one_at_a_time():
     dets, gt = synthetic(30, 15, seed=21)
     m = match(dets, gt, M.COCO_IOU_THRESHOLDS, "greedy")
     w = resample_counts(len(gt.images), 4, seed=0)
-    for st_ in (M.ap_statistic(m, dets, gt, score_bins=50), M.classwise_statistic(dets.probs, m.target_column(0.5, [1, 2, 3]), group=m.image_index)):
+    for st_ in (
+        M.ap_statistic(m, dets, gt, score_bins=50),
+        M.classwise_statistic(dets.probs, m.target_column(0.5, [1, 2, 3]), group=m.image_index),
+    ):
         batch = replicates(st_, w)
         single = [replicates(st_, w[b : b + 1])[0] for b in range(4)]
         np.testing.assert_allclose(batch, single, rtol=1e-6)

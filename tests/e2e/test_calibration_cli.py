@@ -297,3 +297,19 @@ sweeps: {{score_threshold: [0.5], nms_iou: [0.7], topk: []}}
     assert (out / "data" / "test.json").exists() and len(
         list((out / "data" / "test").glob("*.png"))
     ) == 4
+
+
+def test_model_on_a_coco_set_with_a_missing_image_fails_before_writing(pair, tmp_path):
+    _, gt, _ = pair
+    (tmp_path / "images").mkdir()
+    cfg = tmp_path / "coco.yaml"
+    cfg.write_text(
+        f"detector: {{weights: {SAMPLE_WEIGHTS}}}\ndata: {{coco: {{annotations: {gt}, images: images}}}}\n"
+    )
+    res = audit("--config", cfg, "--out", tmp_path / "out" / "audit", ok=False)
+    assert res.exit_code == 1
+    assert (
+        res.stderr.strip()
+        == f"error: {tmp_path / 'images' / '1.png'}: image listed in instances.json not found (and 29 more)"
+    )
+    assert not (tmp_path / "out").exists()
