@@ -59,6 +59,7 @@ class Matches:
     mode: str
     class_aware: bool
     annotation_category: np.ndarray  # (M,) category of each gt.annotations row
+    order: np.ndarray  # (N,) detection rows sorted by (image, [class,] score desc, input row)
 
     def __len__(self) -> int:
         return self.tp.shape[1]
@@ -219,7 +220,7 @@ def match(
         else:
             _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out)
 
-    tp, ign, iou_out, gidx = out.tp, out.ign, out.iou, out.gidx
+    tp, ign, iou_out, gidx = out.finish()
     inv = np.empty(n, np.int64)
     inv[order] = np.arange(n)
     max_iou = max_iou[inv]
@@ -236,6 +237,7 @@ def match(
         mode=mode,
         class_aware=class_aware,
         annotation_category=an.category_id,
+        order=order,
     )
 
 
@@ -277,23 +279,36 @@ def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int):
 
 
 class _Out:
-    """Per-threshold results, written straight into input order (no final permutation)."""
+    """Collects matches during the rounds; ``finish`` writes them out in input order.
+
+    Writing each round straight into the (T, N) arrays scatters small writes over a
+    large table; collecting them and writing once, in address order, is several times
+    faster.
+    """
 
     def __init__(self, T: int, n: int, order: np.ndarray):
-        self.order = order  # sorted position -> input row
-        self.tp = np.zeros((T, n), bool)
-        self.ign = np.zeros((T, n), bool)
-        self.iou = np.zeros((T, n))
-        self.gidx = np.full((T, n), -1, np.int64)
+        self.T, self.n, self.order = T, n, order  # order: sorted position -> input row
+        self.parts: list[tuple[np.ndarray, ...]] = []
 
     def store(self, t_i, d_i, p_i, gt_p, reg_p, ious) -> None:
         """Sorted detection ``d_i`` matched pair ``p_i`` at threshold row ``t_i`` (all arrays)."""
-        is_reg = reg_p[p_i]
-        col = self.order[d_i]
-        self.tp[t_i, col] = ~is_reg
-        self.ign[t_i, col] = is_reg
-        self.iou[t_i, col] = np.where(is_reg, 0.0, ious[p_i])
-        self.gidx[t_i, col] = gt_p[p_i]
+        self.parts.append(
+            (np.asarray(t_i, np.int64) * self.n + self.order[d_i], reg_p[p_i], ious[p_i], gt_p[p_i])
+        )
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        shape = (self.T, self.n)
+        tp, ign, iou = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape)
+        gidx = np.full(shape, -1, np.int64)
+        if self.parts:
+            flat, reg, val, g = (np.concatenate(x) for x in zip(*self.parts, strict=True))
+            o = np.argsort(flat, kind="stable")
+            flat, reg, val, g = flat[o], reg[o], val[o], g[o]
+            tp.ravel()[flat] = ~reg
+            ign.ravel()[flat] = reg
+            iou.ravel()[flat] = np.where(reg, 0.0, val)
+            gidx.ravel()[flat] = g
+        return tp, ign, iou, gidx
 
 
 class _Segments:
@@ -361,7 +376,7 @@ def _greedy(th, row, det_p, gt_p, reg_p, ious, rank_s, n_ann, out: _Out) -> None
         seg = _Segments(det_p[s:e])
         _, s_i, p_i = _pick(key, seg.starts, seg.lengths)
         p_i = p_i + s
-        out.store(np.full(len(p_i), row), seg.ids[s_i], p_i, gt_p, reg_p, ious)
+        out.store(row, seg.ids[s_i], p_i, gt_p, reg_p, ious)
         obj = ~reg_p[p_i]
         taken[gt_p[p_i[obj]]] = True
 

@@ -80,7 +80,9 @@ def bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     the same bin. (An arithmetic ``floor`` with edge corrections measured no faster here.)
     """
     b = len(edges) - 1
-    return np.clip(np.searchsorted(edges, np.asarray(x, dtype=np.float64), side="right") - 1, 0, b - 1)
+    return np.clip(
+        np.searchsorted(edges, np.asarray(x, dtype=np.float64), side="right") - 1, 0, b - 1
+    )
 
 
 # ------------------------------------------------------------------ calibration error core
@@ -530,6 +532,7 @@ def average_precision(
     image_index: np.ndarray | None = None,
     rank: np.ndarray | None = None,
     max_dets: int | None = 100,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
     """COCO 101-point interpolated AP, ``(T, C)`` for ``tp`` of shape ``(T, N)`` (or ``(C,)`` for ``(N,)``).
 
@@ -540,6 +543,7 @@ def average_precision(
     ``recall = TP / n_gt``; precision is made monotone from the right and read at the
     first point with recall >= r for r in 0, 0.01, ..., 1 (0 past the curve's end).
     Classes without ground truth get NaN (pycocotools' -1) and drop out of means.
+    ``order`` (``Matches.order``: rows by image, class, descending score) saves a sort.
     """
     score = np.asarray(score, np.float64)
     tp2 = np.atleast_2d(np.asarray(tp, bool))
@@ -552,8 +556,14 @@ def average_precision(
         keep &= np.asarray(rank) < max_dets
     img = np.zeros(n, np.int64) if image_index is None else np.asarray(image_index, np.int64)
     rk = np.zeros(n, np.int64) if rank is None else np.asarray(rank, np.int64)
-    sel = np.flatnonzero(keep)
-    order = sel[_coco_order(score[sel], img[sel], rk[sel], cat[sel])]  # one sort for all thresholds
+    if order is not None:  # already by (image, rank): a stable sort by (class, -score) keeps that
+        sel = np.asarray(order)[keep[order]]
+        order = sel[np.lexsort((-score[sel], cat[sel]))]
+    else:
+        sel = np.flatnonzero(keep)
+        order = sel[
+            _coco_order(score[sel], img[sel], rk[sel], cat[sel])
+        ]  # one sort, all thresholds
     row = np.searchsorted(cats, cat[order])
     starts = np.searchsorted(row, np.arange(len(cats)), "left")
     ngt = np.array([n_gt[int(c)] for c in cats], dtype=np.float64)
@@ -854,7 +864,8 @@ def compute_metrics(
         m = match(dets, gt, main, cfg.match_mode)
         m_ap = match(dets, gt, COCO_IOU_THRESHOLDS, "greedy")
     ti, tt = m.index(thr), m.index(tau)
-    group = m.image_index
+    # without intervals, one group: the statistics then skip the per-image tables
+    group = m.image_index if cfg.n_boot > 0 else np.zeros(len(dets), np.int64)
     cats = gt.category_ids
     stats: dict[str, Statistic] = {}
     skipped: dict[str, str] = {}
@@ -902,16 +913,16 @@ def compute_metrics(
         )
         stats["nll"], stats["brier"] = nll_brier_statistics(pv, target, len(col_cats), group=ga)
 
-    stats["map"] = ap_statistic(
-        m_ap, dets, gt, COCO_IOU_THRESHOLDS, cfg.ap_max_dets, cfg.ap_score_bins
-    )
-    i50 = COCO_IOU_THRESHOLDS.index(0.5)
-    n_t = len(COCO_IOU_THRESHOLDS)
-    stats["ap50"] = replace(
-        stats["map"], finalize=lambda tot: _binned_map(tot[..., [i50, n_t], :, :, :])
-    )
-
     values = {k: v.value() for k, v in stats.items()}
+    i50 = COCO_IOU_THRESHOLDS.index(0.5)
+    if cfg.n_boot > 0:  # the binned AP exists for the bootstrap only
+        n_t = len(COCO_IOU_THRESHOLDS)
+        stats["map"] = ap_statistic(
+            m_ap, dets, gt, COCO_IOU_THRESHOLDS, cfg.ap_max_dets, cfg.ap_score_bins
+        )
+        stats["ap50"] = replace(
+            stats["map"], finalize=lambda tot: _binned_map(tot[..., [i50, n_t], :, :, :])
+        )
     # exact AP for the point estimate (bins are for the bootstrap only)
     kk = [m_ap.index(t) for t in COCO_IOU_THRESHOLDS]
     table = average_precision(
@@ -923,6 +934,7 @@ def compute_metrics(
         image_index=m_ap.image_index,
         rank=m_ap.rank,
         max_dets=cfg.ap_max_dets,
+        order=m_ap.order,
     )  # (T, C)
     ap_cats = [int(c) for c in sorted(m_ap.n_gt)]
     ours = {"map": _nanmean(table.ravel()), "ap50": _nanmean(table[i50])}

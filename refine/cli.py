@@ -25,17 +25,36 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=_path, help="Run settings (YAML); see configs/refine/demo.yaml.")
+@click.option(
+    "--config", "config_path", type=_path, help="Run settings (YAML); see configs/refine/demo.yaml."
+)
 @click.option("--out", "out_dir", required=True, type=_path, help="Output directory of the run.")
-@click.option("--scene", type=_path, help="Your scene (GeoTIFF). Without it, the sample scene is generated.")
-@click.option("--labels", "labels", multiple=True, type=_path,
-              help="Cheap label raster on the scene grid; repeat for several sources (fused).")
-@click.option("--truth", type=_path, help="Ground truth on the scene grid: answers the simulated expert, scores the labels.")
+@click.option(
+    "--scene", type=_path, help="Your scene (GeoTIFF). Without it, the sample scene is generated."
+)
+@click.option(
+    "--labels",
+    "labels",
+    multiple=True,
+    type=_path,
+    help="Cheap label raster on the scene grid; repeat for several sources (fused).",
+)
+@click.option(
+    "--truth",
+    type=_path,
+    help="Ground truth on the scene grid: answers the simulated expert, scores the labels.",
+)
 @click.option("--classes", type=_path, help="Class schema YAML (default: the config's `classes`).")
 @click.option("--heldout-scene", type=_path, help="Another scene to measure the model's mIoU on.")
 @click.option("--heldout-truth", type=_path, help="Ground truth of --heldout-scene.")
-@click.option("--strategy", help="Override strategy.score (e.g. disagreement, margin, entropy, bald, random).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last complete round.")
+@click.option(
+    "--strategy", help="Override strategy.score (e.g. disagreement, margin, entropy, bald, random)."
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run in --out from its last complete round.",
+)
 @click.option("--restart", is_flag=True, help="Delete the earlier run in --out and start over.")
 @click.option("--no-export", is_flag=True, help="Skip the QGIS bundle (qgis/).")
 @user_errors
@@ -71,19 +90,25 @@ def simulate(
         given = [name for name, v in (("--labels", labels), ("--truth", truth), ("--heldout-scene", heldout_scene),
                                       ("--heldout-truth", heldout_truth)) if v]  # fmt: skip
         if given:
-            raise TrustmapError(f"{', '.join(given)} need --scene (without --scene the sample scene is generated)")
+            raise TrustmapError(
+                f"{', '.join(given)} need --scene (without --scene the sample scene is generated)"
+            )
         inputs = None
         if classes is not None:
             config = config.with_overrides(classes=classes)
     else:
         if not labels:
-            raise TrustmapError("--scene needs at least one --labels raster (the cheap labels to refine)")
+            raise TrustmapError(
+                "--scene needs at least one --labels raster (the cheap labels to refine)"
+            )
         if truth is None:
             raise TrustmapError(
                 "ground truth missing: simulate needs --truth GT.tif (the simulated expert answers from it "
                 "and the refined labels are scored against it)"
             )
-        inputs = SimulationInputs(scene, tuple(labels), truth, heldout_scene, heldout_truth, classes)
+        inputs = SimulationInputs(
+            scene, tuple(labels), truth, heldout_scene, heldout_truth, classes
+        )
     result = run_simulation(
         config, out_dir, inputs, config_source=config_path, resume=resume, restart=restart,
         export=not no_export, echo=lambda msg: click.echo(msg, err=True),

@@ -25,7 +25,19 @@ from tiles.errors import TrustmapError
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLASSES = ROOT / "configs" / "classes" / "landcover6.yaml"
 
-ARCHS = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN", "UPerNet", "Segformer")
+ARCHS = (
+    "Unet",
+    "UnetPlusPlus",
+    "FPN",
+    "PSPNet",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "Linknet",
+    "MAnet",
+    "PAN",
+    "UPerNet",
+    "Segformer",
+)
 
 
 class _Section(BaseModel):
@@ -44,7 +56,9 @@ class SampleSettings(_Section):
     @classmethod
     def _distinct(cls, value: int, info: ValidationInfo) -> int:
         if value == info.data.get("seed"):
-            raise ValueError("must differ from sample.seed (the held-out scene must be another scene)")
+            raise ValueError(
+                "must differ from sample.seed (the held-out scene must be another scene)"
+            )
         return value
 
 
@@ -64,8 +78,12 @@ class ModelSettings(_Section):
     arch: str = "Unet"
     encoder: str = "tu-resnet10t"
     encoder_depth: int = Field(3, ge=1, le=5)
-    decoder_channels: list[int] | None = Field(default_factory=lambda: [32, 16, 8], validate_default=True)
-    encoder_weights: Path | None = Field(None, description="Local file of pretrained encoder weights.")
+    decoder_channels: list[int] | None = Field(
+        default_factory=lambda: [32, 16, 8], validate_default=True
+    )
+    encoder_weights: Path | None = Field(
+        None, description="Local file of pretrained encoder weights."
+    )
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the head (MC dropout).")
     tile_size: int = Field(256, ge=32, le=4096)
     overlap: int = Field(32, ge=0)
@@ -84,7 +102,9 @@ class ModelSettings(_Section):
         depth = info.data.get("encoder_depth")
         if value is not None:
             if depth is not None and len(value) != depth:
-                raise ValueError(f"has {len(value)} entries; it needs one per encoder level (encoder_depth={depth})")
+                raise ValueError(
+                    f"has {len(value)} entries; it needs one per encoder level (encoder_depth={depth})"
+                )
             if min(value, default=1) < 1:
                 raise ValueError("channels must be positive")
         return value
@@ -149,7 +169,9 @@ class SelectSettings(_Section):
     unit: Literal["fraction", "pixels", "clicks"] = "fraction"
     budget: float = Field(0.08, gt=0.0, description="Total budget, in `unit`.")
     rounds: int = Field(4, ge=1, le=1000)
-    per_round: float | None = Field(None, gt=0.0, description="Budget per round (default budget/rounds).")
+    per_round: float | None = Field(
+        None, gt=0.0, description="Budget per round (default budget/rounds)."
+    )
 
     @field_validator("budget")
     @classmethod
@@ -183,8 +205,12 @@ class RefineConfig(_Section):
 
     classes: Path = DEFAULT_CLASSES
     seed: int = Field(0, ge=0)
-    threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: all cores).")
-    final_train: bool = Field(True, description="Train once more on the last labels (model curve end).")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="torch threads (default: all cores)."
+    )
+    final_train: bool = Field(
+        True, description="Train once more on the last labels (model curve end)."
+    )
     sample: SampleSettings = Field(default_factory=SampleSettings)
     cheap: CheapSettings = Field(default_factory=CheapSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -271,12 +297,16 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def parse_config(data: Any, source: str | os.PathLike = "config", base: Path | None = None) -> RefineConfig:
+def parse_config(
+    data: Any, source: str | os.PathLike = "config", base: Path | None = None
+) -> RefineConfig:
     """Validate a mapping as a :class:`RefineConfig`; relative paths resolve against ``base``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise TrustmapError("a refine config must be a mapping of sections (sample, model, ...)", source)
+        raise TrustmapError(
+            "a refine config must be a mapping of sections (sample, model, ...)", source
+        )
     try:
         cfg = RefineConfig.model_validate(data)
     except ValidationError as exc:
@@ -298,7 +328,9 @@ def _resolve_paths(cfg: RefineConfig, base: Path) -> RefineConfig:
     if "classes" in cfg.model_fields_set:
         updates["classes"] = fix(cfg.classes)
     if cfg.model.encoder_weights is not None:
-        updates["model"] = cfg.model.model_copy(update={"encoder_weights": fix(cfg.model.encoder_weights)})
+        updates["model"] = cfg.model.model_copy(
+            update={"encoder_weights": fix(cfg.model.encoder_weights)}
+        )
     if cfg.regions.polygons is not None:
         updates["regions"] = cfg.regions.model_copy(update={"polygons": fix(cfg.regions.polygons)})
     return cfg.model_copy(update=updates) if updates else cfg

@@ -89,7 +89,9 @@ class RoundContext:
         """(C, H, W) float32 model probabilities of this round (NaN on nodata)."""
         if self._probs is None:
             if self.probs_path is None:
-                raise TrustmapError(f"strategy {self.config.strategy.score!r} needs model probabilities")
+                raise TrustmapError(
+                    f"strategy {self.config.strategy.score!r} needs model probabilities"
+                )
             with rasterio.open(self.probs_path) as ds:
                 self._probs = ds.read()
         return self._probs
@@ -112,7 +114,14 @@ class RoundContext:
         from refine.select import aggregate
 
         s = self.config.strategy
-        return aggregate(score, self.regions.labels, self.regions.n, s.aggregate, q=s.q, temperature=s.temperature)
+        return aggregate(
+            score,
+            self.regions.labels,
+            self.regions.n,
+            s.aggregate,
+            q=s.q,
+            temperature=s.temperature,
+        )
 
 
 RankFn = Callable[[RoundContext], np.ndarray]
@@ -160,7 +169,9 @@ def register_strategy(
 def get_strategy(name: str, source: str | os.PathLike | None = None) -> Strategy:
     if name not in STRATEGIES:
         raise config_error(
-            "strategy.score", f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}", source
+            "strategy.score",
+            f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}",
+            source,
         )
     return STRATEGIES[name]
 
@@ -198,13 +209,19 @@ def _register_builtins() -> None:
     for name in SCORES:
         if name in ("bald", "annotator_disagreement"):
             continue
-        register_strategy(name, _pixel_score_rank(name), description=f"mean {name} of the model", replace=True)
-    register_strategy("bald", _bald_rank, needs_mc=True, description="BALD by MC dropout", replace=True)
+        register_strategy(
+            name, _pixel_score_rank(name), description=f"mean {name} of the model", replace=True
+        )
+    register_strategy(
+        "bald", _bald_rank, needs_mc=True, description="BALD by MC dropout", replace=True
+    )
     register_strategy(
         "annotator_disagreement", _annotator_rank, needs_model=False, description="vote entropy of the cheap sources",
         replace=True,
     )  # fmt: skip
-    register_strategy("random", None, needs_model=False, random=True, description="random baseline", replace=True)
+    register_strategy(
+        "random", None, needs_model=False, random=True, description="random baseline", replace=True
+    )
 
 
 _register_builtins()
@@ -247,7 +264,13 @@ def _label_profile(ref: rasterio.DatasetReader | dict, schema: ClassSchema) -> d
     }  # fmt: skip
 
 
-def write_labels(path: str | os.PathLike, codes: np.ndarray, profile: dict[str, Any], schema: ClassSchema, description: str = "class") -> Path:
+def write_labels(
+    path: str | os.PathLike,
+    codes: np.ndarray,
+    profile: dict[str, Any],
+    schema: ClassSchema,
+    description: str = "class",
+) -> Path:
     """Write a uint8 label raster (colour table, ignore as nodata) atomically."""
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(np.asarray(codes, np.uint8), 1)
@@ -256,7 +279,9 @@ def write_labels(path: str | os.PathLike, codes: np.ndarray, profile: dict[str, 
     return Path(path)
 
 
-def prepare_sample(config: RefineConfig, out_dir: str | os.PathLike, echo: Echo | None = None) -> SimulationInputs:
+def prepare_sample(
+    config: RefineConfig, out_dir: str | os.PathLike, echo: Echo | None = None
+) -> SimulationInputs:
     """Generate the sample scene, its truth, cheap labels and a held-out scene from ``config``.
 
     Deterministic by the config's seeds; files that already exist (a resumed run with the
@@ -279,13 +304,23 @@ def prepare_sample(config: RefineConfig, out_dir: str | os.PathLike, echo: Echo 
     if not all(p.exists() for p in names):
         bands, truth, _ = generate_scene_arrays(s.size, s.seed)
         if cheap.source == "crowd":
-            stack = simulate_crowd(truth, schema, CrowdConfig(n_annotators=n, noise=cheap.noise, seed=cheap.seed))
+            stack = simulate_crowd(
+                truth, schema, CrowdConfig(n_annotators=n, noise=cheap.noise, seed=cheap.seed)
+            )
         else:
-            stack = simulate_model(truth, bands, schema, ModelNoiseConfig(noise=cheap.noise, seed=cheap.seed))[None]
+            stack = simulate_model(
+                truth, bands, schema, ModelNoiseConfig(noise=cheap.noise, seed=cheap.seed)
+            )[None]
         with rasterio.open(scene_dir / "truth.tif") as ref:
             profile = _label_profile(ref, schema)
         for i, path in enumerate(names):
-            write_labels(path, stack[i], profile, schema, description=f"cheap labels ({cheap.source} {i + 1})")
+            write_labels(
+                path,
+                stack[i],
+                profile,
+                schema,
+                description=f"cheap labels ({cheap.source} {i + 1})",
+            )
     return SimulationInputs(
         scene=scene_dir / "scene.tif",
         labels=tuple(names),
@@ -311,14 +346,20 @@ def read_label_raster(path: Path, scene: SceneImage, schema: ClassSchema, role: 
     with open_raster(path) as ds:
         require_crs(ds, path)
         if ds.count != 1:
-            raise TrustmapError(f"{role} must be single-band class codes, it has {ds.count} bands", path)
+            raise TrustmapError(
+                f"{role} must be single-band class codes, it has {ds.count} bands", path
+            )
         if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
-            raise TrustmapError(f"{role} must hold integer class codes, it holds {ds.dtypes[0]}", path)
+            raise TrustmapError(
+                f"{role} must hold integer class codes, it holds {ds.dtypes[0]}", path
+            )
         same = (
             ds.width == scene.width
             and ds.height == scene.height
             and ds.crs == scene.crs
-            and ds.transform.almost_equals(scene.transform, precision=1e-6 * max(abs(scene.transform.a), 1e-9))
+            and ds.transform.almost_equals(
+                scene.transform, precision=1e-6 * max(abs(scene.transform.a), 1e-9)
+            )
         )
         if not same:
             raise TrustmapError(
@@ -348,7 +389,9 @@ class LoadedInputs:
 def load_inputs(inputs: SimulationInputs, schema: ClassSchema) -> LoadedInputs:
     """Check every input file before any work: grids, codes, empty scenes, missing truth."""
     if inputs.truth is None:
-        raise TrustmapError("simulate needs the ground truth (--truth): the simulated expert answers from it")
+        raise TrustmapError(
+            "simulate needs the ground truth (--truth): the simulated expert answers from it"
+        )
     if not inputs.labels:
         raise TrustmapError("simulate needs at least one cheap label raster (--labels)")
     with open_raster(inputs.scene) as ds:
@@ -356,11 +399,17 @@ def load_inputs(inputs: SimulationInputs, schema: ClassSchema) -> LoadedInputs:
     scene = SceneImage(inputs.scene)
     valid = scene.valid_mask()
     if not valid.any():
-        raise TrustmapError("scene is empty: every pixel is nodata, there is nothing to label", inputs.scene)
-    sources = np.stack([read_label_raster(Path(p), scene, schema, "cheap label raster") for p in inputs.labels])
+        raise TrustmapError(
+            "scene is empty: every pixel is nodata, there is nothing to label", inputs.scene
+        )
+    sources = np.stack(
+        [read_label_raster(Path(p), scene, schema, "cheap label raster") for p in inputs.labels]
+    )
     truth = read_label_raster(Path(inputs.truth), scene, schema, "ground truth")
     if not np.any((truth != schema.ignore) & valid):
-        raise TrustmapError("ground truth has no labelled pixel inside the scene's valid area", inputs.truth)
+        raise TrustmapError(
+            "ground truth has no labelled pixel inside the scene's valid area", inputs.truth
+        )
     heldout = None
     if (inputs.heldout_scene is None) != (inputs.heldout_truth is None):
         raise TrustmapError("give both --heldout-scene and --heldout-truth, or neither")
@@ -369,7 +418,10 @@ def load_inputs(inputs: SimulationInputs, schema: ClassSchema) -> LoadedInputs:
             require_crs(ds, inputs.heldout_scene)
         hs = SceneImage(inputs.heldout_scene)
         if hs.count != scene.count:
-            raise TrustmapError(f"held-out scene has {hs.count} bands, the scene {scene.count}", inputs.heldout_scene)
+            raise TrustmapError(
+                f"held-out scene has {hs.count} bands, the scene {scene.count}",
+                inputs.heldout_scene,
+            )
         ht = read_label_raster(Path(inputs.heldout_truth), hs, schema, "held-out truth")
         heldout = (hs, ht)
     return LoadedInputs(scene, sources, truth, heldout, valid)
@@ -381,14 +433,22 @@ def fuse_sources(sources: np.ndarray, schema: ClassSchema, how: str) -> np.ndarr
         return sources[0].copy()
     from refine.fusion import dawid_skene, majority_vote
 
-    return majority_vote(sources, schema) if how == "majority" else dawid_skene(sources, schema).labels
+    return (
+        majority_vote(sources, schema) if how == "majority" else dawid_skene(sources, schema).labels
+    )
 
 
 # --- evaluation (holds the truth; returns only numbers) -------------------------------------------
 class Evaluator:
     """Scores label versions and models against the truth; gives the loop numbers only."""
 
-    def __init__(self, truth: np.ndarray, start: np.ndarray, schema: ClassSchema, heldout: tuple[SceneImage, np.ndarray] | None):
+    def __init__(
+        self,
+        truth: np.ndarray,
+        start: np.ndarray,
+        schema: ClassSchema,
+        heldout: tuple[SceneImage, np.ndarray] | None,
+    ):
         self._truth = truth
         self._start = start
         self.schema = schema
@@ -413,7 +473,9 @@ class Evaluator:
         if self._heldout is None:
             return None
         scene, truth = self._heldout
-        path = model.predict_proba(scene, work / "heldout_probs.tif", desc="predict held-out", compress="none")
+        path = model.predict_proba(
+            scene, work / "heldout_probs.tif", desc="predict held-out", compress="none"
+        )
         return score_raster(path, truth, self.schema, probabilities=True).to_dict()
 
 
@@ -436,11 +498,17 @@ class SimulationResult:
         return curve(self.setup, self.rounds, self.final, key)
 
 
-def curve(setup: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None, key: str) -> tuple[np.ndarray, np.ndarray]:
+def curve(
+    setup: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None, key: str
+) -> tuple[np.ndarray, np.ndarray]:
     """See :meth:`SimulationResult.curve`."""
     recs = [setup, *rounds]
     if key in ("label_miou", "label_accuracy", "error_recall"):
-        field_ = {"label_miou": ("scores", "miou"), "label_accuracy": ("scores", "accuracy"), "error_recall": ("errors", "error_recall")}[key]
+        field_ = {
+            "label_miou": ("scores", "miou"),
+            "label_accuracy": ("scores", "accuracy"),
+            "error_recall": ("errors", "error_recall"),
+        }[key]
         x = [r["budget"]["spent_total"] for r in recs]
         y = [r["labels"][field_[0]][field_[1]] for r in recs]
         return np.asarray(x, float), np.asarray(y, float)
@@ -481,7 +549,15 @@ class Refinement:
         self.source = source
         self.echo = echo or (lambda _: None)
         self.train_model = strategy.needs_model or (evaluate_model and evaluator.has_heldout)
-        self.profile = _label_profile({"width": scene.width, "height": scene.height, "crs": scene.crs, "transform": scene.transform}, schema)
+        self.profile = _label_profile(
+            {
+                "width": scene.width,
+                "height": scene.height,
+                "crs": scene.crs,
+                "transform": scene.transform,
+            },
+            schema,
+        )
         self.model: SegmentationModel | None = None
         self.regions: Regions | None = None
         self.labels: np.ndarray | None = None
@@ -512,13 +588,25 @@ class Refinement:
         record = {
             "round": 0,
             "regions": self._region_summary(t_regions),
-            "budget": {"unit": self._unit(), "total": self.total_budget, "per_round": self.per_round, "round_budget": 0.0,
-                       "spent": 0.0, "spent_total": 0.0, "spent_fraction": 0.0, "capacity": float(regions.cost.sum())},  # fmt: skip
+            "budget": {
+                "unit": self._unit(),
+                "total": self.total_budget,
+                "per_round": self.per_round,
+                "round_budget": 0.0,
+                "spent": 0.0,
+                "spent_total": 0.0,
+                "spent_fraction": 0.0,
+                "capacity": float(regions.cost.sum()),
+            },  # fmt: skip
             "labels": self.evaluator.labels(start),
             "sources": [self.evaluator.source(s) for s in sources],
             "fusion": self.config.cheap.fusion if sources.shape[0] > 1 else None,
-            "scene": {"width": self.scene.width, "height": self.scene.height, "valid_pixels": int(self.valid.sum()),
-                      "crs": str(self.scene.crs)},  # fmt: skip
+            "scene": {
+                "width": self.scene.width,
+                "height": self.scene.height,
+                "valid_pixels": int(self.valid.sum()),
+                "crs": str(self.scene.crs),
+            },  # fmt: skip
         }
         with self.run.commit("setup") as tmp:
             np.savez_compressed(
@@ -535,13 +623,24 @@ class Refinement:
         cost = {"cost": r.cost}
         if r.kind in ("slic", "felzenszwalb"):
             bands, _ = self.scene.arrays()
-            return build_regions(r.kind, image=bands, valid=self.valid, region_size=r.size, compactness=r.compactness, **cost)
+            return build_regions(
+                r.kind,
+                image=bands,
+                valid=self.valid,
+                region_size=r.size,
+                compactness=r.compactness,
+                **cost,
+            )
         side = max(2, round(math.sqrt(r.size)))
         if r.kind == "grid":
-            return build_regions("grid", shape=self.scene.shape, valid=self.valid, cell=side, **cost)
+            return build_regions(
+                "grid", shape=self.scene.shape, valid=self.valid, cell=side, **cost
+            )
         if r.kind == "components":
             idx = self.schema.code_to_index()[start]
-            return build_regions("components", labels=idx, valid=self.valid & (idx >= 0), split=side, **cost)
+            return build_regions(
+                "components", labels=idx, valid=self.valid & (idx >= 0), split=side, **cost
+            )
         return build_regions(
             "polygons", shape=self.scene.shape, valid=self.valid, polygons=r.polygons, transform=self.scene.transform,
             crs=self.scene.crs, **cost,
@@ -556,7 +655,9 @@ class Refinement:
         unit = regions.cost_unit
         if sel.unit == "fraction":
             total = sel.budget * capacity
-            per = (sel.per_round if sel.per_round is not None else sel.budget / sel.rounds) * capacity
+            per = (
+                sel.per_round if sel.per_round is not None else sel.budget / sel.rounds
+            ) * capacity
         else:
             if sel.budget > capacity:
                 raise config_error(
@@ -568,7 +669,11 @@ class Refinement:
             total = float(sel.budget)
             per = float(sel.per_round) if sel.per_round is not None else total / sel.rounds
             if per > total:
-                raise config_error("select.per_round", f"{per:g} is more than the total budget {total:g}", self.source)
+                raise config_error(
+                    "select.per_round",
+                    f"{per:g} is more than the total budget {total:g}",
+                    self.source,
+                )
         cheapest = float(regions.cost.min())
         if total < cheapest:
             raise config_error(
@@ -589,7 +694,13 @@ class Refinement:
         d = self.run.setup_dir
         with np.load(d / "regions.npz") as z:
             self.regions = Regions(
-                z["labels"], z["area"], z["bbox"], z["centroid"], z["cost"], str(z["cost_unit"]), str(z["kind"])
+                z["labels"],
+                z["area"],
+                z["bbox"],
+                z["centroid"],
+                z["cost"],
+                str(z["cost_unit"]),
+                str(z["kind"]),
             )
         self.setup_record = self.run.read_record(d)
         b = self.setup_record["budget"]
@@ -604,7 +715,9 @@ class Refinement:
             self.final_record = self.run.read_record(self.run.final_dir)
             last = self.run.final_dir
         if last is not None and (last / "model.pt").exists():  # warm start from the latest model
-            self.model = SegmentationModel.load(last / "model.pt", self.schema, threads=self.config.threads)
+            self.model = SegmentationModel.load(
+                last / "model.pt", self.schema, threads=self.config.threads
+            )
 
     def _load_round(self, r: int) -> None:
         d = self.run.round_dir(r)
@@ -637,9 +750,22 @@ class Refinement:
         tr = self.config.train
         fresh = self.model is None or not tr.warm_start
         if fresh:
-            self.model = SegmentationModel.create(self.config.model, self.schema, self.scene, seed=self.config.seed, threads=self.config.threads)
+            self.model = SegmentationModel.create(
+                self.config.model,
+                self.schema,
+                self.scene,
+                seed=self.config.seed,
+                threads=self.config.threads,
+            )
         steps = tr.steps if fresh else tr.finetune_steps
-        log = self.model.fit(self.scene, self.labels, tr, steps, seed=self.config.seed + round_, desc=f"train r{round_}")
+        log = self.model.fit(
+            self.scene,
+            self.labels,
+            tr,
+            steps,
+            seed=self.config.seed + round_,
+            desc=f"train r{round_}",
+        )
         info = {"steps": steps, "warm_start": not fresh, "final_loss": log.final_loss, "steps_total": self.model.steps_trained,
                 "trained_on_round": round_ - 1, "trained_on_spent": self.spent}  # fmt: skip
         return info, time.perf_counter() - t0
@@ -673,7 +799,9 @@ class Refinement:
         t0 = time.perf_counter()
         values = None if self.strategy.random else np.asarray(self.strategy.rank(ctx), np.float64)
         if values is not None and values.shape != (self.regions.n,):
-            raise TrustmapError(f"strategy {self.strategy.name!r} returned {values.shape} values for {self.regions.n} regions")
+            raise TrustmapError(
+                f"strategy {self.strategy.name!r} returned {values.shape} values for {self.regions.n} regions"
+            )
         times["score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -684,7 +812,9 @@ class Refinement:
         t0 = time.perf_counter()
         corrections = self.expert.review(selection.ids, self.regions, self.labels)
         before = self.labels
-        new_labels, change = apply_corrections(before, corrections, self.regions, self.config.review.relabel, self.schema)
+        new_labels, change = apply_corrections(
+            before, corrections, self.regions, self.config.review.relabel, self.schema
+        )
         times["review"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -693,14 +823,27 @@ class Refinement:
         precision = self.evaluator.reviewed(before, reviewed_mask)
         times["evaluate"] += time.perf_counter() - t0
         spent_total = self.spent + selection.spent
-        mistaken = int(np.count_nonzero(corrections.mistaken)) if corrections.mistaken is not None else None
+        mistaken = (
+            int(np.count_nonzero(corrections.mistaken))
+            if corrections.mistaken is not None
+            else None
+        )
         record = {
             "round": r,
             "strategy": self.strategy.name,
-            "budget": {"unit": self._unit(), "round_budget": budget, "spent": selection.spent, "spent_total": spent_total,
-                       "spent_fraction": spent_total / float(self.regions.cost.sum())},  # fmt: skip
-            "selected": {"count": int(selection.ids.size), "pixels": int(reviewed_mask.sum()), "regions": selection.ids.tolist(),
-                         "values": [None if not np.isfinite(v) else float(v) for v in selection.scores]},  # fmt: skip
+            "budget": {
+                "unit": self._unit(),
+                "round_budget": budget,
+                "spent": selection.spent,
+                "spent_total": spent_total,
+                "spent_fraction": spent_total / float(self.regions.cost.sum()),
+            },  # fmt: skip
+            "selected": {
+                "count": int(selection.ids.size),
+                "pixels": int(reviewed_mask.sum()),
+                "regions": selection.ids.tolist(),
+                "values": [None if not np.isfinite(v) else float(v) for v in selection.scores],
+            },  # fmt: skip
             "review": {"mistaken_regions": mistaken, **precision},
             "changes": {"pixels": change.count, **change.per_class(self.schema)},
             "labels": evaluation,
@@ -729,12 +872,21 @@ class Refinement:
             f"round {r}: reviewed {selection.ids.size} regions ({selection.spent:g} {self._unit()}, "
             f"{spent_total / self.regions.cost.sum():.1%} of the scene so far), changed {change.count} px; "
             f"label mIoU {s['miou']:.3f}, error recall {evaluation['errors']['error_recall']:.1%}"
-            + (f"; model mIoU {model_info['heldout']['miou']:.3f}" if model_info and model_info.get("heldout") else "")
+            + (
+                f"; model mIoU {model_info['heldout']['miou']:.3f}"
+                if model_info and model_info.get("heldout")
+                else ""
+            )
         )
         return record
 
     def _select(self, ctx: RoundContext, values: np.ndarray | None, budget: float):
-        from refine.select import class_balance_weights, class_histogram, select_greedy, select_random
+        from refine.select import (
+            class_balance_weights,
+            class_histogram,
+            select_greedy,
+            select_random,
+        )
 
         costs = self.regions.cost
         if self.strategy.random:
@@ -743,7 +895,9 @@ class Refinement:
         weights = None
         if st.class_balance:
             cls = ctx.predicted_index() if ctx.probs_path is not None else ctx.label_index
-            hist = class_histogram(self.regions.labels, cls, self.regions.n, self.schema.num_classes)
+            hist = class_histogram(
+                self.regions.labels, cls, self.regions.n, self.schema.num_classes
+            )
             weights = class_balance_weights(hist)
         return select_greedy(
             values, costs, budget, objective=st.objective, reviewed=self.reviewed, weights=weights,
@@ -752,19 +906,30 @@ class Refinement:
 
     def finish_training(self) -> dict[str, Any] | None:
         """Train once more on the last label version, so the model curve ends at the full budget."""
-        if self.final_record is not None or not self.config.final_train or not self.train_model or not self.records:
+        if (
+            self.final_record is not None
+            or not self.config.final_train
+            or not self.train_model
+            or not self.records
+        ):
             return self.final_record
         r = len(self.records) + 1
         info, t_train = self._train(r)
         t0 = time.perf_counter()
         info["heldout"] = self.evaluator.model(self.model, self.run.scratch())
-        record = {"round": "final", "model": info, "times": {"train": t_train, "evaluate": time.perf_counter() - t0}}
+        record = {
+            "round": "final",
+            "model": info,
+            "times": {"train": t_train, "evaluate": time.perf_counter() - t0},
+        }
         with self.run.commit("final") as tmp:
             self.model.save(tmp / "model.pt")
             write_record(tmp, record)
         self.final_record = record
         if info["heldout"]:
-            self.echo(f"final model (trained on the refined labels): held-out mIoU {info['heldout']['miou']:.3f}")
+            self.echo(
+                f"final model (trained on the refined labels): held-out mIoU {info['heldout']['miou']:.3f}"
+            )
         return record
 
     # --- derived outputs -----------------------------------------------------------------------------
@@ -776,7 +941,17 @@ class Refinement:
         w.writerow(["round", "region", "from_code", "from_class", "to_code", "to_class", "pixels"])
         for r, rows in enumerate(self.changes, start=1):
             for region, before, after, n in rows.tolist():
-                w.writerow([r, region, before, names.get(before, before), after, names.get(after, after), n])
+                w.writerow(
+                    [
+                        r,
+                        region,
+                        before,
+                        names.get(before, before),
+                        after,
+                        names.get(after, after),
+                        n,
+                    ]
+                )
         return write_text_atomic(self.run.root / "changes.csv", buf.getvalue())
 
     def write_change_map(self) -> Path:
@@ -811,12 +986,16 @@ def _round_schema(rounds: int) -> ClassSchema:
 
 
 # --- the whole simulation --------------------------------------------------------------------------
-def _check_budget_fits(config: RefineConfig, valid_pixels: int, source: str | os.PathLike | None) -> None:
+def _check_budget_fits(
+    config: RefineConfig, valid_pixels: int, source: str | os.PathLike | None
+) -> None:
     """A pixel budget larger than the scene is an error before any work (clicks: at setup)."""
     sel = config.select
     if sel.unit == "pixels" and sel.budget > valid_pixels:
         raise config_error(
-            "select.budget", f"{sel.budget:g} pixels is more than the scene's {valid_pixels} valid pixels", source
+            "select.budget",
+            f"{sel.budget:g} pixels is more than the scene's {valid_pixels} valid pixels",
+            source,
         )
 
 
@@ -905,12 +1084,17 @@ def run_simulation(
         if export:
             from tiles.qgis import export_qgis
 
-            bundle = export_qgis(refined, schema, run.qgis, scene_path=inputs.scene, name="refined", min_area=4.0)
+            bundle = export_qgis(
+                refined, schema, run.qgis, scene_path=inputs.scene, name="refined", min_area=4.0
+            )
             outputs["qgis_project"] = bundle.project
             outputs["qgis_mask"] = bundle.mask
             outputs["qgis_polygons"] = bundle.polygons
     if report and finished:
-        outputs["report_json"], outputs["report_html"] = run.root / "report.json", run.root / "report.html"
+        outputs["report_json"], outputs["report_html"] = (
+            run.root / "report.json",
+            run.root / "report.html",
+        )
     from refine.report import build_report, write_report
 
     rep = build_report(
@@ -920,4 +1104,6 @@ def run_simulation(
     )  # fmt: skip
     if report and finished:
         write_report(rep, run.root)
-    return SimulationResult(run.root, loop.setup_record, loop.records, loop.final_record, rep, refined, outputs)
+    return SimulationResult(
+        run.root, loop.setup_record, loop.records, loop.final_record, rep, refined, outputs
+    )

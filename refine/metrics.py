@@ -90,7 +90,9 @@ def scores_from_confusion(conf: np.ndarray, schema: ClassSchema) -> Scores:
     return Scores(
         miou=miou,
         accuracy=acc,
-        iou={n: (None if np.isnan(v) else float(v)) for n, v in zip(schema.names, iou, strict=True)},
+        iou={
+            n: (None if np.isnan(v) else float(v)) for n, v in zip(schema.names, iou, strict=True)
+        },
         support={n: int(s) for n, s in zip(schema.names, conf.sum(axis=1), strict=True)},
         pixels=total,
     )
@@ -120,7 +122,9 @@ def score_raster(
             if tshape != shape:
                 raise TrustmapError(f"has shape {shape}, the truth {tshape}", pred_path)
             if probabilities and ds.count != c:
-                raise TrustmapError(f"has {ds.count} bands, expected {c} class probabilities", pred_path)
+                raise TrustmapError(
+                    f"has {ds.count} bands, expected {c} class probabilities", pred_path
+                )
             for _, win in windows if windows is not None else ds.block_windows(1):
                 if probabilities:
                     p = ds.read(window=win)
@@ -178,7 +182,9 @@ class ErrorTracking:
         }
 
 
-def track_errors(cheap: np.ndarray, current: np.ndarray, truth: np.ndarray, ignore: int) -> ErrorTracking:
+def track_errors(
+    cheap: np.ndarray, current: np.ndarray, truth: np.ndarray, ignore: int
+) -> ErrorTracking:
     """Compare the current labels with the cheap ones, both against the truth."""
     was = wrong_mask(cheap, truth, ignore)
     now = wrong_mask(current, truth, ignore)
@@ -191,14 +197,20 @@ def track_errors(cheap: np.ndarray, current: np.ndarray, truth: np.ndarray, igno
     )
 
 
-def review_precision(before: np.ndarray, truth: np.ndarray, reviewed: np.ndarray, ignore: int) -> dict[str, Any]:
+def review_precision(
+    before: np.ndarray, truth: np.ndarray, reviewed: np.ndarray, ignore: int
+) -> dict[str, Any]:
     """Of the pixels sent to review (``reviewed`` mask), how many were wrong before review."""
     t = np.asarray(truth)[reviewed]
     b = np.asarray(before)[reviewed]
     labelled = t != ignore
     n = int(np.count_nonzero(labelled))
     wrong = int(np.count_nonzero((b != t) & labelled))
-    return {"reviewed_pixels": n, "wrong_before": wrong, "precision": wrong / n if n else float("nan")}
+    return {
+        "reviewed_pixels": n,
+        "wrong_before": wrong,
+        "precision": wrong / n if n else float("nan"),
+    }
 
 
 def normalised_area(spent: np.ndarray, values: np.ndarray, total: float) -> float:

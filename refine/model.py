@@ -36,9 +36,15 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import torch
+
+# OpenMP threads that spin while waiting burn the cores other processes need; on a shared
+# machine that made training steps 5-15x slower. Passive waiting costs next to nothing on an
+# idle one. Only effective if torch is not imported yet (the refine CLI imports it here).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 from rasterio.windows import Window
-from torch import nn
+from torch import nn  # noqa: E402
 
 from refine.config import ModelSettings, TrainSettings
 from tiles.classes import ClassSchema
@@ -266,13 +272,19 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign files
-        raise TrustmapError(f"not a readable torch weights file ({exc.__class__.__name__})", where) from None
+        raise TrustmapError(
+            f"not a readable torch weights file ({exc.__class__.__name__})", where
+        ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "encoder"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
         raise TrustmapError("does not hold a state dict (a mapping of names to tensors)", where)
     target = encoder.state_dict()
     needed = [k for k in target if not k.endswith("num_batches_tracked")]
@@ -304,12 +316,18 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
             continue
         v = best[k]
         if v.shape != ref.shape:
-            if v.ndim == 4 and ref.ndim == 4 and v.shape[0] == ref.shape[0] and v.shape[2:] == ref.shape[2:]:
+            if (
+                v.ndim == 4
+                and ref.ndim == 4
+                and v.shape[0] == ref.shape[0]
+                and v.shape[2:] == ref.shape[2:]
+            ):
                 idx = torch.arange(ref.shape[1]) % v.shape[1]
                 v = v[:, idx] * (v.shape[1] / ref.shape[1])
             else:
                 raise TrustmapError(
-                    f"tensor {k!r} has shape {tuple(v.shape)}, the encoder needs {tuple(ref.shape)}", where
+                    f"tensor {k!r} has shape {tuple(v.shape)}, the encoder needs {tuple(ref.shape)}",
+                    where,
                 )
         state[k] = v.to(ref.dtype)
     encoder.load_state_dict(state)
@@ -324,7 +342,9 @@ class CropSampler:
     window reaches the threshold, any window with a labelled pixel is used.
     """
 
-    def __init__(self, labelled: np.ndarray, crop: int, min_labelled: float, rng: np.random.Generator):
+    def __init__(
+        self, labelled: np.ndarray, crop: int, min_labelled: float, rng: np.random.Generator
+    ):
         h, w = labelled.shape
         self.crop_h, self.crop_w = min(crop, h), min(crop, w)
         self.rng = rng
@@ -335,12 +355,16 @@ class CropSampler:
         cols = np.unique(np.r_[np.arange(0, w - self.crop_w + 1, step), w - self.crop_w])
         r0, c0 = np.meshgrid(rows, cols, indexing="ij")
         r1, c1 = r0 + self.crop_h, c0 + self.crop_w
-        share = (sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]) / (self.crop_h * self.crop_w)
+        share = (sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]) / (
+            self.crop_h * self.crop_w
+        )
         ok = share >= min_labelled
         if not ok.any():
             ok = share > 0
         if not ok.any():
-            raise TrustmapError("the labels have no labelled pixel to train on (all ignore or nodata)")
+            raise TrustmapError(
+                "the labels have no labelled pixel to train on (all ignore or nodata)"
+            )
         self.corners = np.stack([r0[ok], c0[ok]], axis=1)
 
     def draw(self) -> Window:
@@ -419,10 +443,17 @@ class SegmentationModel:
 
     @classmethod
     def create(
-        cls, settings: ModelSettings, schema: ClassSchema, scene: SceneImage, seed: int = 0, threads: int | None = None
+        cls,
+        settings: ModelSettings,
+        schema: ClassSchema,
+        scene: SceneImage,
+        seed: int = 0,
+        threads: int | None = None,
     ) -> SegmentationModel:
         """A fresh model for ``scene``'s bands and ``schema``'s classes."""
-        return cls(settings, schema.codes, schema.names, BandStats.of(scene), seed=seed, threads=threads)
+        return cls(
+            settings, schema.codes, schema.names, BandStats.of(scene), seed=seed, threads=threads
+        )
 
     @property
     def num_classes(self) -> int:
@@ -449,7 +480,9 @@ class SegmentationModel:
 
         t0 = time.perf_counter()
         if labels.shape != scene.shape:
-            raise TrustmapError(f"labels have shape {labels.shape}, the scene {scene.shape}", scene.path)
+            raise TrustmapError(
+                f"labels have shape {labels.shape}, the scene {scene.shape}", scene.path
+            )
         self._check_bands(scene)
         log = TrainLog(steps=int(steps))
         if steps <= 0:
@@ -510,12 +543,15 @@ class SegmentationModel:
     def _check_bands(self, scene: SceneImage) -> None:
         if scene.count != len(self.stats.mean):
             raise TrustmapError(
-                f"scene has {scene.count} bands, the model was built for {len(self.stats.mean)}", scene.path
+                f"scene has {scene.count} bands, the model was built for {len(self.stats.mean)}",
+                scene.path,
             )
 
     # --- prediction ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def _forward_tiles(self, x: np.ndarray, mc_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _forward_tiles(
+        self, x: np.ndarray, mc_samples: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (N, C, h, w) and, with MC dropout, BALD (N, h, w) for a batch."""
         from refine.scores import bald
 
@@ -580,7 +616,9 @@ class SegmentationModel:
         set_threads(self.threads)
         seed_everything(self.seed, seed, 0xB41D)
         s = self.settings
-        grid = TileGrid(scene.height, scene.width, s.tile_size, s.overlap, scene.transform, scene.crs)
+        grid = TileGrid(
+            scene.height, scene.width, s.tile_size, s.overlap, scene.transform, scene.crs
+        )
         geo = {"crs": scene.crs, "transform": scene.transform}
         names = [f"p({n})" for n in self.names]
         writer = StitchWriter(
@@ -588,12 +626,21 @@ class SegmentationModel:
             compress=compress, band_descriptions=names, **geo,
         )  # fmt: skip
         mi_writer = (
-            StitchWriter(bald_path, grid, 1, "float32", mode="blend", nodata=float("nan"),
-                         compress=compress, band_descriptions=["bald"], **geo)  # fmt: skip
+            StitchWriter(
+                bald_path,
+                grid,
+                1,
+                "float32",
+                mode="blend",
+                nodata=float("nan"),
+                compress=compress,
+                band_descriptions=["bald"],
+                **geo,
+            )  # fmt: skip
             if bald_path is not None
             else None
         )
-        with writer, (mi_writer if mi_writer is not None else contextlib.nullcontext()):
+        with writer, mi_writer if mi_writer is not None else contextlib.nullcontext():
             batch: list[tuple[Any, np.ndarray, np.ndarray]] = []
 
             def flush() -> None:
@@ -654,12 +701,17 @@ class SegmentationModel:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for foreign files
-            raise TrustmapError(f"not a readable model checkpoint ({exc.__class__.__name__})", path) from None
+            raise TrustmapError(
+                f"not a readable model checkpoint ({exc.__class__.__name__})", path
+            ) from None
         if not isinstance(payload, Mapping) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise TrustmapError(f"not a trustmap refine checkpoint (expected format {CHECKPOINT_FORMAT})", path)
+            raise TrustmapError(
+                f"not a trustmap refine checkpoint (expected format {CHECKPOINT_FORMAT})", path
+            )
         if schema is not None and list(payload["codes"]) != schema.codes:
             raise TrustmapError(
-                f"checkpoint classes {list(payload['codes'])} differ from the schema's {schema.codes}", path
+                f"checkpoint classes {list(payload['codes'])} differ from the schema's {schema.codes}",
+                path,
             )
         settings = ModelSettings.model_validate(payload["settings"])
         stats = BandStats.from_dict(payload["stats"])
@@ -667,10 +719,13 @@ class SegmentationModel:
         try:
             net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
-            raise TrustmapError(f"checkpoint weights do not fit its own settings ({exc})", path) from None
+            raise TrustmapError(
+                f"checkpoint weights do not fit its own settings ({exc})", path
+            ) from None
         net.eval()
-        model = cls(settings, payload["codes"], payload["names"], stats, payload["seed"], threads, net=net)
+        model = cls(
+            settings, payload["codes"], payload["names"], stats, payload["seed"], threads, net=net
+        )
         model.steps_trained = int(payload.get("steps_trained", 0))
         model.fits = int(payload.get("fits", 0))
         return model
-

@@ -68,7 +68,9 @@ class Corrections:
 class Expert(Protocol):
     """Anyone who can review regions: a simulation, or (later) a QGIS review queue."""
 
-    def review(self, region_ids: np.ndarray, regions: Regions, current_labels: np.ndarray) -> Corrections:
+    def review(
+        self, region_ids: np.ndarray, regions: Regions, current_labels: np.ndarray
+    ) -> Corrections:
         """Answer for each of ``region_ids``; ``current_labels`` (H, W codes) is what they see."""
         ...
 
@@ -97,7 +99,9 @@ class SimulatedExpert:
         self._lut = schema.code_to_index()
         self._codes = schema.index_to_code()
 
-    def review(self, region_ids: np.ndarray, regions: Regions, current_labels: np.ndarray) -> Corrections:
+    def review(
+        self, region_ids: np.ndarray, regions: Regions, current_labels: np.ndarray
+    ) -> Corrections:
         ids = np.asarray(region_ids, np.int64)
         if self._truth.shape != regions.shape:
             raise TrustmapError(f"truth has shape {self._truth.shape}, regions {regions.shape}")
@@ -156,7 +160,14 @@ class ChangeRecord:
         """Unique (region, before, after, pixels) rows, as an int64 (N, 4) array."""
         if not self.count:
             return np.zeros((0, 4), np.int64)
-        key = np.stack([self.region.astype(np.int64), self.before.astype(np.int64), self.after.astype(np.int64)], 1)
+        key = np.stack(
+            [
+                self.region.astype(np.int64),
+                self.before.astype(np.int64),
+                self.after.astype(np.int64),
+            ],
+            1,
+        )
         rows, counts = np.unique(key, axis=0, return_counts=True)
         return np.column_stack([rows, counts])
 
@@ -166,11 +177,18 @@ class ChangeRecord:
         out: dict[str, dict[str, int]] = {}
         for label, arr in (("from", self.before), ("to", self.after)):
             counts = np.bincount(arr, minlength=256)
-            out[label] = {names.get(int(c), str(int(c))): int(counts[c]) for c in np.flatnonzero(counts)}
+            out[label] = {
+                names.get(int(c), str(int(c))): int(counts[c]) for c in np.flatnonzero(counts)
+            }
         return out
 
     def to_npz(self) -> dict[str, np.ndarray]:
-        return {"index": self.index, "before": self.before, "after": self.after, "region": self.region}
+        return {
+            "index": self.index,
+            "before": self.before,
+            "after": self.after,
+            "region": self.region,
+        }
 
     @classmethod
     def from_npz(cls, data) -> ChangeRecord:
@@ -205,7 +223,9 @@ def apply_corrections(
         new = answer[regions.labels.reshape(-1)[pix]]
     bad = new[~allowed[new] & (new != schema.ignore)]
     if bad.size:
-        raise TrustmapError(f"the expert answered unknown class code(s) {sorted(set(bad.tolist()))[:5]}")
+        raise TrustmapError(
+            f"the expert answered unknown class code(s) {sorted(set(bad.tolist()))[:5]}"
+        )
     keep = allowed[new]  # ignore = "could not tell": the pixel keeps its label
     pix, new = pix[keep], new[keep]
     changed = flat[pix] != new

@@ -38,7 +38,9 @@ def _num(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def summarise(setup: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None) -> dict[str, Any]:
+def summarise(
+    setup: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None
+) -> dict[str, Any]:
     """Cheap-vs-refined headline numbers and the sentence that opens the report."""
     cheap = setup["labels"]["scores"]
     last = rounds[-1] if rounds else setup
@@ -59,7 +61,11 @@ def summarise(setup: dict[str, Any], rounds: list[dict[str, Any]], final: dict[s
         f"{_pct(recall)} of the wrong pixels were fixed."
     )
     model_first = model_last = None
-    models = [r["model"] for r in [*rounds, *([final] if final else [])] if r.get("model") and r["model"].get("heldout")]
+    models = [
+        r["model"]
+        for r in [*rounds, *([final] if final else [])]
+        if r.get("model") and r["model"].get("heldout")
+    ]
     if models:
         model_first, model_last = models[0]["heldout"]["miou"], models[-1]["heldout"]["miou"]
         sentence += (
@@ -120,10 +126,15 @@ def build_report(
             "scene": setup.get("scene"),
             "regions": setup.get("regions"),
             "budget": setup.get("budget"),
-            "cheap": {"sources": setup.get("sources"), "fusion": setup.get("fusion"), "start": setup["labels"]},
+            "cheap": {
+                "sources": setup.get("sources"),
+                "fusion": setup.get("fusion"),
+                "start": setup["labels"],
+            },
             "rounds": rounds,
             "final_model": final,
-            "model_evaluation": "held-out scene" if any((r.get("model") or {}).get("heldout") for r in rounds)
+            "model_evaluation": "held-out scene"
+            if any((r.get("model") or {}).get("heldout") for r in rounds)
             else "not available (no held-out scene and truth given)",
             "times": {
                 "total_s": seconds,
@@ -167,7 +178,15 @@ def curves_figure(report: dict[str, Any]) -> str:
                 ax.axhline(y[0], color="#999999", ls="--", lw=1, label="cheap labels")
                 ax.legend(loc="lower right", fontsize=8)
         else:
-            ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes, color="#777777")
+            ax.text(
+                0.5,
+                0.5,
+                "not available",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="#777777",
+            )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("budget spent (% of scene cost)")
         ax.grid(alpha=0.3)
@@ -219,9 +238,16 @@ def _e(v: Any) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
-    th = "".join(f"<th class='l'>{_e(h)}</th>" if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(head))
+    th = "".join(
+        f"<th class='l'>{_e(h)}</th>" if i < left else f"<th>{_e(h)}</th>"
+        for i, h in enumerate(head)
+    )
     body = "".join(
-        "<tr>" + "".join(f"<td class='l'>{c}</td>" if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td class='l'>{c}</td>" if i < left else f"<td>{c}</td>" for i, c in enumerate(r)
+        )
+        + "</tr>"
         for r in rows
     )
     return f"<table><tr>{th}</tr>{body}</table>"
@@ -261,7 +287,15 @@ def render_html(report: dict[str, Any]) -> str:
             f"<span class='swatch' style='background:{_e(colours[name])}'></span>{_e(name)}",
             _num(a), _num(b), _delta(None if a is None or b is None else b - a), f"{start['support'].get(name, 0):,}",
         ])  # fmt: skip
-    rows.append(["<b>mean (mIoU)</b>", _num(start["miou"]), _num(end["miou"]), _delta(end["miou"] - start["miou"]), ""])
+    rows.append(
+        [
+            "<b>mean (mIoU)</b>",
+            _num(start["miou"]),
+            _num(end["miou"]),
+            _delta(end["miou"] - start["miou"]),
+            "",
+        ]
+    )
     rows.append(["pixel accuracy", _pct(start["accuracy"]), _pct(end["accuracy"]),
                  _delta(end["accuracy"] - start["accuracy"], 100, 1), ""])  # fmt: skip
     parts.append(_table(["class", "cheap IoU", "refined IoU", "Δ", "truth pixels"], rows))
@@ -269,9 +303,18 @@ def render_html(report: dict[str, Any]) -> str:
     sources = report["cheap"]["sources"] or []
     if sources:
         parts.append("<h2>Cheap label sources</h2>")
-        srows = [[f"source {i + 1}", _num(src["miou"]), _pct(src["accuracy"])] for i, src in enumerate(sources)]
+        srows = [
+            [f"source {i + 1}", _num(src["miou"]), _pct(src["accuracy"])]
+            for i, src in enumerate(sources)
+        ]
         if len(sources) > 1:
-            srows.append([f"fused ({_e(report['cheap']['fusion'])})", _num(start["miou"]), _pct(start["accuracy"])])
+            srows.append(
+                [
+                    f"fused ({_e(report['cheap']['fusion'])})",
+                    _num(start["miou"]),
+                    _pct(start["accuracy"]),
+                ]
+            )
         parts.append(_table(["labels", "mIoU", "accuracy"], srows))
 
     parts.append("<h2>Rounds</h2>")
@@ -287,8 +330,19 @@ def render_html(report: dict[str, Any]) -> str:
         ])  # fmt: skip
     parts.append(
         _table(
-            ["round", "spent", "regions", "pixels reviewed", "precision", "pixels changed", "errors introduced",
-             "label mIoU", "accuracy", "error recall", "model mIoU*"],  # fmt: skip
+            [
+                "round",
+                "spent",
+                "regions",
+                "pixels reviewed",
+                "precision",
+                "pixels changed",
+                "errors introduced",
+                "label mIoU",
+                "accuracy",
+                "error recall",
+                "model mIoU*",
+            ],  # fmt: skip
             rrows,
         )
     )
@@ -333,6 +387,8 @@ def render_html(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` (each atomically) into ``out_dir``."""
     out = Path(out_dir)
-    js = write_text_atomic(out / "report.json", json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
+    js = write_text_atomic(
+        out / "report.json", json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n"
+    )
     page = write_text_atomic(out / "report.html", render_html(report))
     return js, page

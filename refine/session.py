@@ -53,7 +53,13 @@ class RunDir:
 
     # --- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | os.PathLike, identity: dict[str, Any], resume: bool = False, restart: bool = False) -> RunDir:
+    def open(
+        cls,
+        root: str | os.PathLike,
+        identity: dict[str, Any],
+        resume: bool = False,
+        restart: bool = False,
+    ) -> RunDir:
         """Prepare ``root`` for a run described by ``identity`` (config and inputs).
 
         A missing or empty folder starts a new run. A non-empty one needs ``resume`` (carry
@@ -77,7 +83,9 @@ class RunDir:
             )
         if resume and entries:
             if previous is None:
-                raise TrustmapError(f"nothing to resume: no {RUN_FILE} from an earlier refine run here", root)
+                raise TrustmapError(
+                    f"nothing to resume: no {RUN_FILE} from an earlier refine run here", root
+                )
             diff = _first_difference(previous.get("identity", {}), _jsonable(identity))
             if diff is not None:
                 raise TrustmapError(
@@ -109,9 +117,13 @@ class RunDir:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            raise TrustmapError(f"{RUN_FILE} is unreadable; use --restart to start over", path) from None
+            raise TrustmapError(
+                f"{RUN_FILE} is unreadable; use --restart to start over", path
+            ) from None
         if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
-            raise TrustmapError(f"not a trustmap refine run record (expected format {RUN_FORMAT})", path)
+            raise TrustmapError(
+                f"not a trustmap refine run record (expected format {RUN_FORMAT})", path
+            )
         return data
 
     def clear(self) -> None:
@@ -148,10 +160,16 @@ class RunDir:
         """Rounds with a committed state folder, in order (gaps are impossible by design)."""
         if not self.state.exists():
             return []
-        out = sorted(int(m.group(1)) for p in self.state.iterdir() if (m := _ROUND.match(p.name)) and p.is_dir())
+        out = sorted(
+            int(m.group(1))
+            for p in self.state.iterdir()
+            if (m := _ROUND.match(p.name)) and p.is_dir()
+        )
         for expect, got in enumerate(out, start=1):
             if expect != got:
-                raise TrustmapError(f"round folders are not consecutive (round {expect} missing)", self.state)
+                raise TrustmapError(
+                    f"round folders are not consecutive (round {expect} missing)", self.state
+                )
         return out
 
     @contextlib.contextmanager
@@ -160,14 +178,18 @@ class RunDir:
         ensure_writable_dir(self.state)
         with atomic_dir(self.state / name) as tmp:
             yield tmp
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; state is shared like any output
+            tmp.chmod(
+                0o777 & ~_umask()
+            )  # mkdtemp makes it private; state is shared like any output
 
     def read_record(self, folder: Path) -> dict[str, Any]:
         path = folder / "record.json"
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            raise TrustmapError("state record is unreadable; use --restart to start over", path) from None
+            raise TrustmapError(
+                "state record is unreadable; use --restart to start over", path
+            ) from None
 
     def publish_labels(self, r: int, source: Path) -> Path:
         """Expose a label version as labels/labels_r{r}.tif (a hard link when possible)."""
@@ -189,7 +211,9 @@ class RunDir:
 def write_record(folder: Path, record: dict[str, Any]) -> Path:
     """Write a JSON record into a staged state folder."""
     path = folder / "record.json"
-    path.write_text(json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
     return path
 
 

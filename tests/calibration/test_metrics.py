@@ -273,9 +273,11 @@ def test_average_precision_equals_pycocotools():
         rank=m.rank,
         max_dets=10,
     )
-    coco = M.coco_eval(
-        dets, gt, max_dets=10
-    )  # max_dets below the per-image count: truncation matters
+    kw = {"ignored": m.ignored, "image_index": m.image_index, "rank": m.rank, "max_dets": 10}
+    presorted = M.average_precision(dets.score, m.tp, dets.category_id, m.n_gt, order=m.order, **kw)
+    np.testing.assert_array_equal(presorted, table)  # reusing the matcher's sort changes nothing
+    # max_dets below the per-image count: truncation matters
+    coco = M.coco_eval(dets, gt, max_dets=10)
     assert abs(np.nanmean(table) - coco["stats"]["AP"]) < 1e-12
     assert abs(np.nanmean(table[0]) - coco["stats"]["AP50"]) < 1e-12
     for j, c in enumerate(sorted(m.n_gt)):
@@ -476,3 +478,13 @@ def test_batched_replicates_equal_one_at_a_time():
         single = [replicates(st_, w[b : b + 1])[0] for b in range(4)]
         np.testing.assert_allclose(batch, single, rtol=1e-6)
         assert len(set(np.round(batch, 6))) > 1  # the replicates differ from one another
+
+
+def test_average_precision_breaks_score_ties_as_pycocotools():
+    dets, gt = synthetic(40, 25, seed=13)
+    dets = dataclasses.replace(dets, score=np.round(dets.score, 1))  # many tied scores
+    m = match(dets, gt, M.COCO_IOU_THRESHOLDS, "greedy")
+    kw = {"ignored": m.ignored, "image_index": m.image_index, "rank": m.rank}
+    for order in (None, m.order):
+        table = M.average_precision(dets.score, m.tp, dets.category_id, m.n_gt, order=order, **kw)
+        assert abs(np.nanmean(table) - M.coco_eval(dets, gt)["stats"]["AP"]) < 1e-12

@@ -66,7 +66,9 @@ def test_simulate_interrupted_then_resumed(config, tmp_path, monkeypatch) -> Non
     budget = report["budget"]
     assert sum(r["budget"]["spent"] for r in rounds) <= budget["total"] + 1e-9
     assert rounds[-1]["budget"]["spent_fraction"] <= report["config"]["select"]["budget"] + 1e-9
-    recall = [report["cheap"]["start"]["errors"]["error_recall"]] + [r["labels"]["errors"]["error_recall"] for r in rounds]
+    recall = [report["cheap"]["start"]["errors"]["error_recall"]] + [
+        r["labels"]["errors"]["error_recall"] for r in rounds
+    ]
     assert all(b >= a for a, b in zip(recall, recall[1:], strict=False))
     s = report["summary"]
     assert s["beats_cheap"] and s["refined_miou"] >= s["cheap_miou"]
@@ -80,9 +82,15 @@ def test_simulate_interrupted_then_resumed(config, tmp_path, monkeypatch) -> Non
         assert (out / "labels" / f"labels_r{r}.tif").exists()
     with rasterio.open(out / "change_map.tif") as ds:
         changed = ds.read(1)
-    assert set(np.unique(changed)) <= {0, 1, 2} and (changed > 0).sum() == sum(r["changes"]["pixels"] for r in rounds)
+    assert set(np.unique(changed)) <= {0, 1, 2} and (changed > 0).sum() == sum(
+        r["changes"]["pixels"] for r in rounds
+    )
     assert (out / "change_map.qml").exists() and (out / "changes.csv").exists()
     for name in ("refined.qgs", "refined.tif", "refined.qml", "refined_polygons.gpkg"):
         assert (out / "qgis" / name).exists()
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "<script" not in html and s["sentence"].split(":")[0] in html
+    assert (
+        "data:image/png;base64," in html
+        and "<script" not in html
+        and s["sentence"].split(":")[0] in html
+    )

@@ -38,19 +38,43 @@ def test_defaults_without_a_file() -> None:
     [
         ("select: {budget: 0}", "key 'select.budget': must be > 0"),
         ("select: {budget: -0.5}", "key 'select.budget': must be > 0"),
-        ("select: {budget: 1.5}", "key 'select.budget': 1.5 is a fraction of the scene and must be <= 1"),
-        ("select: {budgt: 0.1}", "key 'select.budgt': unknown key; allowed here: unit, budget, rounds, per_round"),
+        (
+            "select: {budget: 1.5}",
+            "key 'select.budget': 1.5 is a fraction of the scene and must be <= 1",
+        ),
+        (
+            "select: {budgt: 0.1}",
+            "key 'select.budgt': unknown key; allowed here: unit, budget, rounds, per_round",
+        ),
         ("selct: {budget: 0.1}", "key 'selct': unknown key"),
         ("select: {rounds: two}", "key 'select.rounds': must be a whole number, got 'two'"),
-        ("review: {relabel: polygon}", "key 'review.relabel': must be one of 'dominant' or 'pixel'"),
+        (
+            "review: {relabel: polygon}",
+            "key 'review.relabel': must be one of 'dominant' or 'pixel'",
+        ),
         ("cheap: {noise: 1.0}", "key 'cheap.noise': must be < 1"),
-        ("model: {encoder_depth: 3, decoder_channels: [8, 8]}", "key 'model.decoder_channels': has 2 entries"),
+        (
+            "model: {encoder_depth: 3, decoder_channels: [8, 8]}",
+            "key 'model.decoder_channels': has 2 entries",
+        ),
         ("model: {arch: UNET}", "key 'model.arch': unknown architecture 'UNET'"),
-        ("sample: {seed: 3, heldout_seed: 3}", "key 'sample.heldout_seed': must differ from sample.seed"),
-        ("model: {tile_size: 64, overlap: 64}", "key 'model.overlap': must be smaller than tile_size (64)"),
-        ("select: {budget: 0.1, per_round: 0.2}", "key 'select.per_round': must not exceed select.budget"),
+        (
+            "sample: {seed: 3, heldout_seed: 3}",
+            "key 'sample.heldout_seed': must differ from sample.seed",
+        ),
+        (
+            "model: {tile_size: 64, overlap: 64}",
+            "key 'model.overlap': must be smaller than tile_size (64)",
+        ),
+        (
+            "select: {budget: 0.1, per_round: 0.2}",
+            "key 'select.per_round': must not exceed select.budget",
+        ),
         ("select: {unit: clicks, budget: 30}", "key 'select': unit 'clicks' needs regions.cost"),
-        ("regions: {kind: polygons}", "key 'regions.polygons': regions.kind 'polygons' needs a vector file"),
+        (
+            "regions: {kind: polygons}",
+            "key 'regions.polygons': regions.kind 'polygons' needs a vector file",
+        ),
         ("model: 3", "key 'model': must be a mapping of keys to values"),
         ("- a\n- b", "a refine config must be a mapping"),
     ],
@@ -74,15 +98,23 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 def test_budget_units_and_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "w.pt").write_bytes(b"")
-    cfg = load_config(_write(tmp_path, "select: {budget: 5000, unit: pixels}\nmodel: {encoder_weights: w.pt}\n"))
+    cfg = load_config(
+        _write(tmp_path, "select: {budget: 5000, unit: pixels}\nmodel: {encoder_weights: w.pt}\n")
+    )
     assert cfg.select.budget == 5000 and cfg.select.unit == "pixels"
     assert cfg.model.encoder_weights == (tmp_path / "w.pt").resolve()
-    clicks = parse_config({"select": {"budget": 40, "unit": "clicks"}, "regions": {"cost": "dominant_clicks"}})
+    clicks = parse_config(
+        {"select": {"budget": 40, "unit": "clicks"}, "regions": {"cost": "dominant_clicks"}}
+    )
     assert clicks.select.unit == "clicks"
 
 
 def test_overrides_are_validated() -> None:
     cfg = RefineConfig().with_overrides(strategy={"score": "margin"}, select={"rounds": 2})
-    assert cfg.strategy.score == "margin" and cfg.select.rounds == 2 and cfg.select.budget == RefineConfig().select.budget
+    assert (
+        cfg.strategy.score == "margin"
+        and cfg.select.rounds == 2
+        and cfg.select.budget == RefineConfig().select.budget
+    )
     with pytest.raises(TrustmapError, match="key 'select.rounds': must be >= 1"):
         RefineConfig().with_overrides(select={"rounds": 0})

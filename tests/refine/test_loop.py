@@ -86,7 +86,10 @@ def test_rounds_respect_budget_and_record_every_change(data, tmp_path) -> None:
     csv_rows = list(csv.DictReader((run / "changes.csv").open()))
     change_map = _read(run / "change_map.tif")
     for r in range(1, 4):
-        before, after = _read(run / "labels" / f"labels_r{r - 1}.tif"), _read(run / "labels" / f"labels_r{r}.tif")
+        before, after = (
+            _read(run / "labels" / f"labels_r{r - 1}.tif"),
+            _read(run / "labels" / f"labels_r{r}.tif"),
+        )
         with np.load(run / "state" / f"round_{r:03d}" / "changes.npz") as z:
             idx = z["index"]
             np.testing.assert_array_equal(np.flatnonzero(before != after), np.sort(idx))
@@ -104,7 +107,9 @@ def test_strategy_hook_sees_no_truth_and_drives_selection(data, tmp_path) -> Non
     def wrong_fraction(ctx: RoundContext) -> np.ndarray:  # what a benchmark's oracle ranking does
         seen.append(ctx)
         wrong = (ctx.labels != truth) & (truth != ctx.schema.ignore)
-        per = np.bincount(ctx.regions.labels[ctx.valid], weights=wrong[ctx.valid], minlength=ctx.regions.n)
+        per = np.bincount(
+            ctx.regions.labels[ctx.valid], weights=wrong[ctx.valid], minlength=ctx.regions.n
+        )
         return per / np.maximum(ctx.regions.area, 1)
 
     register_strategy("test_oracle", wrong_fraction, needs_model=False, replace=True)
@@ -119,7 +124,10 @@ def test_strategy_hook_sees_no_truth_and_drives_selection(data, tmp_path) -> Non
     assert seen[1].reviewed.sum() == len(oracle.rounds[0]["selected"]["regions"])
     prec = [r["review"]["precision"] for r in oracle.rounds]
     assert min(prec) > max(r["review"]["precision"] for r in random.rounds)
-    assert oracle.rounds[-1]["labels"]["errors"]["error_recall"] > random.rounds[-1]["labels"]["errors"]["error_recall"]
+    assert (
+        oracle.rounds[-1]["labels"]["errors"]["error_recall"]
+        > random.rounds[-1]["labels"]["errors"]["error_recall"]
+    )
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(data, tmp_path) -> None:
@@ -132,7 +140,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(data, tmp_path) 
     (stale / "labels.tif").write_bytes(b"half")
     with pytest.raises(TrustmapError, match="not empty.*--resume"):
         _run(CONFIG, out, data)
-    with pytest.raises(TrustmapError, match="cannot resume: this run differs .* at 'config.select.rounds'"):
+    with pytest.raises(
+        TrustmapError, match="cannot resume: this run differs .* at 'config.select.rounds'"
+    ):
         _run(CONFIG.with_overrides(select={"rounds": 4}), out, data, resume=True)
     done = _run(CONFIG, out, data, resume=True, report=True)
     assert not stale.exists()
@@ -167,7 +177,10 @@ def _assert_nothing_written(out: Path) -> None:
         ("empty_scene", "scene is empty"),
         ("no_truth", "needs the ground truth"),
         ("missing_truth", "file not found"),
-        ("pixel_budget", "key 'select.budget': 1e\\+06 pixels is more than the scene's \\d+ valid pixels"),
+        (
+            "pixel_budget",
+            "key 'select.budget': 1e\\+06 pixels is more than the scene's \\d+ valid pixels",
+        ),
         ("click_budget", "key 'select.budget': 5000 clicks is more than the whole scene"),
         ("strategy", "key 'strategy.score': unknown strategy 'nope'"),
     ],
@@ -175,28 +188,41 @@ def _assert_nothing_written(out: Path) -> None:
 def test_bad_inputs_fail_cleanly(data, tmp_path, case: str, message: str) -> None:
     cfg, inputs = CONFIG, data
     if case == "misaligned":
-        inputs = SimulationInputs(data.scene, (_shifted(data.labels[0], tmp_path / "shift.tif", 3),), data.truth, classes=data.classes)
+        inputs = SimulationInputs(
+            data.scene,
+            (_shifted(data.labels[0], tmp_path / "shift.tif", 3),),
+            data.truth,
+            classes=data.classes,
+        )
     elif case == "unknown_code":
         with rasterio.open(data.labels[0]) as ds:
             profile, arr = ds.profile, ds.read(1)
         arr[10, 10] = 9
         with rasterio.open(tmp_path / "bad.tif", "w", **profile) as dst:
             dst.write(arr, 1)
-        inputs = SimulationInputs(data.scene, (tmp_path / "bad.tif",), data.truth, classes=data.classes)
+        inputs = SimulationInputs(
+            data.scene, (tmp_path / "bad.tif",), data.truth, classes=data.classes
+        )
     elif case == "empty_scene":
         with rasterio.open(data.scene) as ds:
             profile = ds.profile
         with rasterio.open(tmp_path / "empty.tif", "w", **profile) as dst:
             dst.write(np.zeros((profile["count"], 256, 256), profile["dtype"]))
-        inputs = SimulationInputs(tmp_path / "empty.tif", data.labels, data.truth, classes=data.classes)
+        inputs = SimulationInputs(
+            tmp_path / "empty.tif", data.labels, data.truth, classes=data.classes
+        )
     elif case == "no_truth":
         inputs = SimulationInputs(data.scene, data.labels, None, classes=data.classes)  # type: ignore[arg-type]
     elif case == "missing_truth":
-        inputs = SimulationInputs(data.scene, data.labels, tmp_path / "gt.tif", classes=data.classes)
+        inputs = SimulationInputs(
+            data.scene, data.labels, tmp_path / "gt.tif", classes=data.classes
+        )
     elif case == "pixel_budget":
         cfg = CONFIG.with_overrides(select={"unit": "pixels", "budget": 1e6})
     elif case == "click_budget":
-        cfg = CONFIG.with_overrides(select={"unit": "clicks", "budget": 5000}, regions={"cost": "dominant_clicks"})
+        cfg = CONFIG.with_overrides(
+            select={"unit": "clicks", "budget": 5000}, regions={"cost": "dominant_clicks"}
+        )
     elif case == "strategy":
         cfg = CONFIG.with_overrides(strategy={"score": "nope"})
     out = tmp_path / "out"

@@ -21,8 +21,11 @@ from refine.metrics import (
 from tiles.classes import ClassDef, ClassSchema
 
 SCHEMA = ClassSchema(
-    classes=[ClassDef(code=1, name="a", color="#ff0000"), ClassDef(code=2, name="b", color="#00ff00"),
-             ClassDef(code=5, name="c", color="#0000ff")],  # fmt: skip
+    classes=[
+        ClassDef(code=1, name="a", color="#ff0000"),
+        ClassDef(code=2, name="b", color="#00ff00"),
+        ClassDef(code=5, name="c", color="#0000ff"),
+    ],  # fmt: skip
     ignore=255,
 )
 TRUTH = np.array([[1, 1, 2, 2], [5, 5, 255, 1]], np.uint8)
@@ -73,7 +76,9 @@ def test_score_raster_of_probabilities_matches_array_scores(tmp_path: Path) -> N
         dst.write(probs)
     pred = SCHEMA.index_to_code()[np.argmax(np.nan_to_num(probs, nan=-1), axis=0)]
     pred[:3, :4] = 255
-    assert score_raster(path, truth, SCHEMA, probabilities=True) == score_labels(pred, truth, SCHEMA)
+    assert score_raster(path, truth, SCHEMA, probabilities=True) == score_labels(
+        pred, truth, SCHEMA
+    )
 
 
 def test_normalised_area() -> None:

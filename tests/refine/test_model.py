@@ -17,7 +17,9 @@ from tiles.classes import load_schema
 from tiles.errors import TrustmapError
 
 SIZE = 64
-TINY = ModelSettings(tile_size=32, overlap=8, decoder_channels=[16, 8, 8], dropout=0.3, predict_batch=8)
+TINY = ModelSettings(
+    tile_size=32, overlap=8, decoder_channels=[16, 8, 8], dropout=0.3, predict_batch=8
+)
 TRAIN = TrainSettings(crop=32, batch_size=4, lr=5e-3, min_labelled=0.3)
 PROFILE = dict(driver="GTiff", width=SIZE, height=SIZE, crs="EPSG:32643", transform=Affine(1, 0, 7.7e5, 0, -1, 1.43e6),
                tiled=True, blockxsize=16, blockysize=16)  # fmt: skip
@@ -28,7 +30,14 @@ def _scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     truth = np.full((SIZE, SIZE), 1, np.uint8)
     h = SIZE // 2
     truth[:h, h:], truth[h:, :h], truth[h:, h:] = 2, 3, 4
-    means = np.array([[300, 500, 400, 200], [500, 700, 600, 3000], [700, 900, 900, 2000], [1500, 1500, 1600, 1700]])
+    means = np.array(
+        [
+            [300, 500, 400, 200],
+            [500, 700, 600, 3000],
+            [700, 900, 900, 2000],
+            [1500, 1500, 1600, 1700],
+        ]
+    )
     bands = means[truth - 1].transpose(2, 0, 1) + rng.normal(0, 40, (4, SIZE, SIZE))
     bands = np.clip(bands, 1, None).astype(np.uint16)
     bands[:, :6, :6] = 0
@@ -87,8 +96,12 @@ def test_prediction_to_file_is_georeferenced_and_equal(trained, scene_files, tmp
 
 def test_mc_dropout_bald_is_deterministic_and_nonnegative(trained, scene_files, tmp_path) -> None:
     path, truth = scene_files
-    a = trained.predict_proba(path, tmp_path / "a.tif", mc_samples=6, bald_path=tmp_path / "ba.tif", seed=3)
-    b = trained.predict_proba(path, tmp_path / "b.tif", mc_samples=6, bald_path=tmp_path / "bb.tif", seed=3)
+    a = trained.predict_proba(
+        path, tmp_path / "a.tif", mc_samples=6, bald_path=tmp_path / "ba.tif", seed=3
+    )
+    b = trained.predict_proba(
+        path, tmp_path / "b.tif", mc_samples=6, bald_path=tmp_path / "bb.tif", seed=3
+    )
     with rasterio.open(a) as pa, rasterio.open(b) as pb:
         np.testing.assert_array_equal(pa.read(), pb.read())
     with rasterio.open(tmp_path / "ba.tif") as ds:
@@ -116,7 +129,9 @@ def test_checkpoint_round_trip_and_errors(trained, scene_files, schema, tmp_path
     path, _ = scene_files
     ckpt = trained.save(tmp_path / "m.pt")
     again = SegmentationModel.load(ckpt, schema, threads=1)
-    assert again.stats == trained.stats and again.codes == schema.codes and again.steps_trained == 60
+    assert (
+        again.stats == trained.stats and again.codes == schema.codes and again.steps_trained == 60
+    )
     np.testing.assert_array_equal(again.predict_proba(path), trained.predict_proba(path))
     with pytest.raises(TrustmapError, match="checkpoint not found"):
         SegmentationModel.load(tmp_path / "none.pt")
@@ -130,7 +145,9 @@ def test_checkpoint_round_trip_and_errors(trained, scene_files, schema, tmp_path
 
 def test_local_encoder_weights(tmp_path) -> None:
     src = build_network(TINY, in_channels=3, num_classes=6)  # e.g. RGB ImageNet weights
-    rgb = {k.removeprefix("model."): v for k, v in src.encoder.state_dict().items()}  # timm-style keys
+    rgb = {
+        k.removeprefix("model."): v for k, v in src.encoder.state_dict().items()
+    }  # timm-style keys
     torch.save({"state_dict": rgb}, tmp_path / "rgb.pt")
     net = build_network(TINY.model_copy(update={"encoder_weights": tmp_path / "rgb.pt"}), 4, 6)
     first = [k for k in rgb if rgb[k].ndim == 4][0]
@@ -146,7 +163,9 @@ def test_local_encoder_weights(tmp_path) -> None:
     torch.save(other.encoder.state_dict(), tmp_path / "r18.pt")
     with pytest.raises(TrustmapError, match="does not match the encoder"):
         build_network(TINY.model_copy(update={"encoder_weights": tmp_path / "r18.pt"}), 4, 6)
-    with pytest.raises(TrustmapError, match=r"encoder weights file not found.*|model.encoder_weights"):
+    with pytest.raises(
+        TrustmapError, match=r"encoder weights file not found.*|model.encoder_weights"
+    ):
         build_network(TINY.model_copy(update={"encoder_weights": tmp_path / "missing.pt"}), 4, 6)
     (tmp_path / "junk.pt").write_text("junk")
     with pytest.raises(TrustmapError, match="not a readable torch weights file"):

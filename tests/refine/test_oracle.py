@@ -78,10 +78,14 @@ def test_expert_mistakes_pick_confusable_classes_and_are_seeded_per_region(schem
 def test_bad_answers_are_errors(schema) -> None:
     regions, truth, cheap = _setup()
     with pytest.raises(TrustmapError, match="unknown class code"):
-        apply_corrections(cheap, Corrections(np.array([0]), np.array([9])), regions, "dominant", schema)
+        apply_corrections(
+            cheap, Corrections(np.array([0]), np.array([9])), regions, "dominant", schema
+        )
     with pytest.raises(TrustmapError, match="2 region ids but 1 classes"):
         Corrections(np.array([0, 1]), np.array([2]))
     with pytest.raises(TrustmapError, match="unknown relabel mode"):
-        apply_corrections(cheap, Corrections(np.array([0]), np.array([2])), regions, "polygon", schema)
+        apply_corrections(
+            cheap, Corrections(np.array([0]), np.array([2])), regions, "polygon", schema
+        )
     with pytest.raises(TrustmapError, match="error rate"):
         SimulatedExpert(truth, schema, error_rate=1.0)
