@@ -26,8 +26,8 @@ once); the number of rounds is the largest block, not the number of detections.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -43,15 +43,16 @@ PAIR_CHUNK = 4_000_000
 CACHE_PAIRS = 1 << 17
 
 
-@dataclass
+@dataclass(eq=False)
 class Matches:
-    """Per-detection outcome at each IoU threshold; rows follow the detections' order."""
+    """Per-detection outcome at each IoU threshold; rows follow the detections' order.
+
+    The matches are kept sparse (one entry per matched (threshold, detection)); the dense
+    ``(T, N)`` arrays ``tp``, ``ignored``, ``iou`` and ``gt_index`` are built on first
+    use, and :meth:`row` gives one threshold's without building the others.
+    """
 
     iou_thresholds: np.ndarray  # (T,)
-    tp: np.ndarray  # (T, N) bool: matched an object of its class
-    ignored: np.ndarray  # (T, N) bool: matched no object but lies in a crowd/ignore region
-    iou: np.ndarray  # (T, N) IoU with the matched object (0 when unmatched)
-    gt_index: np.ndarray  # (T, N) int64: row in gt.annotations (object or region), -1 when none
     max_iou: np.ndarray  # (N,) best IoU with any object of the block, threshold-free
     rank: np.ndarray  # (N,) int64: position in its block (image, and class if class-aware) by score
     image_index: np.ndarray  # (N,) int64: row in gt.images (-1 if unknown)
@@ -60,9 +61,78 @@ class Matches:
     class_aware: bool
     annotation_category: np.ndarray  # (M,) category of each gt.annotations row
     order: np.ndarray  # (N,) detection rows sorted by (image, [class,] score desc, input row)
+    score_rank: np.ndarray | None  # (N,) dense rank of the scores, 0 the highest (desc_rank)
+    # the matches, sorted by flat index t * N + detection row
+    flat: np.ndarray = field(repr=False)  # (P,) int64
+    region: np.ndarray = field(repr=False)  # (P,) bool: matched a crowd/ignore region
+    match_iou: np.ndarray = field(repr=False)  # (P,) IoU (IoA for regions)
+    match_gt: np.ndarray = field(repr=False)  # (P,) int64 row in gt.annotations
+    _dense: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
-        return self.tp.shape[1]
+        return len(self.rank)
+
+    def _slice(self, t: int) -> slice:
+        n = len(self)
+        a, b = np.searchsorted(self.flat, [t * n, (t + 1) * n])
+        return slice(int(a), int(b))
+
+    def matched(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ascending rows that are TPs, and rows that are ignored, at threshold row ``t``."""
+        s = self._slice(t)
+        col, reg = self.flat[s] - t * len(self), self.region[s]
+        return col[~reg], col[reg]
+
+    def row(self, t: int) -> MatchRow:
+        """Threshold row ``t`` (an index into ``iou_thresholds``), built alone."""
+        n = len(self)
+        s = self._slice(t)
+        col, reg = self.flat[s] - t * n, self.region[s]
+        tp, ign, iou = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)
+        gidx = np.full(n, -1, np.int64)
+        tp[col], ign[col] = ~reg, reg
+        iou[col] = np.where(reg, 0.0, self.match_iou[s])
+        gidx[col] = self.match_gt[s]
+        return MatchRow(tp, ign, iou, gidx, col[~reg], col[reg])
+
+    def _full(self, name: str) -> np.ndarray:
+        if name not in self._dense:
+            shape = (len(self.iou_thresholds), len(self))
+            f, reg = self.flat, self.region
+            if name == "tp":
+                a = np.zeros(shape, bool)
+                a.ravel()[f[~reg]] = True
+            elif name == "ignored":
+                a = np.zeros(shape, bool)
+                a.ravel()[f[reg]] = True
+            elif name == "iou":
+                a = np.zeros(shape)
+                a.ravel()[f[~reg]] = self.match_iou[~reg]
+            else:
+                a = np.full(shape, -1, np.int64)
+                a.ravel()[f] = self.match_gt
+            self._dense[name] = a
+        return self._dense[name]
+
+    @property
+    def tp(self) -> np.ndarray:
+        """(T, N) bool: matched an object of its class."""
+        return self._full("tp")
+
+    @property
+    def ignored(self) -> np.ndarray:
+        """(T, N) bool: matched no object but lies in a crowd/ignore region."""
+        return self._full("ignored")
+
+    @property
+    def iou(self) -> np.ndarray:
+        """(T, N) IoU with the matched object (0 when unmatched)."""
+        return self._full("iou")
+
+    @property
+    def gt_index(self) -> np.ndarray:
+        """(T, N) int64: row in gt.annotations (object or region), -1 when none."""
+        return self._full("gt_index")
 
     @property
     def gt_category(self) -> np.ndarray:
@@ -86,15 +156,26 @@ class Matches:
         ``category_ids`` are the categories of columns 0..K-1 of the probability vectors.
         Ignored detections also get K; callers drop them with ``ignored``.
         """
-        t = self.index(threshold)
+        r = self.row(self.index(threshold))
         cats = np.asarray(category_ids, dtype=np.int64)
         gcat = np.full(len(self), -1, np.int64)
-        gcat[self.tp[t]] = self.annotation_category[self.gt_index[t, self.tp[t]]]
+        gcat[r.tp] = self.annotation_category[r.gt_index[r.tp]]
         order = np.argsort(cats)
         col = index_in(gcat, cats[order])
         return np.where(col >= 0, order[np.maximum(col, 0)] if len(cats) else 0, len(cats)).astype(
             np.int64
         )
+
+
+class MatchRow(NamedTuple):
+    """One threshold's outcome (see :class:`Matches`), with the matched rows listed."""
+
+    tp: np.ndarray  # (N,) bool
+    ignored: np.ndarray  # (N,) bool
+    iou: np.ndarray  # (N,) float64
+    gt_index: np.ndarray  # (N,) int64
+    tp_rows: np.ndarray  # ascending rows with tp
+    ignored_rows: np.ndarray  # ascending rows with ignored
 
 
 def pairwise_iou(det_xywh: np.ndarray, gt_xywh: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -136,8 +217,13 @@ def match(
     iou_thresholds: float | Sequence[float] = 0.5,
     mode: MatchMode = "greedy",
     class_aware: bool = True,
+    score_rank: np.ndarray | None = None,
 ) -> Matches:
-    """Match detections to ground truth at one or more IoU thresholds (see module doc)."""
+    """Match detections to ground truth at one or more IoU thresholds (see module doc).
+
+    ``score_rank``: ``desc_rank(dets.score)`` (``Matches.score_rank`` of an earlier
+    matching of the same detections) saves a sort.
+    """
     if mode not in MODES:
         raise TrustmapError(f"matching mode must be one of {MODES}, got {mode!r}")
     thr = np.atleast_1d(np.asarray(iou_thresholds, dtype=np.float64))
@@ -158,25 +244,33 @@ def match(
     d_key = np.where((img >= 0) & (d_cat >= 0), img * n_cat + d_cat, -1)
     g_key = np.where((g_img >= 0) & (g_cat >= 0), g_img * n_cat + g_cat, -2)
 
-    order = np.lexsort((-dets.score, d_key))  # stable: ties keep input order, as COCO's mergesort
+    # ties keep input order, as COCO's mergesort
+    score = np.asarray(dets.score, np.float64)
+    if score_rank is None:
+        score_rank = desc_rank(score) if np.isfinite(score).all() else None
+    order = block_order(d_key, score, rank=score_rank)
     key_s = d_key[order]
     new_block = np.r_[True, key_s[1:] != key_s[:-1]] if n else np.zeros(0, bool)
     block_start = np.flatnonzero(new_block)
-    rank_s = np.arange(n) - np.repeat(block_start, np.diff(np.r_[block_start, n]))
+    block_s = np.cumsum(new_block) - 1  # block number of each sorted position
+    rank_s = np.arange(n) - block_start[block_s]
+    dbox = dets.bbox[order]
+    dcol = [np.ascontiguousarray(c) for c in dbox.T]
 
-    g_order = np.argsort(g_key, kind="stable")
-    g_sorted = g_key[g_order]
-    lo = np.searchsorted(g_sorted, key_s, "left")
-    hi = np.searchsorted(g_sorted, key_s, "right")
+    # a detection's candidates: the ground truth of its block, and without the Hungarian
+    # rule (which needs each block's full matrix) only those whose x-extent can overlap it
+    window = mode != "hungarian"
+    g_order, lo, hi = _candidate_windows(
+        key_s[block_start], block_s, dcol[0], dcol[2], g_key, an.bbox, window
+    )
     n_pairs = hi - lo
 
     out = _Out(T, n, order)
     max_iou = np.zeros(n)
-    dcol = [np.ascontiguousarray(c) for c in dets.bbox[order].T]
     gcol = [np.ascontiguousarray(c) for c in an.bbox.T]
 
     def pairs(a: int, b: int):
-        """Every same-block pair of sorted detections a..b-1: det position, gt row, region?, IoU."""
+        """Every candidate pair of sorted detections a..b-1: det position, gt row, region?, IoU."""
         cnt = n_pairs[a:b]
         det_p = np.repeat(np.arange(a, b), cnt)
         first = np.cumsum(cnt) - cnt
@@ -202,6 +296,11 @@ def match(
                 keep = (p[3] >= lowest) & (p[3] > 0)
                 kept.append([x[keep] for x in p])
             det_p, gt_p, reg_p, ious = (np.concatenate(x) for x in zip(*kept, strict=True))
+            if window and len(det_p):
+                # windows list ground truth by x; ties between equal IoUs go to the later
+                # annotation row (COCO's rule), so restore row order within each detection
+                o = np.argsort(det_p * max(len(an), 1) + gt_p)
+                det_p, gt_p, reg_p, ious = det_p[o], gt_p[o], reg_p[o], ious[o]
         if len(det_p) == 0:
             continue
         seg = _Segments(det_p)
@@ -211,26 +310,21 @@ def match(
             for t, th in enumerate(thr):
                 c = ious >= th
                 if c.all():
-                    _greedy(th, t, det_p, gt_p, reg_p, ious, rank_s, len(an), out)
+                    _greedy(th, t, det_p, gt_p, reg_p, ious, block_s, len(an), out)
                 elif c.any():
-                    _greedy(th, t, det_p[c], gt_p[c], reg_p[c], ious[c], rank_s, len(an), out)
+                    _greedy(th, t, det_p[c], gt_p[c], reg_p[c], ious[c], block_s, len(an), out)
         elif mode == "any":
             t_i, s_i, p_i = _pick(_keys(thr, ious, reg_p), seg.starts, seg.lengths)
             out.store(t_i, seg.ids[s_i], p_i, gt_p, reg_p, ious)
         else:
             _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out)
 
-    tp, ign, iou_out, gidx = out.finish()
+    flat, reg, val, g = out.finish()
     inv = np.empty(n, np.int64)
     inv[order] = np.arange(n)
-    max_iou = max_iou[inv]
     return Matches(
         iou_thresholds=thr,
-        tp=tp,
-        ignored=ign,
-        iou=iou_out,
-        gt_index=gidx,
-        max_iou=max_iou,
+        max_iou=max_iou[inv],
         rank=rank_s[inv],
         image_index=img,
         n_gt=n_gt,
@@ -238,7 +332,112 @@ def match(
         class_aware=class_aware,
         annotation_category=an.category_id,
         order=order,
+        score_rank=score_rank,
+        flat=flat,
+        region=reg,
+        match_iou=val,
+        match_gt=g,
     )
+
+
+def block_order(
+    key: np.ndarray,
+    score: np.ndarray,
+    tiebreak: np.ndarray | None = None,
+    rank: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rows sorted by (key, descending score, tiebreak), as ``np.lexsort((tiebreak, -score, key))``.
+
+    ``tiebreak`` (distinct non-negative integers; default the row number, i.e. a stable
+    sort) orders equal scores. Scores become dense descending ranks (one fast unstable
+    sort; ties share a rank); (key, rank, tiebreak) then pack into one unique int64, and
+    any sort of unique keys gives the one order. Several times faster than the stable
+    multi-key lexsort on large inputs; falls back to it when the packed key would not fit.
+    ``rank``: any integer ranks in the scores' descending order (ties equal), e.g. the
+    dense ranks of a superset, to skip the ranking sort.
+    """
+    n = len(key)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    key = np.asarray(key, np.int64)
+    score = np.asarray(score, np.float64)
+    tb = np.arange(n) if tiebreak is None else np.asarray(tiebreak, np.int64)
+    k0 = int(key.min())
+    if not np.isfinite(score).all() or int(tb.min()) < 0:
+        return np.lexsort((tb, -score, key))
+    rank = desc_rank(score) if rank is None else np.asarray(rank, np.int64)
+    bits_n = max(int(tb.max()).bit_length(), 1)
+    bits_r = max(int(rank.max()).bit_length(), 1)
+    bits_k = max((int(key.max()) - k0).bit_length(), 1)
+    if bits_k + bits_r + bits_n > 62:
+        return np.lexsort((tb, -score, key))
+    packed = (key - k0) << (bits_r + bits_n)
+    packed |= rank << bits_n
+    packed |= tb
+    return np.argsort(packed)
+
+
+def desc_rank(score: np.ndarray) -> np.ndarray:
+    """Dense rank of each value in descending order: 0 for the largest, ties share a rank."""
+    score = np.asarray(score, np.float64)
+    if score.size == 0:
+        return np.zeros(0, np.int64)
+    o = np.argsort(-score)
+    s = score[o]
+    r = np.empty(len(s), np.int64)
+    r[0] = 0
+    np.cumsum(s[1:] != s[:-1], out=r[1:])
+    out = np.empty(len(s), np.int64)
+    out[o] = r
+    return out
+
+
+def _candidate_windows(block_key, block_s, dx0, dw, g_key, g_box, window: bool):
+    """Ground-truth order and, per sorted detection, the [lo, hi) range of its candidates.
+
+    ``block_key``: the key of each detection block, ``block_s``: each sorted detection's
+    block. Without ``window``: all ground truth of the detection's block, by annotation row.
+    With it: ground truth sorted by (block, x0), and only those with
+    ``x0 in [dx0 - w_max, dx0 + dw]`` (``w_max`` the block's widest box), a superset of
+    those whose x-extent overlaps the detection's (the others have IoU 0). Found with one
+    search over a packed ``block * span + x`` key, widened by a margin for rounding and
+    clipped to the block, so the windows are exact supersets.
+    """
+    m = len(g_key)
+    g_order = np.argsort(g_key, kind="stable")
+    g_sorted = g_key[g_order]
+    blo = np.searchsorted(g_sorted, block_key, "left")[block_s]
+    bhi = np.searchsorted(g_sorted, block_key, "right")[block_s]
+    gx0, gw = g_box[:, 0], g_box[:, 2]
+    if (
+        not window
+        or m == 0
+        or len(block_s) == 0
+        or not (np.isfinite(g_box).all() and np.isfinite(dx0).all() and np.isfinite(dw).all())
+        or (gw < 0).any()
+        or (dw < 0).any()
+    ):
+        return g_order, blo, bhi
+    g_order = np.lexsort((gx0, g_key))
+    g_sorted = g_key[g_order]
+    new = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
+    block = np.cumsum(new) - 1  # block ordinal of each sorted gt
+    wmax = np.maximum.reduceat(gw[g_order], np.flatnonzero(new))[block]
+    has = bhi > blo
+    at = np.minimum(blo, m - 1)
+    d_block, d_wmax = block[at].astype(np.float64), np.where(has, wmax[at], 0.0)
+    lo_x, hi_x = dx0 - d_wmax, dx0 + dw
+    gx = gx0[g_order]
+    base = min(float(gx.min()), float(lo_x.min()))
+    span = 2.0 * (max(float(gx.max()), float(hi_x.max())) - base) + 1.0
+    top = (block[-1] + 1) * span
+    margin = 16 * np.spacing(top) + 1e-9 * span
+    packed = block * span + (gx - base)
+    lo = np.searchsorted(packed, d_block * span + (lo_x - base) - margin, "left")
+    hi = np.searchsorted(packed, d_block * span + (hi_x - base) + margin, "right")
+    lo = np.clip(lo, blo, bhi)
+    hi = np.clip(hi, lo, bhi)
+    return g_order, lo, hi
 
 
 def index_in(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
@@ -279,11 +478,10 @@ def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int):
 
 
 class _Out:
-    """Collects matches during the rounds; ``finish`` writes them out in input order.
+    """Collects matches during the rounds; ``finish`` lists them by flat index t * N + row.
 
-    Writing each round straight into the (T, N) arrays scatters small writes over a
-    large table; collecting them and writing once, in address order, is several times
-    faster.
+    Writing each round straight into dense (T, N) arrays scatters small writes over a
+    large table; the sorted list is what :class:`Matches` keeps, densified on demand.
     """
 
     def __init__(self, T: int, n: int, order: np.ndarray):
@@ -297,18 +495,12 @@ class _Out:
         )
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        shape = (self.T, self.n)
-        tp, ign, iou = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape)
-        gidx = np.full(shape, -1, np.int64)
-        if self.parts:
-            flat, reg, val, g = (np.concatenate(x) for x in zip(*self.parts, strict=True))
-            o = np.argsort(flat, kind="stable")
-            flat, reg, val, g = flat[o], reg[o], val[o], g[o]
-            tp.ravel()[flat] = ~reg
-            ign.ravel()[flat] = reg
-            iou.ravel()[flat] = np.where(reg, 0.0, val)
-            gidx.ravel()[flat] = g
-        return tp, ign, iou, gidx
+        """(flat index, region?, IoU, gt row) of every match, by flat index (unique keys)."""
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int64)
+        flat, reg, val, g = (np.concatenate(x) for x in zip(*self.parts, strict=True))
+        o = np.argsort(flat)
+        return flat[o], reg[o], val[o], g[o].astype(np.int64)
 
 
 class _Segments:
@@ -355,13 +547,20 @@ def _pick(key: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
     return t_i, s_i, last[t_i, s_i]
 
 
-def _greedy(th, row, det_p, gt_p, reg_p, ious, rank_s, n_ann, out: _Out) -> None:
+def _greedy(th, row, det_p, gt_p, reg_p, ious, block_s, n_ann, out: _Out) -> None:
     """COCO greedy matching at threshold ``th`` (result row ``row``), one round per rank.
 
-    Round r settles the r-th detection of every block at once; pairs are reordered by
-    rank so that each round is a contiguous slice. Every pair given is a candidate.
+    Round r settles the r-th detection *with a candidate* of every block at once (those
+    without one change nothing, so skipping them keeps the outcome and cuts the rounds
+    from the largest block to its most candidates); pairs are reordered by that rank so
+    that each round is a contiguous slice. Every pair given is a candidate, and pairs
+    come grouped by ascending sorted detection position (``block_s``: its block).
     """
-    prank = rank_s[det_p]
+    seg = _Segments(det_p)
+    blk = block_s[seg.ids]
+    head = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1]])
+    crank = np.arange(len(seg.ids)) - np.repeat(head, np.diff(np.r_[head, len(seg.ids)]))
+    prank = np.repeat(crank, seg.lengths)
     by_rank = np.argsort(prank, kind="stable")  # within a rank, pairs stay grouped by det
     det_p, gt_p, reg_p, ious = det_p[by_rank], gt_p[by_rank], reg_p[by_rank], ious[by_rank]
     bounds = np.searchsorted(prank[by_rank], np.arange(prank.max() + 2))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from calibration.bootstrap import Statistic, bootstrap
 from calibration.detections import Detections, GroundTruth
-from calibration.matching import MODES, Matches, index_in, match
+from calibration.matching import MODES, Matches, block_order, index_in, match
 from tiles.errors import TrustmapError
 
 BinStrategy = Literal["width", "mass"]
@@ -77,12 +77,26 @@ def bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value: ``i`` with ``edges[i] <= x < edges[i+1]``, last bin closed, clipped.
 
     The same rule as ``np.histogramdd`` (netcal's binning), so values on an edge land in
-    the same bin. (An arithmetic ``floor`` with edge corrections measured no faster here.)
+    the same bin. Equal-width edges (``np.linspace``) take an arithmetic guess, exact up
+    to one bin, checked against the edges themselves: the same bins as ``searchsorted``,
+    about twice as fast from 10 bins on. Other edges use ``searchsorted``.
     """
+    x = np.asarray(x, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
     b = len(edges) - 1
-    return np.clip(
-        np.searchsorted(edges, np.asarray(x, dtype=np.float64), side="right") - 1, 0, b - 1
-    )
+    lo, hi = float(edges[0]), float(edges[-1])
+    if (
+        b >= 4
+        and hi > lo
+        and np.array_equal(edges, np.linspace(lo, hi, b + 1))
+        and np.isfinite(x).all()
+    ):
+        i = ((x - lo) * (b / (hi - lo))).astype(np.int64)
+        np.clip(i, 0, b - 1, out=i)
+        i -= x < edges[i]
+        i += (x >= edges[i + 1]) & (i < b - 1)
+        return np.clip(i, 0, b - 1, out=i)
+    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, b - 1)
 
 
 # ------------------------------------------------------------------ calibration error core
@@ -151,33 +165,47 @@ def calibration_error_statistic(
     the class mean (see module doc).
     """
     conf = np.asarray(confidence, dtype=np.float64)
-    tgt = np.asarray(target, dtype=np.float64)
-    n = len(conf)
-    grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
     if classes is None:
-        cls_idx, n_cls = np.zeros(n, np.int64), 1
+        cls_idx, n_cls = None, 1
     else:
-        cls_idx, n_cls = _codes(np.asarray(classes))
-    b = np.empty(n, np.int64)
-    per_class_edges = strategy == "mass" or value_range is None
-    if per_class_edges and classes is not None:
-        for c in range(n_cls):
-            sel = cls_idx == c
-            b[sel] = bin_index(conf[sel], bin_edges(conf[sel], bins, strategy, value_range))
-    else:
-        b[:] = bin_index(conf, bin_edges(conf, bins, strategy, value_range))
+        cls_idx, n_cls, _ = _codes(np.asarray(classes))
+    b = _class_bins(conf, cls_idx, n_cls, bins, strategy, value_range)
+    cell = b if cls_idx is None else cls_idx * bins + b
     return _grouped(
-        grp,
-        cls_idx * bins + b,
-        np.column_stack([np.ones(n), conf, tgt]),
+        group,
+        cell,
+        [None, conf, target],
         (n_cls, bins),
         _class_mean(kind, _power(norm), min_count),
     )
 
 
+def _class_bins(conf, cls_idx, n_cls, bins, strategy, value_range) -> np.ndarray:
+    """Bin of each value; data-dependent edges (equal mass, observed range) per class."""
+    per_class_edges = strategy == "mass" or value_range is None
+    if not per_class_edges or cls_idx is None:
+        return bin_index(conf, bin_edges(conf, bins, strategy, value_range))
+    b = np.empty(len(conf), np.int64)
+    for c in range(n_cls):
+        rows = np.flatnonzero(cls_idx == c)
+        xc = conf[rows]
+        b[rows] = bin_index(xc, bin_edges(xc, bins, strategy, value_range))
+    return b
+
+
 def _class_mean(kind: Kind, p: int, min_count: int = 1):
     """``finalize`` of a (class, bin) grid: per-class error, class mean, ``1/p`` root."""
     return lambda tot: _mean_over_classes(binned_error(tot, kind, p, min_count), p)
+
+
+def _pooled(kind: Kind, p: int):
+    """``finalize`` of a (class, bin) grid read as one class: the classes' bins added up."""
+    return lambda tot: _mean_over_classes(binned_error(tot.sum(axis=-3), kind, p)[..., None], p)
+
+
+def per_class_errors(tot: np.ndarray, kind: Kind = "ece", p: int = 1) -> np.ndarray:
+    """Each class's error (``1/p`` root taken) from a (class, bin, 3) total; NaN without samples."""
+    return binned_error(tot, kind, p) ** (1.0 / p)
 
 
 def calibration_error(confidence: np.ndarray, target: np.ndarray, **kwargs: Any) -> float:
@@ -241,72 +269,120 @@ def box_features(dets: Detections, gt: GroundTruth, dims: Sequence[str] = BOX_DI
     ``confidence`` is the score; ``cx, cy, w, h`` are divided by the image width/height,
     so they lie in [0, 1] for boxes inside the image (netcal's convention).
     """
-    row = gt.images.index_of(dets.image_id)
+    cols = _box_columns(dets, gt, dims)
+    return np.column_stack(cols) if len(dets) else np.zeros((0, len(dims)))
+
+
+def _box_columns(
+    dets: Detections,
+    gt: GroundTruth,
+    dims: Sequence[str],
+    rows: np.ndarray | None = None,
+    image_row: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """The columns of :func:`box_features`, for ``rows`` only (default all); ``image_row``
+    (each detection's row in ``gt.images``) saves looking the images up again."""
+    unknown = [d for d in dims if d not in BOX_DIMS]
+    if unknown:
+        raise TrustmapError(f"unknown D-ECE dimension(s) {unknown}; choose from {list(BOX_DIMS)}")
+    if not dims or dims[0] != "confidence":
+        raise TrustmapError(f"D-ECE dimensions must start with 'confidence', got {list(dims)}")
+    row = gt.images.index_of(dets.image_id) if image_row is None else image_row
     if len(row) and (row < 0).any():
         raise TrustmapError(
             f"detection {int(np.flatnonzero(row < 0)[0])}: image_id has no image", dets.source
         )
+    box, score = dets.bbox, dets.score
+    if rows is not None:
+        row, box, score = row[rows], box[rows], score[rows]
     iw, ih = gt.images.width[row], gt.images.height[row]
-    x, y, w, h = dets.bbox.T
-    table = {
-        "confidence": dets.score,
-        "cx": (x + w / 2) / iw,
-        "cy": (y + h / 2) / ih,
-        "w": w / iw,
-        "h": h / ih,
+    x, y, w, h = box.T
+    make = {
+        "confidence": lambda: score,
+        "cx": lambda: (x + w / 2) / iw,
+        "cy": lambda: (y + h / 2) / ih,
+        "w": lambda: w / iw,
+        "h": lambda: h / ih,
     }
-    unknown = [d for d in dims if d not in table]
-    if unknown:
-        raise TrustmapError(f"unknown D-ECE dimension(s) {unknown}; choose from {list(table)}")
-    if not dims or dims[0] != "confidence":
-        raise TrustmapError(f"D-ECE dimensions must start with 'confidence', got {list(dims)}")
-    return np.column_stack([table[d] for d in dims]) if len(dets) else np.zeros((0, len(dims)))
+    return [np.asarray(make[d](), np.float64) for d in dims]
 
 
 def dece_statistic(
-    features: np.ndarray,
+    features: np.ndarray | Sequence[np.ndarray],
     matched: np.ndarray,
     bins: int | Sequence[int] = 10,
     strategy: BinStrategy = "width",
     min_count: int = 1,
     group: np.ndarray | None = None,
 ) -> Statistic:
-    """D-ECE (Küppers et al. 2020) as a bootstrap-ready statistic; see :func:`dece`."""
+    """D-ECE (Küppers et al. 2020) as a bootstrap-ready statistic; see :func:`dece`.
+
+    ``features``: the (N, D) array, or its D columns. With ``min_count <= 1`` the
+    statistic keeps one number per cell, ``Σ (matched - confidence)``, and the count
+    in one extra cell: ``Σ_c (n_c/n) |prec_c - conf_c| = Σ_c |Σ_{i in c} (m_i - s_i)| / n``,
+    a third of the entries (and of the bootstrap's work) of (count, Σconf, Σmatched).
+    """
     cell, n_cells, conf = _dece_cells(features, bins, strategy)
+    if min_count > 1:
+        return _grouped(
+            group,
+            cell,
+            [None, conf, matched],
+            (n_cells,),
+            lambda tot: binned_error(tot, "ece", 1, min_count),
+        )
     n = len(cell)
+    ng = _n_groups(group)
     grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
-    return _grouped(
-        grp,
-        cell,
-        np.column_stack([np.ones(n), conf, np.asarray(matched, np.float64)]),
-        (n_cells,),
-        lambda tot: binned_error(tot, "ece", 1, min_count),  # one grid, no class axis
+    gap = _grouped(group, cell, [np.asarray(matched, np.float64) - conf], (n_cells + 1,), _unset)
+    count = np.bincount(grp, minlength=ng).astype(np.float64)
+    used = np.flatnonzero(count)
+    return Statistic(
+        np.concatenate([gap.group, used]),
+        np.concatenate([gap.col, np.full(len(used), n_cells, np.int64)]),
+        np.concatenate([gap.val, count[used]]),
+        gap.shape,
+        _dece_from_gaps,
     )
 
 
-def _dece_cells(features: np.ndarray, bins: int | Sequence[int], strategy: BinStrategy):
+def _dece_from_gaps(tot: np.ndarray) -> np.ndarray:
+    """D-ECE from ``tot[..., cells + 1, 1]``: per-cell Σ(matched - conf), then the count."""
+    t = tot[..., 0]
+    n = t[..., -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.abs(t[..., :-1]).sum(-1) / np.where(n > 0, n, 1.0), np.nan)
+
+
+def _dece_cells(
+    features: np.ndarray | Sequence[np.ndarray], bins: int | Sequence[int], strategy: BinStrategy
+):
     """Flat D-ECE cell of each row, the number of cells, and the confidence column.
 
     netcal clips features to [eps, 1 - eps] first; :func:`bin_index` already puts 0, 1
     and anything beyond into the end bins, and the clip moves a mean by at most 1e-16,
     so the copy is skipped.
     """
-    X = np.asarray(features, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[:, None]
-    n, d = X.shape
+    if isinstance(features, list | tuple):
+        cols = [np.asarray(c, np.float64) for c in features]
+    else:
+        X = np.asarray(features, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[:, None]
+        cols = [X[:, k] for k in range(X.shape[1])]
+    d = len(cols)
+    n = len(cols[0]) if d else 0
     nb = [int(bins)] * d if np.isscalar(bins) else [int(b) for b in bins]
     if len(nb) != d:
         raise TrustmapError(f"D-ECE: {len(nb)} bin counts given for {d} dimensions")
+    conf = cols[0]
     if strategy == "mass":  # netcal's quantiles are of the clipped values
-        cols = [np.clip(X[:, k], _EPS, 1.0 - _EPS) for k in range(d)]
-    else:
-        cols = [X[:, k] for k in range(d)]
+        cols = [np.clip(c, _EPS, 1.0 - _EPS) for c in cols]
     cell = np.zeros(n, np.int64)
     for k in range(d):  # row-major flat index, built in place
         cell *= nb[k]
         cell += bin_index(cols[k], bin_edges(cols[k], nb[k], strategy, (0.0, 1.0)))
-    return cell, int(np.prod(nb)), X[:, 0]
+    return cell, int(np.prod(nb)), conf
 
 
 def dece(
@@ -362,15 +438,27 @@ def top_label_statistic(
     ``target`` is a column index (K = background for softmax heads; with sigmoid heads a
     background target is never the argmax, so it always counts as wrong).
     """
-    p = np.asarray(probs, dtype=np.float64)
+    conf, top = _top_label(probs)
     return calibration_error_statistic(
-        p.max(axis=1),
-        p.argmax(axis=1) == np.asarray(target),
-        group=group,
-        bins=bins,
-        norm=norm,
-        strategy=strategy,
+        conf, top == np.asarray(target), group=group, bins=bins, norm=norm, strategy=strategy
     )
+
+
+def _top_label(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row max and argmax (first on ties), a column at a time: several times faster than
+    ``max(axis=1)`` / ``argmax(axis=1)`` over a handful of columns."""
+    p = np.asarray(probs, dtype=np.float64)
+    n, k = p.shape
+    if k == 0:
+        return np.zeros(n), np.zeros(n, np.int64)
+    conf = p[:, 0].copy()
+    top = np.zeros(n, np.int64)
+    for c in range(1, k):
+        col = p[:, c]
+        up = col > conf
+        top[up] = c
+        np.maximum(conf, col, out=conf)
+    return conf, top
 
 
 def classwise_statistic(
@@ -385,25 +473,19 @@ def classwise_statistic(
     """Classwise (marginal) calibration error over every column ``k`` (background included):
     ``p_k`` of every sample against ``1[target = k]``, then the class mean (Kumar et al.)."""
     p = np.asarray(probs, dtype=np.float64)
-    n, k = p.shape
+    return _classwise([p[:, c] for c in range(p.shape[1])], target, group, bins, norm, strategy)
+
+
+def _classwise(cols, target, group, bins, norm, strategy) -> Statistic:
+    """:func:`classwise_statistic` from the probability columns."""
+    k = len(cols)
     tgt = np.asarray(target)
-    grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
-    ng = int(grp.max()) + 1 if n else 1
-    parts = []
-    for c in range(k):  # one class at a time keeps memory at O(N), not O(N K)
-        pc = p[:, c]
-        edges = bin_edges(pc, bins, strategy, (0.0, 1.0))
-        parts.append(
-            _aggregate(
-                grp,
-                c * bins + bin_index(pc, edges),
-                np.column_stack([np.ones(n), pc, tgt == c]),
-                ng,
-                (k, bins),
-            )
-        )
+    sums = _Sums(_n_groups(group), (k, bins), 3, len(tgt))
+    for c, pc in enumerate(cols):  # one class at a time keeps memory at O(N), not O(N K)
+        b = bin_index(pc, bin_edges(pc, bins, strategy, (0.0, 1.0)))
+        sums.add(group, c * bins + b, [None, pc, tgt == c])
     pw = _power(norm)
-    return Statistic.concat(parts, lambda tot: _mean_over_classes(binned_error(tot, "ece", pw), pw))
+    return sums.statistic(lambda tot: _mean_over_classes(binned_error(tot, "ece", pw), pw))
 
 
 def nll_brier_statistics(
@@ -421,30 +503,42 @@ def nll_brier_statistics(
     averaging) over classes keeps both scores comparable with the softmax ones, where
     the background mass plays the role of the all-zero target. Probabilities are
     clipped to [1e-12, 1 - 1e-12] inside the log.
+
+    Brier is computed as ``Σ_k p_k^2 - 2 p_y + 1`` (``y`` a column) or ``Σ_k p_k^2`` (a
+    sigmoid head's background target), without a one-hot matrix.
     """
+    nll, brier = _nll_brier_rows(probs, target, n_classes)
+    cell = np.zeros(len(nll), np.int64)
+    return (
+        _grouped(group, cell, [None, nll], (1,), _mean_of_second),
+        _grouped(group, cell, [None, brier], (1,), _mean_of_second),
+    )
+
+
+def _mean_of_second(tot: np.ndarray) -> np.ndarray:
+    """``finalize`` of a (1, (count, sum)) grid: the mean, NaN without samples."""
+    return np.where(tot[..., 0, 0] > 0, tot[..., 0, 1] / np.maximum(tot[..., 0, 0], 1), np.nan)
+
+
+def _nll_brier_rows(
+    probs: np.ndarray, target: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row NLL and Brier score of :func:`nll_brier_statistics`."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(target, np.int64)
     n = len(p)
     head = _head(p, n_classes)
-    onehot = np.zeros_like(p)
     inside = y < p.shape[1]
-    onehot[np.flatnonzero(inside), y[inside]] = 1.0
-    pc = np.clip(p, 1e-12, 1 - 1e-12)
+    p_y = np.where(inside, p[np.arange(n), np.minimum(y, p.shape[1] - 1)], 0.0)
     if head == "softmax":
-        nll = -np.log(pc[np.arange(n), y])
+        nll = -np.log(np.clip(p_y, 1e-12, 1 - 1e-12))
     else:
-        nll = -(onehot * np.log(pc) + (1 - onehot) * np.log1p(-pc)).sum(axis=1)
-    brier = ((p - onehot) ** 2).sum(axis=1)
-    grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
-
-    def mean(tot: np.ndarray) -> np.ndarray:
-        return np.where(tot[..., 0, 0] > 0, tot[..., 0, 1] / np.maximum(tot[..., 0, 0], 1), np.nan)
-
-    one = np.ones(n)
-    return (
-        _grouped(grp, np.zeros(n, np.int64), np.column_stack([one, nll]), (1,), mean),
-        _grouped(grp, np.zeros(n, np.int64), np.column_stack([one, brier]), (1,), mean),
-    )
+        pc = np.clip(p, 1e-12, 1 - 1e-12)
+        nll = -np.log1p(-pc).sum(axis=1)
+        pyc = np.clip(p_y, 1e-12, 1 - 1e-12)
+        nll -= np.where(inside, np.log(pyc) - np.log1p(-pyc), 0.0)
+    brier = np.einsum("ij,ij->i", p, p) + np.where(inside, 1.0 - 2.0 * p_y, 0.0)
+    return nll, brier
 
 
 def nll(probs: np.ndarray, target: np.ndarray, n_classes: int) -> float:
@@ -494,34 +588,6 @@ def laace(score: np.ndarray, iou: np.ndarray, category: np.ndarray, bins: int = 
 # --------------------------------------------------------------------- average precision
 
 
-def _coco_order(score, image_index, rank, category):
-    """pycocotools' accumulation order: class, then score desc, then image, then in-image rank."""
-    return np.lexsort((rank, image_index, -score, category))
-
-
-def _ap_from_curves(
-    rc: np.ndarray, pr: np.ndarray, row: np.ndarray, n_rows: int, recall_points: np.ndarray
-) -> np.ndarray:
-    """COCO interpolated AP per row from concatenated PR curves (rows contiguous, rc sorted).
-
-    Precision is made monotone (right-to-left running max); for each recall point r the
-    precision at the first curve point with recall >= r counts, 0 past the curve's end;
-    AP is the mean over recall points.
-    """
-    ap = np.zeros(n_rows)
-    starts = np.searchsorted(row, np.arange(n_rows), "left")
-    ends = np.searchsorted(row, np.arange(n_rows), "right")
-    for i in range(n_rows):  # a loop over classes keeps recall comparisons exact
-        seg = slice(starts[i], ends[i])
-        if starts[i] == ends[i]:
-            continue
-        env = np.maximum.accumulate(pr[seg][::-1])[::-1]
-        pos = np.searchsorted(rc[seg], recall_points, "left")
-        ok = pos < len(env)
-        ap[i] = np.where(ok, env[np.minimum(pos, len(env) - 1)], 0.0).mean()
-    return ap
-
-
 def average_precision(
     score: np.ndarray,
     tp: np.ndarray,
@@ -545,40 +611,93 @@ def average_precision(
     Classes without ground truth get NaN (pycocotools' -1) and drop out of means.
     ``order`` (``Matches.order``: rows by image, class, descending score) saves a sort.
     """
-    score = np.asarray(score, np.float64)
     tp2 = np.atleast_2d(np.asarray(tp, bool))
-    n = len(score)
     ig2 = np.zeros_like(tp2) if ignored is None else np.atleast_2d(np.asarray(ignored, bool))
+    table = ap_table(
+        score,
+        category,
+        n_gt,
+        [np.flatnonzero(t & ~i) for t, i in zip(tp2, ig2, strict=True)],
+        [np.flatnonzero(i) for i in ig2],
+        image_index=image_index,
+        rank=rank,
+        max_dets=max_dets,
+        order=order,
+    )
+    return table[0] if np.ndim(tp) == 1 else table
+
+
+def ap_table(
+    score: np.ndarray,
+    category: np.ndarray,
+    n_gt: Mapping[int, int],
+    tp_rows: Sequence[np.ndarray],
+    ignored_rows: Sequence[np.ndarray],
+    *,
+    image_index: np.ndarray | None = None,
+    rank: np.ndarray | None = None,
+    max_dets: int | None = 100,
+    order: np.ndarray | None = None,
+    score_rank: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`average_precision` from the rows that are TPs (and ignored) at each threshold.
+
+    One sort puts the kept detections in pycocotools' order (class, descending score,
+    image, in-image rank). The PR curve then needs only its TP points: recall rises
+    only at a TP, so the first point with recall >= r (r > 0) is a TP; precision falls
+    at an FP and stays at an ignored detection, so its right-to-left maximum over all
+    points equals that over the TP points (and for r = 0 the maximum over all of them).
+    A TP's (TP, FP) counts follow from its position, its rank among the TPs and the
+    ignored detections before it, so each threshold costs a sort of its TPs, not a pass
+    over every detection; the numbers are the same floating-point operations as
+    pycocotools' on the same counts. ``score_rank`` (``Matches.score_rank``) saves the
+    ranking sort.
+    """
+    score = np.asarray(score, np.float64)
+    n = len(score)
     cats = np.array(sorted(n_gt), dtype=np.int64)
-    cat = np.asarray(category, np.int64)
-    keep = np.isin(cat, cats)
+    nc = len(cats)
+    cat_row = index_in(np.asarray(category, np.int64), cats)
+    keep = cat_row >= 0
     if rank is not None and max_dets is not None:
         keep &= np.asarray(rank) < max_dets
-    img = np.zeros(n, np.int64) if image_index is None else np.asarray(image_index, np.int64)
-    rk = np.zeros(n, np.int64) if rank is None else np.asarray(rank, np.int64)
-    if order is not None:  # already by (image, rank): a stable sort by (class, -score) keeps that
-        sel = np.asarray(order)[keep[order]]
-        order = sel[np.lexsort((-score[sel], cat[sel]))]
-    else:
-        sel = np.flatnonzero(keep)
-        order = sel[
-            _coco_order(score[sel], img[sel], rk[sel], cat[sel])
-        ]  # one sort, all thresholds
-    row = np.searchsorted(cats, cat[order])
-    starts = np.searchsorted(row, np.arange(len(cats)), "left")
+    # ties: by image, then in-image rank = position in the matcher's (image, class, score) order
+    if order is None:
+        img = np.zeros(n, np.int64) if image_index is None else np.asarray(image_index, np.int64)
+        rk = np.zeros(n, np.int64) if rank is None else np.asarray(rank, np.int64)
+        order = np.lexsort((rk, img))
+    tiebreak = np.empty(n, np.int64)
+    tiebreak[np.asarray(order)] = np.arange(n)
+    sel = np.flatnonzero(keep)
+    rk_s = None if score_rank is None else np.asarray(score_rank)[sel]
+    ranked = sel[block_order(cat_row[sel], score[sel], tiebreak[sel], rank=rk_s)]
+    pos = np.full(n, -1, np.int64)
+    pos[ranked] = np.arange(len(ranked))
+    ends = np.cumsum(np.bincount(cat_row[sel], minlength=nc))
+    starts = ends - np.bincount(cat_row[sel], minlength=nc)
     ngt = np.array([n_gt[int(c)] for c in cats], dtype=np.float64)
-    out = np.empty((len(tp2), len(cats)))
-    for t in range(len(tp2)):
-        t_ok, ig = tp2[t, order], ig2[t, order]
-        ctp = np.cumsum(t_ok & ~ig, dtype=np.float64)
-        cfp = np.cumsum(~t_ok & ~ig, dtype=np.float64)
-        ctp -= np.r_[0.0, ctp][starts][row]  # restart the sums at each class
-        cfp -= np.r_[0.0, cfp][starts][row]
-        rc = ctp / np.maximum(ngt[row], 1.0)
+    out = np.zeros((len(tp_rows), nc))
+    for t, (tr, ir) in enumerate(zip(tp_rows, ignored_rows, strict=True)):
+        p = np.sort(pos[tr][keep[tr]])
+        q = np.sort(pos[ir][keep[ir]])
+        cls = np.searchsorted(ends, p, "right")  # class row of each TP
+        first = np.searchsorted(cls, np.arange(nc), "left")  # first TP of each class
+        ctp = (np.arange(len(p)) - first[cls] + 1).astype(np.float64)
+        before_ig = np.searchsorted(q, p) - np.searchsorted(q, starts[cls])
+        cfp = (p - starts[cls] + 1 - before_ig).astype(np.float64) - ctp
+        rc = ctp / np.maximum(ngt[cls], 1.0)
         pr = ctp / (ctp + cfp + np.spacing(1))
-        out[t] = _ap_from_curves(rc, pr, row, len(cats), COCO_RECALL_POINTS)
+        last = np.r_[first[1:], len(p)]
+        for c in range(nc):
+            seg = slice(first[c], last[c])
+            if first[c] == last[c]:
+                continue
+            env = np.maximum.accumulate(pr[seg][::-1])[::-1]
+            at = np.searchsorted(rc[seg], COCO_RECALL_POINTS, "left")
+            ok = at < len(env)
+            out[t, c] = np.where(ok, env[np.minimum(at, len(env) - 1)], 0.0).mean()
     out[:, ngt == 0] = np.nan
-    return out[0] if np.ndim(tp) == 1 else out
+    return out
 
 
 def ap_statistic(
@@ -608,50 +727,31 @@ def ap_statistic(
         base &= matches.rank < max_dets
     sel = np.flatnonzero(base)
     # score bins per class, highest scores in bin 0 so cumulative sums run best-first
-    sbin = np.zeros(len(dets), np.int64)
+    cb = np.zeros(len(dets), np.int64)
     for c in range(nc):
         sc = sel[cat_row[sel] == c]
         if sc.size:
             neg = -dets.score[sc]
-            sbin[sc] = bin_index(
-                neg, bin_edges(neg, nb, "mass", (float(neg.min()), float(neg.max())))
-            )
+            b = bin_index(neg, bin_edges(neg, nb, "mass", (float(neg.min()), float(neg.max()))))
+            cb[sc] = c * nb + b
     shape = (nt + 1, nc, nb)
     ng = max(len(gt.images), 1)
-    img = matches.image_index[sel]
-    cb = cat_row[sel] * nb + sbin[sel]
-    parts = [
-        _aggregate(
-            img,
-            nt * nc * nb + cb,
-            np.column_stack([np.ones(sel.size), np.zeros(sel.size)]),
-            ng,
-            shape,
-        )
-    ]
+    img = matches.image_index
+    sums = _Sums(ng, shape, 2, len(sel))
+    sums.add(img[sel], nt * nc * nb + cb[sel], [None, np.zeros(len(sel))])
     for k, t in enumerate(tix):
-        tp_k, ig_k = matches.tp[t, sel], matches.ignored[t, sel]
-        hit = np.flatnonzero(tp_k | ig_k)
-        parts.append(
-            _aggregate(
-                img[hit], k * nc * nb + cb[hit], np.column_stack([tp_k[hit], ig_k[hit]]), ng, shape
-            )
-        )
+        tp_rows, ig_rows = matches.matched(t)
+        tp_rows, ig_rows = tp_rows[base[tp_rows]], ig_rows[base[ig_rows]]
+        rows = np.concatenate([tp_rows, ig_rows])
+        is_tp = np.r_[np.ones(len(tp_rows)), np.zeros(len(ig_rows))]
+        sums.add(img[rows], k * nc * nb + cb[rows], [is_tp, 1.0 - is_tp])
     an = gt.annotations
     obj = ~an.is_region
     g_row = index_in(an.category_id[obj], cats)
     g_img = gt.images.index_of(an.image_id[obj])
     ok = (g_row >= 0) & (g_img >= 0)
-    parts.append(
-        _aggregate(
-            g_img[ok],
-            nt * nc * nb + g_row[ok] * nb,
-            np.column_stack([np.zeros(ok.sum()), np.ones(ok.sum())]),
-            ng,
-            shape,
-        )
-    )
-    return Statistic.concat(parts, _binned_map)
+    sums.add(g_img[ok], nt * nc * nb + g_row[ok] * nb, [np.zeros(ok.sum()), None])
+    return sums.statistic(_binned_map)
 
 
 def _binned_map(tot: np.ndarray) -> np.ndarray:
@@ -799,6 +899,11 @@ class MetricsConfig(BaseModel):
         1000, ge=0, description="Bootstrap replicates over images; 0 = no intervals."
     )
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+    ci_method: Literal["bc", "percentile"] = Field(
+        "bc",
+        description="Bias-corrected percentile (default) or plain percentile intervals; "
+        "see calibration.bootstrap.interval.",
+    )
     seed: int | None = 0
 
     @field_validator("dece_dims")
@@ -836,11 +941,54 @@ def load_config(
         raise TrustmapError(f"metrics config: {where}: {e['msg']}", source) from None
 
 
+@dataclass
+class AuditMatches:
+    """The matchings behind one :func:`compute_metrics` run (see :func:`audit_matches`)."""
+
+    main: Matches  # config's mode at iou_threshold and laece_tau (greedy: plus COCO's thresholds)
+    ap: Matches  # greedy at COCO's thresholds; the same object as ``main`` for greedy
+    agnostic: Matches | None  # class-agnostic at iou_threshold (K+1 targets); None without probs
+
+    def valid_and_tp(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(not ignored, TP) per detection at ``threshold`` of the main matching."""
+        r = self.main.row(self.main.index(threshold))
+        return ~r.ignored, r.tp
+
+
+def audit_matches(
+    dets: Detections, gt: GroundTruth, config: MetricsConfig | Mapping[str, Any] | None = None
+) -> AuditMatches:
+    """Every matching :func:`compute_metrics` needs, each done once.
+
+    Greedy: one call at {iou_threshold, laece_tau} and COCO's ten thresholds serves every
+    class-aware metric and AP. Other modes: the mode at {iou_threshold, laece_tau} plus
+    greedy at COCO's thresholds for AP. Plus one class-agnostic matching at
+    iou_threshold when the detections carry probability vectors. Callers that need the
+    matches themselves (the audit's breakdowns) pass the result to
+    :func:`compute_metrics` instead of matching again.
+    """
+    cfg = load_config(config)
+    main = sorted({cfg.iou_threshold, cfg.laece_tau})
+    if cfg.match_mode == "greedy":
+        m = match(dets, gt, sorted({*main, *COCO_IOU_THRESHOLDS}), "greedy")
+        m_ap = m
+    else:
+        m = match(dets, gt, main, cfg.match_mode)
+        m_ap = match(dets, gt, COCO_IOU_THRESHOLDS, "greedy", score_rank=m.score_rank)
+    agn = None
+    if dets.probs is not None or dets.logits is not None:
+        agn = match(
+            dets, gt, cfg.iou_threshold, cfg.match_mode, class_aware=False, score_rank=m.score_rank
+        )
+    return AuditMatches(m, m_ap, agn)
+
+
 def compute_metrics(
     dets: Detections,
     gt: GroundTruth,
     config: MetricsConfig | Mapping[str, Any] | None = None,
     validate: bool = True,
+    matches: AuditMatches | None = None,
 ) -> dict[str, Any]:
     """Every audit number with its bootstrap interval over images.
 
@@ -851,71 +999,101 @@ def compute_metrics(
     probability vectors; their targets come from class-agnostic matching at
     ``iou_threshold``, so a box on a car predicted as "truck" has target "car" (Huseljic
     et al.'s modelling perspective), and unmatched boxes have target background.
+
+    ``matches``: the result of :func:`audit_matches` for these detections and config,
+    when the caller has it already. Each matching is done once and every metric reads
+    it; metrics that bin the same values share one table of sums (ECE, MCE and the
+    detection top-label error are read-outs of the detection classwise table), the
+    per-category numbers are read off those tables, and AP comes from the TP lists.
+    Without intervals (``n_boot=0``) the sums are not split by image.
     """
     cfg = load_config(config)
     if validate:
         dets.validate(gt)
+    mm = matches if matches is not None else audit_matches(dets, gt, cfg)
+    m, m_ap = mm.main, mm.ap
     thr, tau = cfg.iou_threshold, cfg.laece_tau
-    main = sorted({thr, tau})
-    if cfg.match_mode == "greedy":
-        m = match(dets, gt, sorted({*main, *COCO_IOU_THRESHOLDS}), "greedy")
-        m_ap = m
-    else:
-        m = match(dets, gt, main, cfg.match_mode)
-        m_ap = match(dets, gt, COCO_IOU_THRESHOLDS, "greedy")
     ti, tt = m.index(thr), m.index(tau)
-    # without intervals, one group: the statistics then skip the per-image tables
-    group = m.image_index if cfg.n_boot > 0 else np.zeros(len(dets), np.int64)
+    boot = cfg.n_boot > 0
+    group = m.image_index if boot else None  # without intervals, one group: no per-image tables
+    sub = (lambda g, rows: g[rows]) if boot else (lambda g, rows: None)  # noqa: E731
     cats = gt.category_ids
     stats: dict[str, Statistic] = {}
     skipped: dict[str, str] = {}
 
-    valid = ~m.ignored[ti]
-    s, tp, g, cat = dets.score[valid], m.tp[ti, valid], group[valid], dets.category_id[valid]
-    common = {"group": g, "bins": cfg.bins, "strategy": cfg.bin_strategy}
-    stats["ece"] = calibration_error_statistic(s, tp, norm=cfg.norm, kind="ece", **common)
-    # same cells, other read-outs: sharing the entries lets the bootstrap reuse one product
-    stats["mce"] = replace(stats["ece"], finalize=_class_mean("mce", 1))
+    r_main = m.row(ti)
+    valid = ~r_main.ignored
+    s, tp, cat = dets.score[valid], r_main.tp[valid], dets.category_id[valid]
+    g = sub(group, valid)
+    cls_idx, n_cls, cls_vals = _codes(cat)
+    p, pw = _power(cfg.norm), _power(cfg.classwise_norm)
+    # detection classwise table: (class, bin) sums of (count, score, TP)
+    b = _class_bins(s, cls_idx, n_cls, cfg.bins, cfg.bin_strategy, (0.0, 1.0))
+    cw = _grouped(g, cls_idx * cfg.bins + b, [None, s, tp], (n_cls, cfg.bins), _unset)
+    stats["detection_classwise_ce"] = replace(cw, finalize=_class_mean("ece", pw))
+    if cfg.bin_strategy == "width":
+        # the same edges for every class: the pooled bins are the class bins added up
+        stats["ece"] = replace(cw, finalize=_pooled("ece", p))
+        stats["mce"] = replace(cw, finalize=_pooled("mce", 1))
+        stats["detection_top_label_ce"] = replace(cw, finalize=_pooled("ece", pw))
+    else:
+        pooled = calibration_error_statistic(s, tp, group=g, bins=cfg.bins, strategy="mass")
+        stats["ece"] = replace(pooled, finalize=_class_mean("ece", p))
+        stats["mce"] = replace(pooled, finalize=_class_mean("mce", 1))
+        stats["detection_top_label_ce"] = replace(pooled, finalize=_class_mean("ece", pw))
     stats["ace"] = calibration_error_statistic(
         s, tp, norm=cfg.norm, kind="ace", group=g, bins=cfg.bins, strategy="mass"
     )
-    stats["dece"] = dece_statistic(
-        box_features(dets, gt, cfg.dece_dims)[valid], tp, cfg.dece_bins, cfg.bin_strategy, group=g
-    )
-    pw = _power(cfg.classwise_norm)
-    stats["detection_top_label_ce"] = replace(stats["ece"], finalize=_class_mean("ece", pw))
-    stats["detection_classwise_ce"] = calibration_error_statistic(
-        s, tp, classes=cat, norm=cfg.classwise_norm, **common
-    )
+    feats = _box_columns(dets, gt, cfg.dece_dims, valid, m.image_index)
+    stats["dece"] = dece_statistic(feats, tp, cfg.dece_bins, cfg.bin_strategy, group=g)
+    del feats
 
-    vt = ~m.ignored[tt]
-    la = {"classes": dets.category_id[vt], "group": group[vt], "bins": cfg.laece_bins}
-    stats["laece"] = calibration_error_statistic(dets.score[vt], m.iou[tt, vt], kind="ece", **la)
+    r_tau = r_main if tt == ti else m.row(tt)
+    vt = ~r_tau.ignored
+    st, it, ct = dets.score[vt], r_tau.iou[vt], dets.category_id[vt]
+    gt_ = sub(group, vt)
+    la_idx, la_n, la_vals = _codes(ct)
+    la_b = _class_bins(st, la_idx, la_n, cfg.laece_bins, "width", (0.0, 1.0))
+    la_shape = (la_n, cfg.laece_bins)
+    stats["laece"] = _grouped(
+        gt_, la_idx * cfg.laece_bins + la_b, [None, st, it], la_shape, _class_mean("ece", 1)
+    )
     stats["laace"] = calibration_error_statistic(
-        dets.score[vt], m.iou[tt, vt], kind="ace", strategy="mass", **la
+        st, it, classes=ct, group=gt_, bins=cfg.laece_bins, kind="ace", strategy="mass"
     )
 
     probs = dets.class_probabilities(cats)
-    if probs is None:
+    if probs is None or mm.agnostic is None:
         for name in ("top_label_ce", "classwise_ce", "nll", "brier"):
             skipped[name] = "the detections carry no probability vectors (probs or logits)"
     else:
         col_cats = dets.prob_category_ids or tuple(int(c) for c in cats)
-        ma = match(dets, gt, thr, cfg.match_mode, class_aware=False)
-        va = ~ma.ignored[0]
-        target = ma.target_column(thr, col_cats)[va]
-        pv, ga = probs[va], group[va]
-        stats["top_label_ce"] = top_label_statistic(
-            pv, target, group=ga, bins=cfg.bins, norm=cfg.classwise_norm, strategy=cfg.bin_strategy
+        _head(probs, len(col_cats))  # the column count fits the categories
+        ma = mm.agnostic
+        va = ~ma.row(ma.index(thr)).ignored
+        target_all = ma.target_column(thr, col_cats)
+        target = target_all[va]
+        ga = sub(group, va)
+        kw = {"bins": cfg.bins, "norm": cfg.classwise_norm, "strategy": cfg.bin_strategy}
+        # row-wise numbers over all rows, then the valid ones: no copy of the (N, K+1) matrix
+        top_conf, top = _top_label(probs)
+        stats["top_label_ce"] = calibration_error_statistic(
+            top_conf[va], top[va] == target, group=ga, **kw
         )
-        stats["classwise_ce"] = classwise_statistic(
-            pv, target, group=ga, bins=cfg.bins, norm=cfg.classwise_norm, strategy=cfg.bin_strategy
+        del top_conf, top
+        cols = [probs[:, c][va] for c in range(probs.shape[1])]
+        stats["classwise_ce"] = _classwise(
+            cols, target, ga, cfg.bins, cfg.classwise_norm, cfg.bin_strategy
         )
-        stats["nll"], stats["brier"] = nll_brier_statistics(pv, target, len(col_cats), group=ga)
+        del cols
+        nll_r, brier_r = _nll_brier_rows(probs, target_all, len(col_cats))
+        cell0 = np.zeros(int(va.sum()), np.int64)
+        stats["nll"] = _grouped(ga, cell0, [None, nll_r[va]], (1,), _mean_of_second)
+        stats["brier"] = _grouped(ga, cell0, [None, brier_r[va]], (1,), _mean_of_second)
 
     values = {k: v.value() for k, v in stats.items()}
     i50 = COCO_IOU_THRESHOLDS.index(0.5)
-    if cfg.n_boot > 0:  # the binned AP exists for the bootstrap only
+    if boot:  # the binned AP exists for the bootstrap only
         n_t = len(COCO_IOU_THRESHOLDS)
         stats["map"] = ap_statistic(
             m_ap, dets, gt, COCO_IOU_THRESHOLDS, cfg.ap_max_dets, cfg.ap_score_bins
@@ -924,17 +1102,17 @@ def compute_metrics(
             stats["map"], finalize=lambda tot: _binned_map(tot[..., [i50, n_t], :, :, :])
         )
     # exact AP for the point estimate (bins are for the bootstrap only)
-    kk = [m_ap.index(t) for t in COCO_IOU_THRESHOLDS]
-    table = average_precision(
+    hits = [m_ap.matched(m_ap.index(t)) for t in COCO_IOU_THRESHOLDS]
+    table = ap_table(
         dets.score,
-        m_ap.tp[kk],
         dets.category_id,
         m_ap.n_gt,
-        ignored=m_ap.ignored[kk],
-        image_index=m_ap.image_index,
+        [h[0] for h in hits],
+        [h[1] for h in hits],
         rank=m_ap.rank,
         max_dets=cfg.ap_max_dets,
         order=m_ap.order,
+        score_rank=m_ap.score_rank,
     )  # (T, C)
     ap_cats = [int(c) for c in sorted(m_ap.n_gt)]
     ours = {"map": _nanmean(table.ravel()), "ap50": _nanmean(table[i50])}
@@ -949,7 +1127,11 @@ def compute_metrics(
         values["map"], values["ap50"] = ours["map"], ours["ap50"]
         ap_by_cat = ours_ap
 
-    intervals = bootstrap(stats, len(gt.images), cfg.n_boot, cfg.seed, cfg.ci_level)
+    # the binned AP's replicates are anchored at its own full-sample value
+    estimates = {k: v for k, v in values.items() if k not in ("map", "ap50")}
+    intervals = bootstrap(
+        stats, len(gt.images), cfg.n_boot, cfg.seed, cfg.ci_level, cfg.ci_method, estimates
+    )
     # AP replicates are binned (see ap_statistic); move their interval by the binning's
     # full-sample offset so it sits around the exact value
     ci_shift = {}
@@ -972,34 +1154,27 @@ def compute_metrics(
     for name, why in skipped.items():
         metrics[name] = {"value": None, "skipped": why}
 
+    # per category: read off the class tables (same bins as a per-category call)
+    cw_err = dict(zip(cls_vals.tolist(), per_class_errors(cw.totals(), "ece", p), strict=True))
+    la_err = dict(
+        zip(la_vals.tolist(), per_class_errors(stats["laece"].totals(), "ece", 1), strict=True)
+    )
+    crow = index_in(dets.category_id, cats)
+    n_det = np.bincount(crow[crow >= 0], minlength=len(cats))
+    tp_row = crow[r_main.tp_rows]
+    n_tp = np.bincount(tp_row[tp_row >= 0], minlength=len(cats))
     per_category = {}
-    for c in cats:
+    for j, c in enumerate(cats):
         c = int(c)
-        sel = valid & (dets.category_id == c)
-        selt = vt & (dets.category_id == c)
         per_category[c] = {
             "name": gt.categories[c],
             "n_gt": m.n_gt[c],
-            "n_detections": int((dets.category_id == c).sum()),
-            "n_tp": int(m.tp[ti, sel].sum()),
+            "n_detections": int(n_det[j]),
+            "n_tp": int(n_tp[j]),
             "ap": _none_if_nan(ap_by_cat.get(c, float("nan"))),
             "ap50": _none_if_nan(ours_ap50.get(c, float("nan"))),
-            "ece": _none_if_nan(
-                calibration_error(
-                    dets.score[sel],
-                    m.tp[ti, sel],
-                    bins=cfg.bins,
-                    strategy=cfg.bin_strategy,
-                    norm=cfg.norm,
-                )
-            )
-            if sel.any()
-            else None,
-            "laece": _none_if_nan(
-                calibration_error(dets.score[selt], m.iou[tt, selt], bins=cfg.laece_bins)
-            )
-            if selt.any()
-            else None,
+            "ece": _none_if_nan(cw_err[c]) if c in cw_err else None,
+            "laece": _none_if_nan(la_err[c]) if c in la_err else None,
         }
     return {
         "config": cfg.model_dump(mode="json"),
@@ -1008,8 +1183,8 @@ def compute_metrics(
             "ground_truth": int(sum(m.n_gt.values())),
             "regions": int(gt.annotations.is_region.sum()),
             "detections": len(dets),
-            "tp": int(m.tp[ti].sum()),
-            "ignored": int(m.ignored[ti].sum()),
+            "tp": len(r_main.tp_rows),
+            "ignored": len(r_main.ignored_rows),
         },
         "metrics": metrics,
         "per_category": per_category,
@@ -1030,48 +1205,69 @@ def _none_if_nan(v: float) -> float | None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _aggregate(
-    group: np.ndarray,
-    cell: np.ndarray,
-    values: np.ndarray,
-    n_groups: int,
-    cell_shape: tuple[int, ...],
-) -> Statistic:
-    """Entries of a statistic; rows sharing (group, cell) are summed first when the table is small."""
-    n_cells = int(np.prod(cell_shape))
-    s = values.shape[1]
-    if len(group) == 0:
-        return Statistic.from_rows(group, cell, values, cell_shape, _unset)
-    if n_groups * n_cells > max(4 * len(group), 100_000):
-        # large grids (D-ECE, AP): rows rarely share a cell within an image, so a dense
-        # table would be mostly empty; the sparse conversion adds the few duplicates
-        return Statistic.from_rows(group, cell, values, cell_shape, _unset)
-    key = np.asarray(group, np.int64) * n_cells + np.asarray(cell, np.int64)
-    size = n_groups * n_cells
-    sums = np.column_stack(
-        [np.bincount(key, weights=values[:, j], minlength=size) for j in range(s)]
-    )
-    used = np.flatnonzero(sums.any(axis=1))
-    return Statistic.from_rows(used // n_cells, used % n_cells, sums[used], cell_shape, _unset)
+class _Sums:
+    """Per-(group, cell) sums of S value columns, added part by part, as a :class:`Statistic`.
+
+    Small tables (groups x cells at most ~4 per row) are summed densely with ``bincount``,
+    so the statistic holds one entry per used (group, cell); large grids (D-ECE, AP, where
+    rows rarely share a cell within an image) keep the rows and let the sparse
+    conversion add the few duplicates. ``group`` None means one group.
+    """
+
+    def __init__(self, n_groups: int, cell_shape: tuple[int, ...], s: int, n_rows: int):
+        self.ng, self.shape, self.s = n_groups, tuple(cell_shape), s
+        self.nc = int(np.prod(cell_shape))
+        self.dense = n_groups * self.nc <= max(4 * n_rows, 100_000)
+        self.table = np.zeros((n_groups * self.nc, s)) if self.dense else None
+        self.parts: list[Statistic] = []
+
+    def add(self, group, cell, columns: list) -> None:
+        cell = np.asarray(cell, np.int64)
+        if self.dense:
+            key = cell if group is None else np.asarray(group, np.int64) * self.nc + cell
+            size = self.ng * self.nc
+            for j, c in enumerate(columns):
+                w = None if c is None else np.asarray(c, np.float64)
+                self.table[:, j] += np.bincount(key, weights=w, minlength=size)
+        else:
+            grp = np.zeros(len(cell), np.int64) if group is None else group
+            self.parts.append(Statistic.from_columns(grp, cell, columns, self.shape, _unset))
+
+    def statistic(self, finalize) -> Statistic:
+        if self.dense:
+            used = np.flatnonzero(self.table.any(axis=1))
+            return Statistic.from_rows(
+                used // self.nc, used % self.nc, self.table[used], self.shape, finalize
+            )
+        if not self.parts:
+            e = np.zeros(0, np.int64)
+            return Statistic(e, e, np.zeros(0), (*self.shape, self.s), finalize)
+        return Statistic.concat(self.parts, finalize)
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense codes 0..k-1 of the distinct values (sorted), without sorting small-range ints."""
+def _n_groups(group: np.ndarray | None) -> int:
+    return 1 if group is None or len(group) == 0 else int(np.max(group)) + 1
+
+
+def _grouped(group, cell, columns, cell_shape, finalize) -> Statistic:
+    """One :class:`_Sums` part: ``columns`` (None = count) summed per (group, cell)."""
+    sums = _Sums(_n_groups(group), cell_shape, len(columns), len(cell))
+    sums.add(group, cell, columns)
+    return sums.statistic(finalize)
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Dense codes 0..k-1 of the distinct values (sorted), without sorting small-range ints;
+    also the distinct values."""
     if values.size and np.issubdtype(values.dtype, np.integer):
         lo, hi = int(values.min()), int(values.max())
         if hi - lo < 1_000_000:
             present = np.bincount(values - lo, minlength=hi - lo + 1) > 0
             lut = np.cumsum(present) - 1
-            return lut[values - lo].astype(np.int64), max(int(present.sum()), 1)
+            uniq = lo + np.flatnonzero(present)
+            return lut[values - lo].astype(np.int64), max(int(present.sum()), 1), uniq
     uniq, inv = np.unique(values, return_inverse=True)
-    return inv.astype(np.int64), max(len(uniq), 1)
-
-
-def _grouped(group, cell, values, cell_shape, finalize) -> Statistic:
-    ng = int(np.max(group)) + 1 if len(group) else 1
-    st = _aggregate(group, cell, values, ng, cell_shape)
-    st.finalize = finalize
-    return st
+    return inv.astype(np.int64).ravel(), max(len(uniq), 1), uniq
 
 
 def _unset(tot: np.ndarray) -> np.ndarray:  # pragma: no cover - replaced before use
@@ -1082,8 +1278,11 @@ __all__ = [
     "BOX_DIMS",
     "COCO_IOU_THRESHOLDS",
     "MODES",
+    "AuditMatches",
     "MetricsConfig",
     "ace",
+    "ap_table",
+    "audit_matches",
     "average_precision",
     "bin_edges",
     "bin_index",

@@ -37,7 +37,8 @@ def main() -> None:
     "labels",
     multiple=True,
     type=_path,
-    help="Cheap label raster on the scene grid; repeat for several sources (fused).",
+    help="Cheap labels: a raster on the scene grid, or a vector file (rasterised onto it); "
+    "repeat for several sources (fused).",
 )
 @click.option(
     "--truth",

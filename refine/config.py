@@ -77,9 +77,9 @@ class ModelSettings(_Section):
 
     arch: str = "Unet"
     encoder: str = "tu-resnet10t"
-    encoder_depth: int = Field(3, ge=1, le=5)
+    encoder_depth: int = Field(4, ge=1, le=5)
     decoder_channels: list[int] | None = Field(
-        default_factory=lambda: [32, 16, 8], validate_default=True
+        default_factory=lambda: [64, 32, 16, 8], validate_default=True
     )
     encoder_weights: Path | None = Field(
         None, description="Local file of pretrained encoder weights."
@@ -123,12 +123,12 @@ class TrainSettings(_Section):
 
     crop: int = Field(128, ge=32, le=2048)
     batch_size: int = Field(8, ge=1, le=512)
-    steps: int = Field(150, ge=1, description="Optimiser steps of the first round.")
+    steps: int = Field(200, ge=1, description="Optimiser steps of the first round.")
     finetune_steps: int = Field(60, ge=0, description="Steps of later rounds (warm start).")
-    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    lr: float = Field(3e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     min_labelled: float = Field(0.5, gt=0.0, le=1.0, description="Least labelled share of a crop.")
-    class_weighting: Literal["none", "inverse_sqrt"] = "inverse_sqrt"
+    class_weighting: Literal["none", "inverse_sqrt"] = "none"
     augment: bool = True
     warm_start: bool = True
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 from refine.config import RefineConfig, config_error
 from refine.metrics import Scores, review_precision, score_labels, score_raster, track_errors
@@ -288,21 +289,26 @@ def prepare_sample(
     same config) are kept, since each was written atomically.
     """
     from refine.noise import CrowdConfig, ModelNoiseConfig, simulate_crowd, simulate_model
-    from tiles.samples import generate_scene_arrays, make_sample
+    from tiles.samples import make_sample
 
     out = Path(out_dir)
     schema = load_schema(config.classes)
     s, cheap = config.sample, config.cheap
     scene_dir, held_dir = out / "sample", out / "heldout"
-    if not (scene_dir / "truth.tif").exists():
+    parts = ("scene.tif", "truth.tif", "quicklook.png")
+    if not all((scene_dir / p).exists() for p in parts):
         (echo or (lambda _: None))(f"generating the {s.size}x{s.size} sample scene (seed {s.seed})")
         make_sample(scene_dir, size=s.size, seed=s.seed, schema_path=config.classes)
-    if not (held_dir / "truth.tif").exists():
+    if not all((held_dir / p).exists() for p in parts):
         make_sample(held_dir, size=s.heldout_size, seed=s.heldout_seed, schema_path=config.classes)
     n = cheap.annotators if cheap.source == "crowd" else 1
     names = [out / f"cheap_{cheap.source}_{i + 1}.tif" for i in range(n)]
     if not all(p.exists() for p in names):
-        bands, truth, _ = generate_scene_arrays(s.size, s.seed)
+        with (
+            rasterio.open(scene_dir / "scene.tif") as ds,
+            rasterio.open(scene_dir / "truth.tif") as ts,
+        ):
+            bands, truth = ds.read(), ts.read(1)
         if cheap.source == "crowd":
             stack = simulate_crowd(
                 truth, schema, CrowdConfig(n_annotators=n, noise=cheap.noise, seed=cheap.seed)
@@ -336,13 +342,19 @@ def _grid_of(ds: rasterio.DatasetReader) -> str:
     return f"{ds.width}x{ds.height} px, origin ({t.c:.6g}, {t.f:.6g}), pixel {t.a:g} x {t.e:g}, {ds.crs}"
 
 
-def read_label_raster(path: Path, scene: SceneImage, schema: ClassSchema, role: str) -> np.ndarray:
-    """Read a single-band code raster that must sit exactly on the scene's grid.
+def read_labels(path: Path, scene: SceneImage, schema: ClassSchema, role: str) -> np.ndarray:
+    """Read labels on the scene's grid: a single-band code raster, or a vector file.
 
     A raster on another grid (CRS, transform or size) is an error rather than silently
     resampled: label pixels are data, and the fix (``tiles align``) should be a deliberate,
-    visible step.
+    visible step. Vector labels have no grid of their own; they are rasterised onto the
+    scene's with :mod:`tiles.align` (pixel centres, class from a code or name attribute).
     """
+    from tiles.align import VECTOR_SUFFIXES, LabelSource
+
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        source = LabelSource.open(path, scene.path, schema)
+        return source.read(Window(0, 0, scene.width, scene.height))
     with open_raster(path) as ds:
         require_crs(ds, path)
         if ds.count != 1:
@@ -403,9 +415,9 @@ def load_inputs(inputs: SimulationInputs, schema: ClassSchema) -> LoadedInputs:
             "scene is empty: every pixel is nodata, there is nothing to label", inputs.scene
         )
     sources = np.stack(
-        [read_label_raster(Path(p), scene, schema, "cheap label raster") for p in inputs.labels]
+        [read_labels(Path(p), scene, schema, "cheap label raster") for p in inputs.labels]
     )
-    truth = read_label_raster(Path(inputs.truth), scene, schema, "ground truth")
+    truth = read_labels(Path(inputs.truth), scene, schema, "ground truth")
     if not np.any((truth != schema.ignore) & valid):
         raise TrustmapError(
             "ground truth has no labelled pixel inside the scene's valid area", inputs.truth
@@ -422,7 +434,7 @@ def load_inputs(inputs: SimulationInputs, schema: ClassSchema) -> LoadedInputs:
                 f"held-out scene has {hs.count} bands, the scene {scene.count}",
                 inputs.heldout_scene,
             )
-        ht = read_label_raster(Path(inputs.heldout_truth), hs, schema, "held-out truth")
+        ht = read_labels(Path(inputs.heldout_truth), hs, schema, "held-out truth")
         heldout = (hs, ht)
     return LoadedInputs(scene, sources, truth, heldout, valid)
 
@@ -986,6 +998,24 @@ def _round_schema(rounds: int) -> ClassSchema:
 
 
 # --- the whole simulation --------------------------------------------------------------------------
+def _review_project(run: RunDir, bundle: Any, schema: ClassSchema, rounds: int) -> Path:
+    """``qgis/review.qgs``: what changed when, the refined labels, the cheap start, the scene."""
+    from tiles.qgis import ProjectLayer, write_project
+
+    changes = _round_schema(max(rounds, 1))
+    layers = [  # first on top: where the expert changed something, over the refined labels
+        ProjectLayer(run.root / "change_map.tif", "changed in round", "raster", schema=changes),
+        ProjectLayer(
+            bundle.polygons, "refined labels (polygons)", "vector", schema=schema, layer="polygons"
+        ),
+        ProjectLayer(bundle.mask, "refined labels", "raster", schema=schema),
+        ProjectLayer(run.labels / "labels_r0.tif", "cheap labels (start)", "raster", schema=schema),
+    ]
+    if bundle.quicklook is not None:
+        layers.append(ProjectLayer(bundle.quicklook, "scene quick-look", "raster"))
+    return write_project(run.qgis / "review.qgs", layers, title="trustmap refine: review")
+
+
 def _check_budget_fits(
     config: RefineConfig, valid_pixels: int, source: str | os.PathLike | None
 ) -> None:
@@ -1087,7 +1117,8 @@ def run_simulation(
             bundle = export_qgis(
                 refined, schema, run.qgis, scene_path=inputs.scene, name="refined", min_area=4.0
             )
-            outputs["qgis_project"] = bundle.project
+            outputs["qgis_project"] = _review_project(run, bundle, schema, len(loop.records))
+            outputs["qgis_refined_project"] = bundle.project
             outputs["qgis_mask"] = bundle.mask
             outputs["qgis_polygons"] = bundle.polygons
     if report and finished:

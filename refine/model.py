@@ -28,6 +28,7 @@ import contextlib
 import inspect
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -348,8 +349,9 @@ class CropSampler:
         h, w = labelled.shape
         self.crop_h, self.crop_w = min(crop, h), min(crop, w)
         self.rng = rng
-        sat = np.zeros((h + 1, w + 1), np.int64)
-        sat[1:, 1:] = labelled.astype(np.int64).cumsum(0).cumsum(1)
+        acc = np.int32 if h * w < 2**31 else np.int64  # summed-area table: 4 bytes/px suffice
+        sat = np.zeros((h + 1, w + 1), acc)
+        sat[1:, 1:] = labelled.astype(acc).cumsum(0, dtype=acc).cumsum(1, dtype=acc)
         step = max(1, crop // 4)
         rows = np.unique(np.r_[np.arange(0, h - self.crop_h + 1, step), h - self.crop_h])
         cols = np.unique(np.r_[np.arange(0, w - self.crop_w + 1, step), w - self.crop_w])
@@ -460,7 +462,7 @@ class SegmentationModel:
         return len(self.codes)
 
     def _lut(self) -> np.ndarray:
-        lut = np.full(256, -1, np.int64)
+        lut = np.full(256, -1, np.int16)  # class index per code; int16 keeps (H, W) small
         lut[self.codes] = np.arange(len(self.codes))
         return lut
 
@@ -476,8 +478,6 @@ class SegmentationModel:
     ) -> TrainLog:
         """Optimise for ``steps`` steps on crops of ``labels`` (H, W uint8 codes), from the
         current weights (warm start). Codes outside the model's classes are ignored."""
-        import time
-
         t0 = time.perf_counter()
         if labels.shape != scene.shape:
             raise TrustmapError(
@@ -619,27 +619,15 @@ class SegmentationModel:
         grid = TileGrid(
             scene.height, scene.width, s.tile_size, s.overlap, scene.transform, scene.crs
         )
-        geo = {"crs": scene.crs, "transform": scene.transform}
-        names = [f"p({n})" for n in self.names]
-        writer = StitchWriter(
-            out_path, grid, self.num_classes, "float32", mode="blend", nodata=float("nan"),
-            compress=compress, band_descriptions=names, **geo,
-        )  # fmt: skip
-        mi_writer = (
-            StitchWriter(
-                bald_path,
-                grid,
-                1,
-                "float32",
-                mode="blend",
-                nodata=float("nan"),
-                compress=compress,
-                band_descriptions=["bald"],
-                **geo,
+
+        def stitcher(path: str | os.PathLike, bands: list[str]) -> StitchWriter:
+            return StitchWriter(
+                path, grid, len(bands), "float32", crs=scene.crs, transform=scene.transform,
+                mode="blend", nodata=float("nan"), compress=compress, band_descriptions=bands,
             )  # fmt: skip
-            if bald_path is not None
-            else None
-        )
+
+        writer = stitcher(out_path, [f"p({n})" for n in self.names])
+        mi_writer = stitcher(bald_path, ["bald"]) if bald_path is not None else None
         with writer, mi_writer if mi_writer is not None else contextlib.nullcontext():
             batch: list[tuple[Any, np.ndarray, np.ndarray]] = []
 

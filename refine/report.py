@@ -72,6 +72,8 @@ def summarise(
             f" A model trained on them scores mIoU {model_last:.3f} on a held-out scene "
             f"(trained on the cheap labels: {model_first:.3f})."
         )
+    else:
+        sentence += " The model's mIoU is not available: no held-out scene with truth was given."
     return {
         "sentence": sentence,
         "beats_cheap": bool(beats),
@@ -176,6 +178,15 @@ def curves_figure(report: dict[str, Any]) -> str:
             ax.plot(x * frac, y, marker="o", color="#1f78b4")
             if key == "label_miou":
                 ax.axhline(y[0], color="#999999", ls="--", lw=1, label="cheap labels")
+            if key == "error_recall":
+                # Reviewing at random fixes errors in proportion to the area reviewed.
+                ax.plot([0, x[-1] * frac], [0, x[-1] * frac / 100], color="#999999", ls="--", lw=1,
+                        label="random review (expected)")  # fmt: skip
+            if key != "error_recall":
+                lo, hi = np.nanmin(y), np.nanmax(y)
+                pad = max(0.05 - (hi - lo) / 2, 0.01)  # at least 0.1 tall: noise stays small
+                ax.set_ylim(lo - pad, hi + pad)
+            if key != "model_miou":
                 ax.legend(loc="lower right", fontsize=8)
         else:
             ax.text(

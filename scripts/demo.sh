@@ -21,7 +21,7 @@ tiles export-qgis "$OUT/sample/truth.tif" --classes configs/classes/landcover6.y
 
 if [ -f refine/cli.py ] && [ -f configs/refine/demo.yaml ]; then
   echo "== refine: simulated label refinement on the sample scene"
-  refine simulate --config configs/refine/demo.yaml --out "$OUT/refine"
+  refine simulate --config configs/refine/demo.yaml --out "$OUT/refine" --restart
 fi
 if [ -f calibration/cli.py ] && [ -f configs/calibration/demo.yaml ]; then
   echo "== calibration: audit of the sample detector"

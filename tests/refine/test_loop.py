@@ -229,3 +229,49 @@ def test_bad_inputs_fail_cleanly(data, tmp_path, case: str, message: str) -> Non
     with pytest.raises(TrustmapError, match=message):
         _run(cfg, out, inputs)
     _assert_nothing_written(out)
+
+
+TINY_MODEL = {
+    "tile_size": 128,
+    "overlap": 16,
+    "encoder_depth": 3,
+    "decoder_channels": [16, 8, 8],
+    "dropout": 0.3,
+}
+
+
+@pytest.mark.parametrize("score", ["bald", "self_confidence", "annotator_disagreement"])
+def test_other_strategies_run_a_round(data, tmp_path, score: str) -> None:
+    cfg = CONFIG.with_overrides(
+        threads=1,
+        model=TINY_MODEL,
+        train={"crop": 64, "batch_size": 2, "steps": 2},
+        strategy={"score": score, "mc_samples": 3},
+        select={"rounds": 1},
+    )
+    res = _run(cfg, tmp_path / score, data)
+    (r,) = res.rounds
+    assert r["strategy"] == score and r["selected"]["count"] > 0
+    assert all(v is not None for v in r["selected"]["values"])  # ranked, not random
+    assert (r["times"]["predict"] > 0) == (score != "annotator_disagreement")
+    if score == "bald":
+        assert (tmp_path / score / "work" / "bald.tif").exists()
+
+
+def test_vector_labels_are_rasterised_onto_the_scene(data, tmp_path, landcover6_path) -> None:
+    import geopandas as gpd
+    import shapely
+
+    from refine.loop import read_labels
+    from refine.model import SceneImage
+
+    scene = SceneImage(data.scene)
+    left, top = scene.transform.c, scene.transform.f
+    box = shapely.box(left + 10, top - 50, left + 40, top - 20)  # 30 x 30 m, 1 m pixels
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[box], crs=scene.crs).to_file(
+        tmp_path / "v.gpkg"
+    )
+    codes = read_labels(tmp_path / "v.gpkg", scene, load_schema(landcover6_path), "cheap labels")
+    assert codes.shape == scene.shape
+    assert (codes[20:50, 10:40] == 1).all() and (codes == 1).sum() == 900
+    assert (codes[codes != 1] == 255).all()

@@ -18,7 +18,12 @@ from tiles.errors import TrustmapError
 
 SIZE = 64
 TINY = ModelSettings(
-    tile_size=32, overlap=8, decoder_channels=[16, 8, 8], dropout=0.3, predict_batch=8
+    tile_size=32,
+    overlap=8,
+    encoder_depth=3,
+    decoder_channels=[16, 8, 8],
+    dropout=0.3,
+    predict_batch=8,
 )
 TRAIN = TrainSettings(crop=32, batch_size=4, lr=5e-3, min_labelled=0.3)
 PROFILE = dict(driver="GTiff", width=SIZE, height=SIZE, crs="EPSG:32643", transform=Affine(1, 0, 7.7e5, 0, -1, 1.43e6),
