@@ -190,17 +190,40 @@ class _Product:
 
     def __init__(self, stat: Statistic, n_groups: int):
         cells = n_groups * stat.size
+        self.size = stat.size
         self.dense = cells <= DENSE_MAX and cells * DENSE_FILL <= len(stat.val)
         if self.dense:
             self.S = stat.dense_per_group(n_groups)  # (groups, cells) float32
-        else:  # (cells, groups): the product streams over each cell's images
-            self.S = stat.per_group(n_groups).T.tocsr().astype(np.float32)
+        else:  # (cells, groups), built in that orientation: the product streams per cell
+            self.S = sp.csr_matrix(
+                (stat.val.astype(np.float32), (stat.col, stat.group)),
+                shape=(stat.size, n_groups),
+            )
+        self._cache: tuple[int, np.ndarray] | None = None
 
-    def __call__(self, w: np.ndarray) -> np.ndarray:
+    def block(self, w: np.ndarray) -> np.ndarray:
         """(chunk, cells) totals for ``w`` (chunk, groups)."""
         if self.dense:
             return w @ self.S
         return (self.S @ np.ascontiguousarray(w.T)).T
+
+    def blocks(self, w: np.ndarray, rows: int):
+        """(start, totals) for ``w`` in blocks of at most ``rows`` replicates.
+
+        When all replicates' totals fit in ``CHUNK_FLOATS`` they are kept, so statistics
+        sharing these entries (ECE and MCE, mAP and AP50) reuse one product.
+        """
+        n_boot = w.shape[0]
+        if self._cache is not None and self._cache[0] == id(w):
+            tot = self._cache[1]
+        elif n_boot * self.size <= CHUNK_FLOATS:
+            step = n_boot if self.dense else SPARSE_BLOCK
+            tot = np.concatenate([self.block(w[a : a + step]) for a in range(0, n_boot, step)])
+            self._cache = (id(w), tot)
+        else:
+            tot = None
+        for a in range(0, n_boot, rows):
+            yield a, tot[a : a + rows] if tot is not None else self.block(w[a : a + rows])
 
 
 def _replicates(stat: Statistic, w: np.ndarray, prod: _Product) -> np.ndarray:
@@ -210,13 +233,11 @@ def _replicates(stat: Statistic, w: np.ndarray, prod: _Product) -> np.ndarray:
     sums carry ~1e-7 relative error, far below any interval width, for half the
     memory traffic of float64.
     """
-    n_boot = w.shape[0]
-    step = max(1, CHUNK_FLOATS // max(stat.size, 1))
-    if not prod.dense:
-        step = min(step, SPARSE_BLOCK)
-    out = np.empty(n_boot)
-    for a in range(0, n_boot, step):
-        tot = prod(w[a : a + step])
+    rows = max(1, CHUNK_FLOATS // max(stat.size, 1))
+    if not prod.dense:  # a narrow block of weights stays in cache during a sparse product
+        rows = min(rows, SPARSE_BLOCK)
+    out = np.empty(w.shape[0])
+    for a, tot in prod.blocks(w, rows):
         out[a : a + tot.shape[0]] = stat.finalize(tot.reshape(tot.shape[0], *stat.shape))
     return out
 
