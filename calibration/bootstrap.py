@@ -48,12 +48,14 @@ CIMethod = Literal["bc", "percentile"]
 
 @dataclass
 class Statistic:
-    """A metric as ``finalize(totals)``: sums of sparse per-row entries over a cell grid.
+    """A metric as ``finalize(totals)``: sums of per-image entries over a cell grid.
 
     ``group`` (the image of each entry), ``col`` (flat index into ``shape``) and ``val``
-    are COO triplets (repeated (group, col) pairs add up); ``totals()`` sums them into an
-    array of ``shape``; ``finalize`` maps an array of shape ``(..., *shape)`` to
-    ``(...)``, so it serves both the point estimate and a batch of bootstrap replicates.
+    are COO triplets (repeated (group, col) pairs add up); ``table``, when given, holds
+    further sums as a dense (images x cells) array (small grids are summed that way
+    to begin with). ``totals()`` adds everything into an array of ``shape``;
+    ``finalize`` maps an array of shape ``(..., *shape)`` to ``(...)``, so it serves
+    both the point estimate and a batch of bootstrap replicates.
     """
 
     group: np.ndarray  # (R,) int64 image row
@@ -61,6 +63,7 @@ class Statistic:
     val: np.ndarray  # (R,) float64
     shape: tuple[int, ...]
     finalize: Callable[[np.ndarray], np.ndarray]
+    table: np.ndarray | None = None  # (n_groups, size) float64
 
     @classmethod
     def from_rows(
@@ -116,10 +119,11 @@ class Statistic:
     @staticmethod
     def concat(parts: list[Statistic], finalize: Callable[[np.ndarray], np.ndarray]) -> Statistic:
         """Entries of several statistics on the same grid (e.g. detections and ground truth)."""
+        ent = [p.entries() for p in parts]
         return Statistic(
-            np.concatenate([p.group for p in parts]),
-            np.concatenate([p.col for p in parts]),
-            np.concatenate([p.val for p in parts]),
+            np.concatenate([e[0] for e in ent]),
+            np.concatenate([e[1] for e in ent]),
+            np.concatenate([e[2] for e in ent]),
             parts[0].shape,
             finalize,
         )
@@ -128,24 +132,40 @@ class Statistic:
     def size(self) -> int:
         return int(np.prod(self.shape))
 
+    def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All sums as COO triplets (the table's non-zero cells included)."""
+        if self.table is None:
+            return self.group, self.col, self.val
+        g, c = np.nonzero(self.table)
+        return (
+            np.concatenate([self.group, g]),
+            np.concatenate([self.col, c]),
+            np.concatenate([self.val, self.table[g, c]]),
+        )
+
     def totals(self) -> np.ndarray:
-        return np.bincount(self.col, weights=self.val, minlength=self.size).reshape(self.shape)
+        t = np.bincount(self.col, weights=self.val, minlength=self.size)
+        if self.table is not None:
+            t = t + self.table.sum(axis=0)
+        return t.reshape(self.shape)
 
     def value(self) -> float:
         return float(self.finalize(self.totals()))
 
     def per_group(self, n_groups: int) -> sp.csr_matrix:
         """(groups x cells) sparse sums; duplicates are added by the CSR conversion."""
-        return sp.csr_matrix((self.val, (self.group, self.col)), shape=(n_groups, self.size))
+        g, c, v = self.entries()
+        return sp.csr_matrix((v, (g, c)), shape=(n_groups, self.size))
 
     def dense_per_group(self, n_groups: int, dtype=np.float32) -> np.ndarray:
         """(groups x cells) dense sums."""
         flat = self.group * self.size + self.col
-        return (
-            np.bincount(flat, weights=self.val, minlength=n_groups * self.size)
-            .reshape(n_groups, self.size)
-            .astype(dtype, copy=False)
-        )
+        out = np.bincount(flat, weights=self.val, minlength=n_groups * self.size)
+        out = out.astype(np.float64, copy=False).reshape(n_groups, self.size)
+        if self.table is not None:
+            k = min(n_groups, len(self.table))
+            out[:k] += self.table[:k]
+        return out.astype(dtype, copy=False)
 
 
 @dataclass
@@ -191,14 +211,14 @@ class _Product:
     def __init__(self, stat: Statistic, n_groups: int):
         cells = n_groups * stat.size
         self.size = stat.size
-        self.dense = cells <= DENSE_MAX and cells * DENSE_FILL <= len(stat.val)
+        self.dense = cells <= DENSE_MAX and (
+            stat.table is not None or cells * DENSE_FILL <= len(stat.val)
+        )
         if self.dense:
             self.S = stat.dense_per_group(n_groups)  # (groups, cells) float32
         else:  # (cells, groups), built in that orientation: the product streams per cell
-            self.S = sp.csr_matrix(
-                (stat.val.astype(np.float32), (stat.col, stat.group)),
-                shape=(stat.size, n_groups),
-            )
+            g, c, v = stat.entries()
+            self.S = sp.csr_matrix((v.astype(np.float32), (c, g)), shape=(stat.size, n_groups))
         self._cache: tuple[int, np.ndarray] | None = None
 
     def block(self, w: np.ndarray) -> np.ndarray:
@@ -301,10 +321,10 @@ def bootstrap(
         return {}
     w = resample_counts(n_groups, n_boot, seed)
     out = {}
-    cache: dict[tuple[int, int, int], _Product] = {}
+    cache: dict[tuple[int, ...], _Product] = {}
     for name, stat in stats.items():
         # statistics sharing entries share the product
-        key = (id(stat.group), id(stat.col), id(stat.val))
+        key = (id(stat.group), id(stat.col), id(stat.val), id(stat.table))
         if key not in cache:
             cache[key] = _Product(stat, n_groups)
         reps = _replicates(stat, w, cache[key])

@@ -66,8 +66,12 @@ def bin_edges(
         return np.linspace(lo, hi, bins + 1)
     if strategy != "mass":
         raise TrustmapError(f"bin strategy must be 'width' or 'mass', got {strategy!r}")
+    # quantiles of the sorted copy: the same numbers, several times faster (partitioning
+    # sorted data is cheap, and the vectorised sort cheaper than partitioning unsorted data)
     edges = (
-        np.quantile(x, np.linspace(0.0, 1.0, bins + 1)) if x.size else np.linspace(lo, hi, bins + 1)
+        np.quantile(np.sort(x), np.linspace(0.0, 1.0, bins + 1))
+        if x.size
+        else np.linspace(lo, hi, bins + 1)
     )
     edges[0], edges[-1] = lo, hi
     return edges
@@ -331,19 +335,12 @@ def dece_statistic(
             (n_cells,),
             lambda tot: binned_error(tot, "ece", 1, min_count),
         )
-    n = len(cell)
     ng = _n_groups(group)
-    grp = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
-    gap = _grouped(group, cell, [np.asarray(matched, np.float64) - conf], (n_cells + 1,), _unset)
-    count = np.bincount(grp, minlength=ng).astype(np.float64)
-    used = np.flatnonzero(count)
-    return Statistic(
-        np.concatenate([gap.group, used]),
-        np.concatenate([gap.col, np.full(len(used), n_cells, np.int64)]),
-        np.concatenate([gap.val, count[used]]),
-        gap.shape,
-        _dece_from_gaps,
-    )
+    sums = _Sums(ng, (n_cells + 1,), 1, len(cell))
+    sums.add(group, cell, [np.asarray(matched, np.float64) - conf])
+    count = np.bincount(np.zeros(len(cell), np.int64) if group is None else group, minlength=ng)
+    sums.add(None if group is None else np.arange(ng), np.full(ng, n_cells), [count])
+    return sums.statistic(_dece_from_gaps)
 
 
 def _dece_from_gaps(tot: np.ndarray) -> np.ndarray:
@@ -1234,11 +1231,10 @@ class _Sums:
             self.parts.append(Statistic.from_columns(grp, cell, columns, self.shape, _unset))
 
     def statistic(self, finalize) -> Statistic:
-        if self.dense:
-            used = np.flatnonzero(self.table.any(axis=1))
-            return Statistic.from_rows(
-                used // self.nc, used % self.nc, self.table[used], self.shape, finalize
-            )
+        if self.dense:  # row g * nc + cell, column j = flat cell * s + j of image g
+            e = np.zeros(0, np.int64)
+            table = self.table.reshape(self.ng, self.nc * self.s)
+            return Statistic(e, e, np.zeros(0), (*self.shape, self.s), finalize, table)
         if not self.parts:
             e = np.zeros(0, np.int64)
             return Statistic(e, e, np.zeros(0), (*self.shape, self.s), finalize)
