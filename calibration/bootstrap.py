@@ -159,6 +159,8 @@ class Statistic:
 
     def dense_per_group(self, n_groups: int, dtype=np.float32) -> np.ndarray:
         """(groups x cells) dense sums."""
+        if self.table is not None and len(self.col) == 0 and len(self.table) == n_groups:
+            return self.table.astype(dtype)
         flat = self.group * self.size + self.col
         out = np.bincount(flat, weights=self.val, minlength=n_groups * self.size)
         out = out.astype(np.float64, copy=False).reshape(n_groups, self.size)
@@ -206,26 +208,54 @@ def replicates(stat: Statistic, weights: np.ndarray) -> np.ndarray:
 
 
 class _Product:
-    """``W @ S`` for one statistic's entries: dense BLAS or sparse, whichever is cheaper."""
+    """``W @ S`` for one statistic's entries, dense BLAS where the sums are dense.
+
+    A statistic summed as a dense table, or whose (images x cells) table is at least
+    ``DENSE_FILL`` full, multiplies as one dense matrix. Otherwise the table is split
+    by cell: cells filled in at least that share of the images (e.g. AP's per-bin
+    counts) go to a dense block, the rest to a sparse one (D-ECE's box cells, AP's
+    per-threshold TPs).
+    """
 
     def __init__(self, stat: Statistic, n_groups: int):
         cells = n_groups * stat.size
         self.size = stat.size
-        self.dense = cells <= DENSE_MAX and (
-            stat.table is not None or cells * DENSE_FILL <= len(stat.val)
-        )
-        if self.dense:
-            self.S = stat.dense_per_group(n_groups)  # (groups, cells) float32
-        else:  # (cells, groups), built in that orientation: the product streams per cell
-            g, c, v = stat.entries()
-            self.S = sp.csr_matrix((v.astype(np.float32), (c, g)), shape=(stat.size, n_groups))
+        self.D = self.Ssp = None  # dense (groups, k) block, sparse (cells - k, groups) block
+        self.dense_cols = self.sparse_cols = None
         self._cache: tuple[int, np.ndarray] | None = None
+        if cells <= DENSE_MAX and (stat.table is not None or cells * DENSE_FILL <= len(stat.val)):
+            self.D = stat.dense_per_group(n_groups)  # (groups, cells) float32
+            return
+        g, c, v = stat.entries()
+        S = sp.csr_matrix((v.astype(np.float32), (c, g)), shape=(stat.size, n_groups))
+        filled = np.diff(S.indptr)
+        dense = filled >= DENSE_FILL * n_groups
+        if dense.sum() * n_groups > DENSE_MAX:  # keep the largest-filled within the limit
+            keep = np.argsort(-filled, kind="stable")[: DENSE_MAX // max(n_groups, 1)]
+            dense = np.zeros(stat.size, bool)
+            dense[keep] = filled[keep] >= DENSE_FILL * n_groups
+        if dense.any():
+            self.dense_cols, self.sparse_cols = np.flatnonzero(dense), np.flatnonzero(~dense)
+            self.D = np.ascontiguousarray(S[self.dense_cols].toarray().T)
+            self.Ssp = S[self.sparse_cols]
+        else:
+            self.Ssp = S
+
+    @property
+    def dense(self) -> bool:
+        return self.Ssp is None
 
     def block(self, w: np.ndarray) -> np.ndarray:
         """(chunk, cells) totals for ``w`` (chunk, groups)."""
-        if self.dense:
-            return w @ self.S
-        return (self.S @ np.ascontiguousarray(w.T)).T
+        if self.Ssp is None:
+            return w @ self.D
+        sparse = (self.Ssp @ np.ascontiguousarray(w.T)).T
+        if self.D is None:
+            return sparse
+        out = np.empty((w.shape[0], self.size), np.float32)
+        out[:, self.dense_cols] = w @ self.D
+        out[:, self.sparse_cols] = sparse
+        return out
 
     def blocks(self, w: np.ndarray, rows: int):
         """(start, totals) for ``w`` in blocks of at most ``rows`` replicates.

@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from calibration.metrics import BOX_DIMS, MetricsConfig
+from tiles.config import read_yaml, validate
 from tiles.errors import TrustmapError
 
 Perspective = Literal["application", "modeling"]
@@ -244,50 +244,15 @@ class AuditConfig(_Section):
         return out
 
 
-def format_loc(loc: tuple[Any, ...]) -> str:
-    """pydantic's error location as a dotted key: ``sweeps.nms_iou[2]``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_config(data: Any, source: str | os.PathLike | None = None) -> AuditConfig:
     """Validate a mapping; the first error becomes one line naming the key at fault."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise TrustmapError(
-            f"expected a mapping of sections at the top level, got {type(data).__name__}", source
-        )
-    try:
-        return AuditConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = format_loc(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not an audit setting; check the spelling)"
-        raise TrustmapError(f"key '{key}': {msg}" if key else msg, source) from None
+    return validate(AuditConfig, data, source, "calibration audit config")
 
 
 def load_config(path: str | os.PathLike) -> AuditConfig:
     """Read and validate an audit YAML, with its relative paths resolved against its folder."""
     p = Path(path)
-    if not p.exists():
-        raise TrustmapError("config file not found", p)
-    if p.is_dir():
-        raise TrustmapError("is a directory, expected a YAML config file", p)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise TrustmapError(
-            f"not valid YAML{where} ({getattr(exc, 'problem', None) or type(exc).__name__})", p
-        ) from None
-    except UnicodeDecodeError:
-        raise TrustmapError("not a text YAML file (binary content)", p) from None
+    data = read_yaml(p)
     cfg = parse_config(data, p).resolve_paths(p.parent.resolve())
     check_paths(cfg, p)
     return cfg

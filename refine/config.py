@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tiles.config import read_yaml, validate
 from tiles.errors import TrustmapError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,72 +247,11 @@ class RefineConfig(_Section):
 
 
 # --- loading -----------------------------------------------------------------------------------
-def _loc(loc: tuple) -> str:
-    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in loc]
-    out = ""
-    for p in parts:
-        out += p if p.startswith("[") or not out else f".{p}"
-    return out or "(top level)"
-
-
-_MESSAGES = {
-    "greater_than": "must be > {gt}",
-    "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
-    "missing": "is required",
-}
-
-
-def _message(err: dict[str, Any], model: type[BaseModel]) -> str:
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    if kind in _MESSAGES:
-        return _MESSAGES[kind].format(**ctx)
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, err["loc"][:-1])
-        return "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '?')}, got {err.get('input')!r}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be a whole number, got {err.get('input')!r}"
-    if kind in ("float_type", "float_parsing"):
-        return f"must be a number, got {err.get('input')!r}"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"must be true or false, got {err.get('input')!r}"
-    if kind in ("model_type", "dict_type"):
-        return "must be a mapping of keys to values"
-    return err["msg"]
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    current: Any = model
-    for part in loc:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = field.annotation
-    return list(getattr(current, "model_fields", {}))
-
-
 def parse_config(
     data: Any, source: str | os.PathLike = "config", base: Path | None = None
 ) -> RefineConfig:
     """Validate a mapping as a :class:`RefineConfig`; relative paths resolve against ``base``."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise TrustmapError(
-            "a refine config must be a mapping of sections (sample, model, ...)", source
-        )
-    try:
-        cfg = RefineConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = _loc(err["loc"])
-        raise TrustmapError(f"key '{loc}': {_message(err, RefineConfig)}", source) from None
+    cfg = validate(RefineConfig, data, source, "refine config")
     if base is not None:
         cfg = _resolve_paths(cfg, base)
     return cfg
@@ -341,19 +280,7 @@ def load_config(path: str | os.PathLike | None) -> RefineConfig:
     if path is None:
         return RefineConfig()
     path = Path(path)
-    if not path.exists():
-        raise TrustmapError("config file not found", path)
-    if path.is_dir():
-        raise TrustmapError("is a directory, expected a YAML config file", path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise TrustmapError(f"not valid YAML{where} ({exc.__class__.__name__})", path) from None
-    except UnicodeDecodeError:
-        raise TrustmapError("not a text file (expected YAML)", path) from None
-    return parse_config(data, source=path, base=path.parent)
+    return parse_config(read_yaml(path), source=path, base=path.parent)
 
 
 def config_error(key: str, problem: str, source: str | os.PathLike | None = None) -> TrustmapError:

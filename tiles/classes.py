@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tiles.config import read_yaml, validate
 from tiles.errors import TrustmapError
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -119,29 +119,15 @@ class ClassSchema(BaseModel):
             )
 
 
-def _format_loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def load_schema(path: str | os.PathLike) -> ClassSchema:
     """Read and validate a class schema YAML; errors name the file and the key at fault."""
     path = Path(path)
     if not path.exists():
         raise TrustmapError("class schema not found", path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TrustmapError(f"not valid YAML ({exc.__class__.__name__})", path) from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise TrustmapError("expected a mapping with 'classes' and 'ignore'", path)
-    try:
-        return ClassSchema.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise TrustmapError(f"key '{_format_loc(err['loc'])}': {err['msg']}", path) from None
+    return validate(ClassSchema, data, path, "class schema")
 
 
 def builtin_schema_path(name: str = "landcover6") -> Path:

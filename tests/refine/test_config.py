@@ -44,7 +44,7 @@ def test_defaults_without_a_file() -> None:
         ),
         (
             "select: {budgt: 0.1}",
-            "key 'select.budgt': unknown key; allowed here: unit, budget, rounds, per_round",
+            "key 'select.budgt': unknown key (check the spelling); allowed here: unit, budget, rounds, per_round",
         ),
         ("selct: {budget: 0.1}", "key 'selct': unknown key"),
         ("select: {rounds: two}", "key 'select.rounds': must be a whole number, got 'two'"),

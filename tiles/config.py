@@ -1,0 +1,112 @@
+"""YAML configs validated with pydantic: one loader and one error style for every command.
+
+Class schemas, refine runs and calibration audits all read YAML the same way, and a mistake
+in any of them reads the same: ``file.yaml: key 'select.budget': must be > 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tiles.errors import TrustmapError
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "is required",
+}
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file; a missing, binary or malformed file is a one-line error."""
+    p = Path(path)
+    if not p.exists():
+        raise TrustmapError("config file not found", p)
+    if p.is_dir():
+        raise TrustmapError("is a directory, expected a YAML config file", p)
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise TrustmapError(f"not valid YAML{where} ({reason})", p) from None
+    except UnicodeDecodeError:
+        raise TrustmapError("not a text YAML file (binary content)", p) from None
+
+
+def format_key(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as a dotted key: ``sweeps.nms_iou[2]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validate(model: type[BaseModel], data: Any, source: str | os.PathLike | None, what: str) -> Any:
+    """``model.model_validate(data)``, with the first error as one line naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TrustmapError(
+            f"a {what} must be a mapping of keys to values, got {type(data).__name__}", source
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, model, source) from None
+
+
+def validation_error(
+    exc: ValidationError, model: type[BaseModel], source: str | os.PathLike | None
+) -> TrustmapError:
+    err = exc.errors()[0]
+    key = format_key(err["loc"])
+    msg = _message(err, model)
+    return TrustmapError(f"key '{key}': {msg}" if key else msg, source)
+
+
+def _message(err: dict[str, Any], model: type[BaseModel]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind in _MESSAGES:
+        return _MESSAGES[kind].format(**ctx)
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"][:-1])
+        return "unknown key (check the spelling)" + (
+            f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        )
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')}, got {err.get('input')!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number, got {err.get('input')!r}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, got {err.get('input')!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, got {err.get('input')!r}"
+    if kind in ("model_type", "dict_type"):
+        return "must be a mapping of keys to values"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            args = getattr(current, "__args__", ())
+            current = args[0] if args else None
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
