@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tiles.errors import TrustmapError
-from tiles.io import atomic_dir, ensure_writable_dir, write_text_atomic
+from tiles.io import atomic_dir, ensure_writable_dir, remove_path, umask, write_text_atomic
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "trustmap.refine.run/1"
@@ -94,7 +94,7 @@ class RunDir:
                     root,
                 )
             for stale in [*root.glob(".*.part*"), *run.state.glob(".*.part*")]:  # a killed commit
-                _remove(stale)
+                remove_path(stale)
             ensure_writable_dir(root)
             return run
         if restart and entries:
@@ -133,9 +133,9 @@ class RunDir:
         be restarted again.
         """
         for name in OWNED[::-1]:
-            _remove(self.root / name)
+            remove_path(self.root / name)
         for hidden in self.root.glob(".*.part*"):  # staging left by a killed process
-            _remove(hidden)
+            remove_path(hidden)
 
     def discard(self, created: bool) -> None:
         """Undo a new run that failed before its first commit: no partial output stays."""
@@ -178,9 +178,7 @@ class RunDir:
         ensure_writable_dir(self.state)
         with atomic_dir(self.state / name) as tmp:
             yield tmp
-            tmp.chmod(
-                0o777 & ~_umask()
-            )  # mkdtemp makes it private; state is shared like any output
+            tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; state is shared like any output
 
     def read_record(self, folder: Path) -> dict[str, Any]:
         path = folder / "record.json"
@@ -196,7 +194,7 @@ class RunDir:
         ensure_writable_dir(self.labels)
         dst = self.labels / f"labels_r{r}.tif"
         tmp = self.labels / f".labels_r{r}.tif.part"
-        _remove(tmp)
+        remove_path(tmp)
         try:
             os.link(source, tmp)
         except OSError:
@@ -252,17 +250,3 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
                 return found
         return None
     return None if a == b else (prefix or "(top level)")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()

@@ -49,11 +49,11 @@ def atomic_path(dst: str | os.PathLike, suffix: str | None = None) -> Iterator[P
         yield tmp
         os.replace(tmp, dst)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
     finally:
         for side in tmp.parent.glob(tmp.name + ".*"):  # e.g. GDAL .aux.xml next to a temp
-            _remove(side)
+            remove_path(side)
 
 
 @contextlib.contextmanager
@@ -62,19 +62,19 @@ def atomic_dir(dst: str | os.PathLike) -> Iterator[Path]:
     dst = Path(dst)
     ensure_writable_dir(dst.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like a normal mkdir
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the result should look like a normal mkdir
     try:
         yield tmp
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
-            _remove(old)
+            remove_path(old)
             os.replace(dst, old)
             os.replace(tmp, dst)
-            _remove(old)
+            remove_path(old)
         else:
             os.replace(tmp, dst)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 
@@ -85,13 +85,15 @@ def write_text_atomic(dst: str | os.PathLike, text: str) -> Path:
     return Path(dst)
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it), for permissions of files we create."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, link or directory tree; missing is fine."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
