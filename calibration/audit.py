@@ -32,10 +32,10 @@ import numpy as np
 from calibration import figures as figs
 from calibration.config import AuditConfig, PostprocessSection
 from calibration.detections import Detections, GroundTruth
-from calibration.matching import match
 from calibration.metrics import (
     BOX_DIMS,
     MetricsConfig,
+    audit_matches,
     bin_edges,
     bin_index,
     binned_error,
@@ -219,10 +219,10 @@ def analyse(
     Breakdowns use the detections that count for ECE: those not absorbed by crowd/ignore
     regions, correct when matched at ``mcfg.iou_threshold`` with ``mcfg.match_mode``.
     """
-    res = compute_metrics(dets, gt, mcfg, validate=False)
-    m = match(dets, gt, mcfg.iou_threshold, mcfg.match_mode)
-    valid = ~m.ignored[0]
-    conf, tp = dets.score[valid], m.tp[0, valid]
+    mm = audit_matches(dets, gt, mcfg)  # matched once: the metrics and the breakdowns share it
+    res = compute_metrics(dets, gt, mcfg, validate=False, matches=mm)
+    valid, tp_all = mm.valid_and_tp(mcfg.iou_threshold)
+    conf, tp = dets.score[valid], tp_all[valid]
     feats = box_features(dets, gt, BOX_DIMS)[valid]
     groups = GroupCalibration(conf, tp, mcfg)
     rel = reliability(conf, tp, bins=mcfg.bins, strategy=mcfg.bin_strategy)

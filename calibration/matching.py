@@ -15,12 +15,15 @@ object but covers such a region (intersection over *detection* area >= the thres
 is *ignored*, neither TP nor FP, and a region can absorb any number of detections.
 A threshold of 0 means "any overlap": a pair needs IoU > 0 as well as IoU >= threshold.
 
-The work is vectorised: detections are sorted once by (image, class, -score), every
-same-block (detection, ground truth) pair is laid out flat and scored in cache-sized
-pieces, and pairs below the lowest threshold are dropped before any assignment (most
-pairs do not overlap). The greedy rule is sequential only *within* a block, so it runs
-in rounds over within-block rank (round r settles the r-th detection of every block at
-once); the number of rounds is the largest block, not the number of detections.
+The work is vectorised: detections are sorted once by (image, class, -score) (one
+packed-integer sort, see :func:`block_order`), every same-block (detection, ground
+truth) pair that can overlap is laid out flat and scored in cache-sized pieces (with
+large blocks, only ground truth whose x-extent can reach the detection; see
+``_candidate_windows``), and pairs below the lowest threshold are dropped before any
+assignment (most pairs do not overlap). The greedy rule is sequential only *within* a
+block, so it runs in rounds (round r settles the r-th detection with a candidate of
+every block at once); the number of rounds is the most candidates in a block, not the
+number of detections. The result keeps the matches sparse (:class:`Matches`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ MODES: tuple[str, ...] = ("greedy", "hungarian", "any")
 PAIR_CHUNK = 4_000_000
 #: Pairs scored at once: small enough for the temporaries to stay in cache.
 CACHE_PAIRS = 1 << 17
+#: Candidate windows (see ``_candidate_windows``) pay for their searches once detections
+#: average more than this many ground-truth boxes in their block (measured on 1M
+#: detections: 3.2 per detection class-aware, full blocks 8 % faster; 9 class-agnostic,
+#: windows 20 % faster).
+WINDOW_MIN_PAIRS = 4
 
 
 @dataclass(eq=False)
@@ -397,7 +405,8 @@ def _candidate_windows(block_key, block_s, dx0, dw, g_key, g_box, window: bool):
 
     ``block_key``: the key of each detection block, ``block_s``: each sorted detection's
     block. Without ``window``: all ground truth of the detection's block, by annotation row.
-    With it: ground truth sorted by (block, x0), and only those with
+    With it (and more than ``WINDOW_MIN_PAIRS`` boxes per detection on average): ground
+    truth sorted by (block, x0), and only those with
     ``x0 in [dx0 - w_max, dx0 + dw]`` (``w_max`` the block's widest box), a superset of
     those whose x-extent overlaps the detection's (the others have IoU 0). Found with one
     search over a packed ``block * span + x`` key, widened by a margin for rounding and
@@ -411,6 +420,7 @@ def _candidate_windows(block_key, block_s, dx0, dw, g_key, g_box, window: bool):
     gx0, gw = g_box[:, 0], g_box[:, 2]
     if (
         not window
+        or (bhi - blo).sum() <= WINDOW_MIN_PAIRS * len(block_s)  # small blocks: not worth it
         or m == 0
         or len(block_s) == 0
         or not (np.isfinite(g_box).all() and np.isfinite(dx0).all() and np.isfinite(dw).all())

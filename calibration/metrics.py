@@ -990,7 +990,9 @@ def compute_metrics(
     """Every audit number with its bootstrap interval over images.
 
     Returns ``{"config", "counts", "metrics": {name: {"value", "ci_low", "ci_high",
-    "std"} or {"value": None, "skipped": why}}, "per_category", "coco"}``. Detections
+    "std", "ci_z0"} or {"value": None, "skipped": why}}, "per_category", "coco"}``;
+    intervals are ``config.ci_method`` intervals (bias-corrected percentile by default,
+    see :func:`calibration.bootstrap.interval`), ``ci_z0`` their bias correction. Detections
     matched to crowd/ignore regions are left out of every calibration metric, as COCO
     leaves them out of AP. The K+1-way metrics (top-label, classwise, NLL, Brier) need
     probability vectors; their targets come from class-agnostic matching at
@@ -1088,6 +1090,7 @@ def compute_metrics(
         stats["nll"] = _grouped(ga, cell0, [None, nll_r[va]], (1,), _mean_of_second)
         stats["brier"] = _grouped(ga, cell0, [None, brier_r[va]], (1,), _mean_of_second)
 
+    stats = {k: stats[k] for k in _METRIC_ORDER if k in stats}
     values = {k: v.value() for k, v in stats.items()}
     i50 = COCO_IOU_THRESHOLDS.index(0.5)
     if boot:  # the binned AP exists for the bootstrap only
@@ -1146,6 +1149,8 @@ def compute_metrics(
             "ci_high": iv.high if iv else None,
             "std": iv.std if iv else None,
         }
+        if iv:  # BC's correction: |z0| > ~2 flags a bias larger than the resampling spread
+            metrics[name]["ci_z0"] = iv.z0
         if name in ci_shift:
             metrics[name]["ci_shift"] = ci_shift[name]
     for name, why in skipped.items():
@@ -1188,6 +1193,22 @@ def compute_metrics(
         "coco": coco["stats"] if coco else None,
         "ap_trustmap": ours,
     }
+
+
+_METRIC_ORDER = (
+    "ece",
+    "mce",
+    "ace",
+    "dece",
+    "detection_top_label_ce",
+    "detection_classwise_ce",
+    "laece",
+    "laace",
+    "top_label_ce",
+    "classwise_ce",
+    "nll",
+    "brier",
+)
 
 
 def _nanmean(v: Sequence[float] | np.ndarray) -> float:

@@ -488,3 +488,92 @@ def test_average_precision_breaks_score_ties_as_pycocotools():
     for order in (None, m.order):
         table = M.average_precision(dets.score, m.tp, dets.category_id, m.n_gt, order=order, **kw)
         assert abs(np.nanmean(table) - M.coco_eval(dets, gt)["stats"]["AP"]) < 1e-12
+
+
+# ------------------------------------------------------------- the audit's shared work
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"bin_strategy": "width", "norm": "l1"},
+        {"bin_strategy": "mass", "norm": "l2", "match_mode": "hungarian", "laece_tau": 0.5},
+    ],
+)
+def test_shared_tables_equal_separate_calls(cfg):
+    """compute_metrics reads ECE, MCE and the per-category numbers off shared tables and
+    reuses a caller's matches; the numbers are those of separate calls."""
+    dets, gt = synthetic(40, 20, seed=17)
+    cfg = {**cfg, "n_boot": 0, "ap_backend": "trustmap"}
+    mcfg = M.load_config(cfg)
+    mm = M.audit_matches(dets, gt, mcfg)
+    out = M.compute_metrics(dets, gt, cfg)
+    again = M.compute_metrics(dets, gt, cfg, validate=False, matches=mm)
+    assert again["metrics"] == out["metrics"] and again["per_category"] == out["per_category"]
+    m = match(dets, gt, [mcfg.iou_threshold, mcfg.laece_tau], mcfg.match_mode)
+    ti, tt = m.index(mcfg.iou_threshold), m.index(mcfg.laece_tau)
+    v, vt = ~m.ignored[ti], ~m.ignored[tt]
+    kw = {"bins": 10, "strategy": mcfg.bin_strategy, "norm": mcfg.norm}
+    mets = out["metrics"]
+    assert mets["ece"]["value"] == pytest.approx(M.ece(dets.score[v], m.tp[ti, v], **kw), abs=1e-12)
+    assert mets["mce"]["value"] == pytest.approx(
+        M.mce(dets.score[v], m.tp[ti, v], bins=10, strategy=mcfg.bin_strategy), abs=1e-12
+    )
+    for c, pc in out["per_category"].items():
+        sel, selt = v & (dets.category_id == c), vt & (dets.category_id == c)
+        assert pc["ece"] == pytest.approx(M.ece(dets.score[sel], m.tp[ti, sel], **kw), abs=1e-12)
+        assert pc["laece"] == pytest.approx(
+            M.calibration_error(dets.score[selt], m.iou[tt, selt], bins=25), abs=1e-12
+        )
+        assert pc["n_tp"] == int(m.tp[ti, sel].sum())
+        assert pc["n_detections"] == int((dets.category_id == c).sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 300), st.booleans())
+def test_block_order_is_the_stable_lexsort(seed, n, ties):
+    from calibration.matching import block_order, desc_rank
+
+    rng = np.random.default_rng(seed)
+    key = rng.integers(-1, 7, n)
+    score = np.round(rng.random(n), 1) if ties else rng.random(n)
+    np.testing.assert_array_equal(block_order(key, score), np.lexsort((-score, key)))
+    tb = rng.permutation(n)
+    np.testing.assert_array_equal(block_order(key, score, tb), np.lexsort((tb, -score, key)))
+    r = desc_rank(score)
+    assert (np.diff(r[np.argsort(-score, kind="stable")]) >= 0).all()
+    assert (r == 0).sum() == (score == score.max()).sum()
+
+
+def test_candidate_windows_change_nothing(monkeypatch):
+    """Pairs restricted to ground truth whose x-extent can overlap give the same matches
+    as every pair of the block, IoU ties between duplicated boxes included."""
+    import calibration.matching as matching
+
+    dets, gt = synthetic(30, 25, seed=23)
+    an = gt.annotations
+    k = len(an) // 3
+    an.bbox[:k] = an.bbox[k : 2 * k]  # duplicates: equal IoUs with two objects
+    an.image_id[:k], an.category_id[:k] = an.image_id[k : 2 * k], an.category_id[k : 2 * k]
+    orig = matching._candidate_windows
+    pairs = {}
+
+    def counted(key, window):
+        def run(*a):
+            g_order, lo, hi = orig(*a[:-1], window)
+            pairs[key] = int((hi - lo).sum())
+            return g_order, lo, hi
+
+        return run
+
+    monkeypatch.setattr(matching, "WINDOW_MIN_PAIRS", 0)  # windows even for small blocks
+    for mode in ("greedy", "any"):
+        for aware in (True, False):
+            res = {}
+            for window in (True, False):
+                monkeypatch.setattr(matching, "_candidate_windows", counted(window, window))
+                res[window] = match(dets, gt, [0.0, 0.3, 0.7], mode, class_aware=aware)
+            assert pairs[True] < pairs[False]  # the windows did prune
+            for f in ("tp", "ignored", "iou", "gt_index", "max_iou", "rank", "order"):
+                np.testing.assert_array_equal(getattr(res[True], f), getattr(res[False], f))
+            assert res[True].tp.any() and res[True].ignored.any()

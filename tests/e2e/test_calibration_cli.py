@@ -242,7 +242,7 @@ def test_bad_config_names_the_key_and_writes_nothing(pair, tmp_path):
     assert res.exit_code == 1
     assert (
         res.stderr.strip()
-        == f"error: {cfg}: key 'metrics.bins': Input should be greater than or equal to 1"
+        == f"error: {cfg}: key 'metrics.bins': must be >= 1"
     )
     assert not (tmp_path / "o").exists()
 
