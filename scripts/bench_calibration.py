@@ -400,7 +400,8 @@ def write(res: dict, args: argparse.Namespace) -> None:
     met = au["metrics"]
     lines += [
         "",
-        f'The whole audit is `compute_metrics(..., ap_backend="trustmap")`: matching at COCO\'s 10 thresholds '
+        f'The whole audit is `compute_metrics(..., ap_backend="trustmap")` (what the default "auto" uses above '
+        f"{M.AP_AUTO_LIMIT:,} detections): matching at COCO's 10 thresholds "
         "and at LaECE's any-overlap threshold, class-agnostic matching for the K+1 targets, ECE/MCE/ACE, D-ECE, "
         "detection top-label and classwise CE, LaECE/LaACE, top-label and classwise CE, NLL, Brier, AP50 and mAP. "
         f"Target: >= {au['target']:.0f}x faster than pycocotools' evaluate alone. Measured: "
@@ -409,8 +410,8 @@ def write(res: dict, args: argparse.Namespace) -> None:
         f"metric. So the target is {verdict(sb)} without intervals and {verdict(sp)} with them. "
         "The bootstrap multiplies a (replicates x images) matrix of multinomial resampling counts by each "
         "metric's per-image sums: dense BLAS for small grids, split dense/sparse for D-ECE's box cells and "
-        "the binned AP (BLAS on one thread: on this shared machine OpenBLAS's extra thread burned 5-50x "
-        "the CPU time).",
+        "the binned AP (BLAS on one thread: on this shared machine a second OpenBLAS thread was measured "
+        "burning 5-50x the CPU time of one on these small products).",
         "pycocotools ran with one area range, the same work as ours; its default four ranges cost more"
         + (f" ({four['cpu_s']:.1f} s CPU in this run)" if four else "")
         + f", and its `loadRes` took another {mt['pycocotools_loadres_s']:.1f} s wall. "

@@ -577,3 +577,16 @@ def test_candidate_windows_change_nothing(monkeypatch):
             for f in ("tp", "ignored", "iou", "gt_index", "max_iou", "rank", "order"):
                 np.testing.assert_array_equal(getattr(res[True], f), getattr(res[False], f))
             assert res[True].tp.any() and res[True].ignored.any()
+
+
+def test_ap_backend_auto_uses_pycocotools_on_small_sets_only(monkeypatch):
+    dets, gt = synthetic(20, 15, seed=29)
+    small = M.compute_metrics(dets, gt, {"n_boot": 0})
+    assert small["ap_backend"] == "pycocotools" and small["coco"] is not None
+    monkeypatch.setattr(M, "AP_AUTO_LIMIT", len(dets) - 1)
+    large = M.compute_metrics(dets, gt, {"n_boot": 0})
+    assert large["ap_backend"] == "trustmap" and large["coco"] is None
+    for k in ("map", "ap50"):
+        assert large["metrics"][k]["value"] == pytest.approx(
+            small["metrics"][k]["value"], abs=1e-12
+        )
