@@ -104,7 +104,7 @@ def test_bc_by_hand():
     assert np.isnan(interval(np.full(4, np.nan), 0.1).low)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.integers(0, 10**6), st.floats(-3.0, 3.0), st.floats(0.5, 0.99))
 def test_bc_contains_the_estimate_exactly_when_percentile_does(seed, shift, level):
     """Both contain it iff (1-level)/2 <= share of replicates below it <= (1+level)/2, so BC
@@ -116,7 +116,7 @@ def test_bc_contains_the_estimate_exactly_when_percentile_does(seed, shift, leve
     bc, pct = interval(reps, est, level, "bc"), interval(reps, est, level, "percentile")
     p = (reps < est).mean()
     a = (1 - level) / 2
-    clear = min(abs(p - a), abs(p - (1 - a))) > 2 / len(reps)  # away from the boundary's ties
+    clear = min(abs(p - a), abs(p - (1 - a))) > 5 / len(reps)  # away from the boundary's ties
     if clear:
         assert (bc.low <= est <= bc.high) == (pct.low <= est <= pct.high) == (a < p < 1 - a)
     if p < 0.5:  # replicates above the estimate: BC lies lower than the percentile interval
