@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY="$ROOT/.venv/bin/python"
-EXTRAS="${1:-}"
+EXTRAS="${TRUSTMAP_EXTRAS:-}"
 STAMP=".venv/.trustmap-installed${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "[trustmap] installing trustmap${EXTRAS:+[$EXTRAS]} into .venv (torch 2.14.1 from local disk)"

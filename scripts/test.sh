@@ -20,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-source "$ROOT/scripts/_venv.sh" test
+TRUSTMAP_EXTRAS=test source "$ROOT/scripts/_venv.sh"
 cd "$ROOT"
 export MPLBACKEND=Agg
 ruff check tiles refine calibration scripts tests
