@@ -86,6 +86,12 @@ PERSPECTIVE_LABEL = {
 # --------------------------------------------------------------------------- formatting
 
 
+CI_NOTE = (
+    "Binned calibration errors are biased upward on small or resampled sets, so an interval can"
+    " lie above its value: read that as the estimate's bias, not as a mistake."
+)
+
+
 def _f(v: Any, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -760,7 +766,8 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
     parts += [
         "<h2>Metrics</h2>",
         f"<p class='note'>Value [{level}% bootstrap interval over images, "
-        f"{data['inputs']['metrics_config']['n_boot']} resamples]. Calibration errors: lower is better.</p>",
+        f"{data['inputs']['metrics_config']['n_boot']} resamples]. Calibration errors: lower is better. "
+        f"{CI_NOTE}</p>",
         _table(head, rows, key_rows=2, what_col=True),
     ]
     for name, p in data["perspectives"].items():
@@ -861,7 +868,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
         "## Metrics",
         "",
-        f"Value [{level}% bootstrap interval over images]. Calibration errors: lower is better.",
+        f"Value [{level}% bootstrap interval over images]. Calibration errors: lower is better. {CI_NOTE}",
         "",
         _md_table(head, rows),
     ]
