@@ -418,7 +418,7 @@ def write(res: dict, args: argparse.Namespace) -> None:
         f"The bootstrapped AP bins scores ({met_cfg['ap_score_bins']} per class); its interval is moved by the "
         f"binning's full-sample offset ({au['map_binned_ci_shift']:+.4f} for mAP) so that it sits around the exact value.",
         "",
-        f"Intervals: {'bias-corrected percentile (BC)' if met_cfg.get('ci_method', 'bc') == 'bc' else 'percentile'} "
+        f"Intervals: {'bias-corrected percentile (BC)' if met_cfg.get('ci_method', 'percentile') == 'bc' else 'percentile'} "
         f"over {au['n_boot']} image resamples; z0 is BC's correction (the share of replicates below the value, "
         "as a normal quantile; 0 = centred, negative = replicates above the value, as for binned errors).",
         "",

@@ -257,6 +257,8 @@ Peak RSS (VmHWM, whole Python process incl. imports and GDAL's block cache) of a
 |---|---|---|
 {rows}
 """
+    if args.rss_only:
+        md += "\n(Throughput figures from the previous full run; memory re-measured with `--rss-only`.)\n"
     update_section("tiles", md)
     print(md)
 
