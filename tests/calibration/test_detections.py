@@ -78,7 +78,7 @@ def test_ground_truth_json_round_trip_and_pycocotools(tmp_path, gt):
 def test_ground_truth_from_raster_boxes():
     tif, csv = DATA / "OSBS_029.tif", DATA / "OSBS_029.csv"
     if not tif.exists():
-        pytest.skip("needs ../shared/data")
+        pytest.fail("real test data missing: ../shared/data (CI has it beside the checkout)")
     gt = GroundTruth.from_raster_boxes(tif, csv)
     assert len(gt.annotations) == 61 and gt.categories == {1: "Tree"}
     assert gt.images.file_name.tolist() == ["OSBS_029.tif"] and gt.images.width[0] == 400

@@ -351,7 +351,7 @@ def test_qgis_applies_the_styles(probed: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", ["syn", "real"])
 def test_qgis_opens_the_project(probed: dict[str, Any], name: str) -> None:
     if name not in probed["cases"]:
-        pytest.skip(f"{RGB_BYTE} not available")
+        pytest.fail(f"real test data missing: {RGB_BYTE}")
     case = probed["cases"][name]
     project = probed["facts"]["projects"][name]
     assert project["read"], project["error"]
@@ -403,7 +403,7 @@ def _rgb(images: dict[str, np.ndarray], key: str, rowcol: tuple[int, int]) -> np
 @pytest.mark.parametrize("name", ["syn", "real"])
 def test_qgis_renders_class_colours_in_place(probed: dict[str, Any], name: str) -> None:
     if name not in probed["cases"]:
-        pytest.skip(f"{RGB_BYTE} not available")
+        pytest.fail(f"real test data missing: {RGB_BYTE}")
     case = probed["cases"][name]
     renders = probed["facts"]["projects"][name]["renders"]
     assert all(r["saved"] and not r["errors"] for r in renders)
