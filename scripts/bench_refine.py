@@ -70,6 +70,8 @@ CANDIDATES = ("entropy", "margin", "bald", "disagreement", "self_confidence", "n
 """Strategies that may become the default (not the baseline, the peer or the oracle)."""
 UNITS = {"superpixel": {"kind": "slic", "size": 400}, "grid": {"kind": "grid", "size": 400}}
 NOISES = ("crowd", "model")
+COMPACTNESS = 0.1
+"""SLIC compactness of the superpixel unit (also pinned in the settings)."""
 CLEANLAB_TIEBREAK = 1e-4
 """Weight of cleanlab's pixel quality (1 - p_y) under its issue flag in the cleanlab score."""
 
@@ -97,6 +99,31 @@ def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
         "objective": args.objective,
         "relabel": args.relabel,
         "lr": args.lr,
+        # every other setting pinned, so a change of refine's defaults cannot change the bench
+        "model": {
+            "arch": "Unet",
+            "encoder": "tu-resnet10t",
+            "encoder_depth": 4,
+            "decoder_channels": [64, 32, 16, 8],
+            "dropout": 0.1,
+            "tile_size": 256,
+            "overlap": 32,
+            "predict_batch": 4,
+        },
+        "train_fixed": {
+            "weight_decay": 1e-4,
+            "min_labelled": 0.5,
+            "class_weighting": "none",
+            "augment": True,
+            "warm_start": True,
+        },
+        "strategy_fixed": {
+            "q": 0.1,
+            "temperature": 0.1,
+            "diversity_radius": 0.0,
+            "class_balance": True,
+        },
+        "compactness": COMPACTNESS,
     }
 
 
@@ -122,21 +149,28 @@ def base_config(settings: dict[str, Any], noise: str, seed: int):
                 "seed": seed,
                 "fusion": "dawid_skene",
             },
+            "model": dict(settings["model"]),
             "train": {
                 "crop": settings["crop"],
                 "batch_size": settings["batch_size"],
                 "steps": settings["steps"],
                 "finetune_steps": settings["finetune_steps"],
                 "lr": settings["lr"],
+                **settings["train_fixed"],
             },
             "strategy": {
                 "score": "disagreement",
                 "aggregate": settings["aggregate"],
                 "objective": settings["objective"],
                 "mc_samples": settings["mc_samples"],
-                "class_balance": True,
+                **settings["strategy_fixed"],
             },
-            "regions": {"kind": "slic", "size": 400, "cost": "pixels"},
+            "regions": {
+                "kind": "slic",
+                "size": 400,
+                "cost": "pixels",
+                "compactness": settings["compactness"],
+            },
             "select": {
                 "budget": settings["budget"],
                 "unit": "fraction",
@@ -314,7 +348,7 @@ def _regions(job_dir: Path, unit: str, scene, valid: np.ndarray):
             image=bands,
             valid=valid,
             region_size=spec["size"],
-            compactness=0.1,
+            compactness=COMPACTNESS,
             cost="pixels",
         )
     else:
@@ -466,9 +500,57 @@ def _run_summary(res, capacity: float, seconds: float) -> dict[str, Any]:
     }
 
 
+# --- one version of the code for a whole session ---------------------------------------------------
+CODE_PARTS = ("refine", "tiles", "configs", "scripts/time_refine_select.py")
+
+
+def snapshot_code(work: Path) -> tuple[Path, str]:
+    """Copy refine/, tiles/, configs/ and the speed helper into ``work/code/HASH``.
+
+    Every worker imports from this copy, so edits made to the tree while the bench runs
+    (a long run on a shared checkout) cannot mix two versions of the code into one table.
+    """
+    h = hashlib.sha1()
+    files = []
+    for part in CODE_PARTS:
+        src = ROOT / part
+        found = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        files += [
+            p
+            for p in found
+            if "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".yml")
+        ]
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    digest = h.hexdigest()[:12]
+    dest = work / "code" / digest
+    if not dest.exists():
+        tmp = work / "code" / f".{digest}.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in files:
+            out = tmp / f.relative_to(ROOT)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, out)
+        tmp.replace(dest)
+    return dest, digest
+
+
+def use_code(code_dir: str | None) -> None:
+    """Import refine/tiles from the session's snapshot (before anything imports them)."""
+    if not code_dir:
+        return
+    if "refine" in sys.modules and not str(sys.modules["refine"].__file__).startswith(code_dir):
+        raise RuntimeError("refine was imported before the code snapshot was put on sys.path")
+    for p in (str(Path(code_dir) / "scripts"), code_dir):
+        if p not in sys.path[:2]:
+            sys.path.insert(0, p)
+
+
 def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     """All runs of one (noise, seed); every result is saved as soon as it exists."""
     try:
+        use_code(payload.get("code"))
         return _run_job(payload)
     except Exception:
         return {"job": payload["name"], "error": traceback.format_exc()}
@@ -534,6 +616,7 @@ def _run_job(payload: dict[str, Any]) -> dict[str, Any]:
         )
         model.save(ckpt)
         job["round1_train_s"] = time.perf_counter() - t0
+        job["model_params"] = int(sum(p.numel() for p in model.net.parameters()))
         job["round1_final_loss"] = fit.final_loss
         cheap = [evaluator.model(model, work_tmp)["miou"]]
         t0 = time.perf_counter()
@@ -584,6 +667,7 @@ def _run_job(payload: dict[str, Any]) -> dict[str, Any]:
             for u, (r, _) in regions.items()
         }
         job["setup_s"] = time.perf_counter() - t_job
+        job["code_hash"] = payload.get("code_hash")
         write_json_plain(job_json, job)
         say(f"setup done in {job['setup_s']:.0f} s: cheap {job['reference_cheap_miou'][-1]:.3f} "
             f"clean {job['reference_clean_miou'][-1]:.3f} held-out mIoU")  # fmt: skip
@@ -608,6 +692,7 @@ def _run_job(payload: dict[str, Any]) -> dict[str, Any]:
             res = run_simulation(cfg, run_dir, inputs, resume=True, regions=reg, evaluate_model=True, export=False,
                                  report=False)  # fmt: skip
             summary = _run_summary(res, capacity, time.perf_counter() - t0)
+            summary["code_hash"] = payload.get("code_hash")
             write_json_plain(out, summary)
             runs[key] = summary
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -633,6 +718,7 @@ def write_json_plain(path: Path, data: dict[str, Any]) -> None:
 # --- speed on a large scene -----------------------------------------------------------------------
 def speed_job(payload: dict[str, Any]) -> dict[str, Any]:
     try:
+        use_code(payload.get("code"))
         return _speed_job(payload)
     except Exception:
         return {"job": "speed", "error": traceback.format_exc()}
@@ -649,7 +735,7 @@ def _speed_job(payload: dict[str, Any]) -> dict[str, Any]:
 
     from time_refine_select import noisy_labels, probability_field, sample_scene
 
-    from refine import regions as Rg
+    from refine import regions as Rg  # before time_refine_select, which puts the tree first
     from refine.scores import NEEDS_LABELS, compute_score, predicted_class
     from refine.select import aggregate, class_balance_weights, class_histogram, select_greedy
 
@@ -710,6 +796,7 @@ def _speed_job(payload: dict[str, Any]) -> dict[str, Any]:
     res["cleanlab_get_label_quality_scores_s"] = time.perf_counter() - t0
     res["cleanlab_get_label_quality_scores_cpu_s"] = time.process_time() - c0
     res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    res["code_hash"] = payload.get("code_hash")
     write_json_plain(out_path, res)
     return {**res, "computed": True}
 
@@ -770,6 +857,11 @@ def summarise(jobs: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str,
                 }
                 for kind in ("recall", "model"):
                     row[f"aubc_{kind}"] = _ms(area[s][kind])
+                    if "random" in area:
+                        paired = [
+                            a - r for a, r in zip(area[s][kind], area["random"][kind], strict=True)
+                        ]
+                        row[f"aubc_{kind}_minus_random"] = _ms(paired)
                     if "random" in area and "oracle" in area:
                         norm = [
                             (a - r) / (o - r) if abs(o - r) > 1e-12 else float("nan")
@@ -909,24 +1001,28 @@ def plot_aubc(summary: dict[str, Any], settings: dict[str, Any], path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    strategies = [s for s in settings["strategies"] if s not in ("random", "oracle")]
     groups = [(n, u) for n in summary for u in settings["units"]]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for ax, kind, title in zip(
-        axes, ("recall", "model"), ("label-error recall", "held-out model mIoU"), strict=True
-    ):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    panels = (
+        ("naubc_recall", [s for s in settings["strategies"] if s not in ("random", "oracle")],
+         "error recall: normalised AUBC (0 = random, 1 = oracle), per seed"),
+        ("aubc_model_minus_random", [s for s in settings["strategies"] if s != "random"],
+         "held-out model mIoU: AUBC minus random's, paired per seed"),
+    )  # fmt: skip
+    for ax, (key, strategies, title) in zip(axes, panels, strict=True):
         width = 0.8 / max(len(strategies), 1)
         for k, s in enumerate(strategies):
-            m = [summary[n][u][s][f"naubc_{kind}"][0] for n, u in groups]
-            sd = [summary[n][u][s][f"naubc_{kind}"][1] for n, u in groups]
+            m = [summary[n][u][s][key][0] for n, u in groups]
+            sd = [summary[n][u][s][key][1] for n, u in groups]
             xs = np.arange(len(groups)) + (k - (len(strategies) - 1) / 2) * width
             ax.bar(xs, m, width, yerr=sd, color=COLOURS.get(s), label=s, capsize=2)
         ax.axhline(0, color="#7f7f7f", lw=1)
-        ax.axhline(1, color="#000", lw=1, ls="--")
+        if key == "naubc_recall":
+            ax.axhline(1, color="#000", lw=1, ls="--")
         ax.set_xticks(np.arange(len(groups)), [f"{n}\n{u}" for n, u in groups], fontsize=8)
-        ax.set_title(f"normalised AUBC, {title} (0 = random, 1 = oracle)", fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -947,6 +1043,9 @@ def markdown(
     summary, settings, jobs, speed, default, wall: float, plots: dict[str, str], quick: bool
 ) -> str:
     n_seeds = len(settings["seeds"])
+    m = settings["model"]
+    counts = {j["setup"].get("model_params") for j in jobs}
+    params = f"{counts.pop() / 1e6:.2f} M" if len(counts) == 1 and None not in counts else "n/a"
     lines = []
     lines.append(
         f"Label refinement, {settings['rounds']} rounds of {100 * settings['budget'] / settings['rounds']:.0f} % of the "
@@ -984,8 +1083,10 @@ def markdown(
         )
     )
     lines.append(
-        f"- model: U-Net, timm ResNet-10t encoder cut to 3 levels, decoder 32-16-8 (0.41 M parameters), dropout "
-        f"0.1; crops {settings['crop']}², batch {settings['batch_size']}, AdamW + one-cycle to lr {settings['lr']:g}; "
+        f"- model: {m['arch']}, timm ResNet-10t encoder ({m['encoder']}) cut to {m['encoder_depth']} levels, decoder "
+        f"{'-'.join(map(str, m['decoder_channels']))} ({params} parameters), dropout {m['dropout']}; crops "
+        f"{settings['crop']}², batch {settings['batch_size']}, AdamW + one-cycle to lr {settings['lr']:g}, class "
+        f"weighting `{settings['train_fixed']['class_weighting']}`; "
         f"round 1 trains {settings['steps']} steps "
         f"from scratch, each later round and the final training warm-start for {settings['finetune_steps']} steps. "
         f"BALD: {settings['mc_samples']} MC-dropout passes of the head."
@@ -1010,6 +1111,17 @@ def markdown(
         "pixel quality *is* p_y (measured max |(1 − quality) − disagreement| = "
         f"{max(j['setup']['cleanlab_quality_vs_disagreement_maxdiff'] for j in jobs):.1e}), so the peer's own "
         "contribution is the confident-learning flag."
+    )
+    hashes = sorted(code_hashes(jobs))
+    lines.append(
+        f"- code: every worker imports refine/ and tiles/ from a snapshot taken when its session started "
+        f"({', '.join(hashes) if hashes else 'n/a'}"
+        + (
+            "; MIXED: results come from more than one version of the code"
+            if len(hashes) > 1
+            else ""
+        )
+        + "), so edits to the tree during the run cannot leak in."
     )
     lines.append(
         "- references per (noise, seed): the loop's training schedule (round 1 + 4 fine-tunes + final) on the cheap "
@@ -1075,7 +1187,9 @@ def markdown(
     )
     lines.append("")
     if "aubc" in plots:
-        lines.append(f"![normalised AUBC](bench/{plots['aubc']})")
+        lines.append(
+            f"![normalised AUBC of error recall; model-mIoU AUBC gain over random](bench/{plots['aubc']})"
+        )
         lines.append("")
     # targets
     if default is not None:
@@ -1159,6 +1273,15 @@ def markdown(
         "and at `ratio` vs `value`."
     )
     return "\n".join(lines)
+
+
+def code_hashes(jobs: list[dict[str, Any]]) -> set[str]:
+    """Code snapshots behind the numbers (jobs' setups and every run)."""
+    out = set()
+    for j in jobs:
+        out.add(str(j["setup"].get("code_hash")))
+        out.update(str(r.get("code_hash")) for r in j["runs"].values())
+    return out
 
 
 def _mean_area(jobs: list[dict[str, Any]], unit: str) -> str:
@@ -1300,15 +1423,20 @@ def main() -> None:
     print(f"bench_refine: work folder {work}", flush=True)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    code_dir, code_hash = snapshot_code(work)
+    use_code(str(code_dir))
+    print(f"bench_refine: code snapshot {code_hash}", flush=True)
 
     payloads: list[tuple[str, dict[str, Any]]] = []
     if args.speed_size:
         payloads.append(("speed", {"work": str(work), "size": args.speed_size, "aggregate": args.aggregate,
+                                   "code": str(code_dir), "code_hash": code_hash,
                                    "objective": args.objective,
                                    "scores": ["disagreement", "entropy", "margin", "self_confidence"]}))  # fmt: skip
     for seed in args.seeds:
         for noise in args.noises:
             payloads.append(("job", {"settings": settings, "noise": noise, "seed": seed, "work": str(work),
+                                     "code": str(code_dir), "code_hash": code_hash,
                                      "name": f"{noise}_s{seed}"}))  # fmt: skip
     # the speed job first (it is long and memory-heavy), then the quality jobs
     t0 = time.perf_counter()
