@@ -15,16 +15,18 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+REAL_DATA = ROOT / "tests" / "data"  # small real files, copied in (sources in its README.md)
 LANDCOVER6 = ROOT / "configs" / "classes" / "landcover6.yaml"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real georeferenced files in ../shared/data (CI has the same folder)."""
-    if not (SHARED_DATA / "RGB.byte.tif").exists():
-        pytest.fail(f"real test data missing: {SHARED_DATA} (expected beside the checkout)")
-    return SHARED_DATA
+def real_data() -> Path:
+    """The real georeferenced files in tests/data (part of the repository, so any clone has them)."""
+    names = ("RGB.byte.tif", "OSBS_029.tif", "OSBS_029.csv")
+    missing = [n for n in names if not (REAL_DATA / n).exists()]
+    if missing:
+        pytest.fail(f"real test data missing in {REAL_DATA}: {', '.join(missing)}")
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")

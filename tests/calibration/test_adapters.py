@@ -326,7 +326,7 @@ def test_real_builders_load_and_run(tmp_path):
 # --------------------------------------------------------------------------- images
 
 
-def test_images_from_folder_coco_and_geotiff(tmp_path, shared_data):
+def test_images_from_folder_coco_and_geotiff(tmp_path, real_data):
     make_split(tmp_path, "test", 2, size=64)
     recs = images_from_coco(tmp_path, tmp_path / "test.json")
     assert [r.image_id for r in recs] == [1, 2] and recs[0].width == 64
@@ -340,8 +340,8 @@ def test_images_from_folder_coco_and_geotiff(tmp_path, shared_data):
         and img.max() <= 1
     )
     # a real 8-bit GeoTIFF (Landsat, UTM, nodata collar): bands 1-3 / 255, nodata -> 0
-    real = read_image(shared_data / "RGB.byte.tif")
-    with rasterio.open(shared_data / "RGB.byte.tif") as src:
+    real = read_image(real_data / "RGB.byte.tif")
+    with rasterio.open(real_data / "RGB.byte.tif") as src:
         ref = src.read(masked=True)
     assert real.shape == (3, 718, 791)
     np.testing.assert_allclose(real.numpy(), ref.filled(0) / 255.0, atol=1e-6)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from calibration.detections import Detections, GroundTruth
 from tiles.errors import TrustmapError
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # tests/data (see its README)
 
 
 def _gt_dict() -> dict:
@@ -78,7 +78,7 @@ def test_ground_truth_json_round_trip_and_pycocotools(tmp_path, gt):
 def test_ground_truth_from_raster_boxes():
     tif, csv = DATA / "OSBS_029.tif", DATA / "OSBS_029.csv"
     if not tif.exists():
-        pytest.fail("real test data missing: ../shared/data (CI has it beside the checkout)")
+        pytest.fail(f"real test data missing: {DATA} (tests/data is part of the repository)")
     gt = GroundTruth.from_raster_boxes(tif, csv)
     assert len(gt.annotations) == 61 and gt.categories == {1: "Tree"}
     assert gt.images.file_name.tolist() == ["OSBS_029.tif"] and gt.images.width[0] == 400

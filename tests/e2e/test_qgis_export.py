@@ -38,7 +38,7 @@ from tiles.qgis import (
 
 ROOT = Path(__file__).parents[2]
 SCHEMA = load_schema(ROOT / "configs/classes/landcover6.yaml")
-RGB_BYTE = ROOT.parent / "shared" / "data" / "RGB.byte.tif"
+RGB_BYTE = ROOT / "tests" / "data" / "RGB.byte.tif"
 QGIS_STYLE_COLUMNS = [
     "id", "f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName",
     "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time",

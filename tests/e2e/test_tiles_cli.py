@@ -31,15 +31,15 @@ def test_module_entry_point():
     assert proc.returncode == 0 and "export-qgis" in proc.stdout
 
 
-def test_info_json_on_real_data(shared_data):
-    info = json.loads(tiles("info", shared_data / "RGB.byte.tif", "--json").stdout)
+def test_info_json_on_real_data(real_data):
+    info = json.loads(tiles("info", real_data / "RGB.byte.tif", "--json").stdout)
     assert info["crs"] == "EPSG:32618" and info["width"] == 791
 
 
-def test_cut_and_stitch_round_trip_via_cli(shared_data, tmp_path):
-    tiles("cut", shared_data / "RGB.byte.tif", "--size", 300, "--overlap", 40, "--out", tmp_path / "t")
+def test_cut_and_stitch_round_trip_via_cli(real_data, tmp_path):
+    tiles("cut", real_data / "RGB.byte.tif", "--size", 300, "--overlap", 40, "--out", tmp_path / "t")
     tiles("stitch", tmp_path / "t" / "index.gpkg", "--out", tmp_path / "back.tif")
-    with rasterio.open(shared_data / "RGB.byte.tif") as a, rasterio.open(tmp_path / "back.tif") as b:
+    with rasterio.open(real_data / "RGB.byte.tif") as a, rasterio.open(tmp_path / "back.tif") as b:
         assert np.array_equal(a.read(), b.read()) and a.transform == b.transform
 
 
@@ -52,9 +52,9 @@ def test_cut_and_stitch_round_trip_via_cli(shared_data, tmp_path):
         (["stitch", "{tmp}/notes.txt", "--out", "{tmp}/o.tif"], "notes.txt: not a trustmap tile index"),
     ],
 )
-def test_bad_input_gives_one_line_error_and_nonzero_exit(shared_data, tmp_path, args, needle):
+def test_bad_input_gives_one_line_error_and_nonzero_exit(real_data, tmp_path, args, needle):
     (tmp_path / "notes.txt").write_text("not a raster")
-    argv = [a.format(tmp=tmp_path, data=shared_data) for a in args]
+    argv = [a.format(tmp=tmp_path, data=real_data) for a in args]
     proc = tiles(*argv, ok=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

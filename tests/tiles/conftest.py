@@ -165,6 +165,6 @@ def make_raster(tmp_path, scene_transform) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def rgb_byte(shared_data) -> Path:
+def rgb_byte(real_data) -> Path:
     """rasterio's RGB.byte.tif: real UTM 18N georeferencing with a nodata collar."""
-    return shared_data / "RGB.byte.tif"
+    return real_data / "RGB.byte.tif"

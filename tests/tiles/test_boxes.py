@@ -14,9 +14,9 @@ from shapely.geometry import Point, box
 from tiles.boxes import read_boxes, to_coco
 from tiles.errors import TrustmapError
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # tests/data (see its README)
 TIF, CSV = DATA / "OSBS_029.tif", DATA / "OSBS_029.csv"
-# The real OSBS_029 files live in ../shared/data (CI has them); a missing file fails, never skips.
+# The real OSBS_029 files live in tests/data; a missing file fails, never skips.
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ def _scene(path, h, w, count=2, dtype="uint16", seed=0, nodata=0):
     return data
 
 
-def test_real_landsat_round_trip(shared_data, tmp_path):
-    src = shared_data / "RGB.byte.tif"
+def test_real_landsat_round_trip(real_data, tmp_path):
+    src = real_data / "RGB.byte.tif"
     res = cut_scene(src, tmp_path / "cut", size=256, overlap=48)
     index = gpd.read_file(res.index)
     assert len(index) == res.written == 16
@@ -37,11 +37,11 @@ def test_real_landsat_round_trip(shared_data, tmp_path):
         assert a.transform == b.transform and a.crs == b.crs and a.nodata == b.nodata
 
 
-def test_skip_nodata_on_the_landsat_collar(shared_data, tmp_path):
-    res = cut_scene(shared_data / "RGB.byte.tif", tmp_path / "c", size=128, overlap=16, skip_nodata=True)
+def test_skip_nodata_on_the_landsat_collar(real_data, tmp_path):
+    res = cut_scene(real_data / "RGB.byte.tif", tmp_path / "c", size=128, overlap=16, skip_nodata=True)
     assert res.skipped > 0
     out = stitch_index(res.index, tmp_path / "b.tif", mode="blend")
-    with rasterio.open(shared_data / "RGB.byte.tif") as a, rasterio.open(out) as b:
+    with rasterio.open(real_data / "RGB.byte.tif") as a, rasterio.open(out) as b:
         valid = a.dataset_mask() > 0
         assert np.array_equal(a.read()[:, valid], b.read()[:, valid])
 

@@ -56,8 +56,8 @@ def test_sample_scene_png_and_geotiff(scene: Path, tmp_path: Path) -> None:
     assert np.abs(rgb[:, valid].astype(int) - png[valid, :3].T).max() <= 1  # same picture
 
 
-def test_rgb_byte_landsat_with_nodata_collar(shared_data: Path, tmp_path: Path) -> None:
-    src_path = shared_data / "RGB.byte.tif"
+def test_rgb_byte_landsat_with_nodata_collar(real_data: Path, tmp_path: Path) -> None:
+    src_path = real_data / "RGB.byte.tif"
     ql = write_quicklook(src_path, out_png=tmp_path / "l.png", out_tif=tmp_path / "l.tif")
     assert ql.bands == (1, 2, 3)
     with rasterio.open(src_path) as src:
@@ -74,8 +74,8 @@ def test_rgb_byte_landsat_with_nodata_collar(shared_data: Path, tmp_path: Path) 
         assert dst.crs == crs and dst.transform.almost_equals(transform)
 
 
-def test_decimated_read_keeps_the_extent(shared_data: Path, tmp_path: Path) -> None:
-    src_path = shared_data / "RGB.byte.tif"
+def test_decimated_read_keeps_the_extent(real_data: Path, tmp_path: Path) -> None:
+    src_path = real_data / "RGB.byte.tif"
     ql = write_quicklook(src_path, out_tif=tmp_path / "small.tif", max_size=200)
     assert ql.png is None and max(ql.shape) == 200
     with rasterio.open(src_path) as src, rasterio.open(ql.tif) as dst:

@@ -6,8 +6,8 @@ from tiles.errors import TrustmapError
 from tiles.raster import format_info, open_raster, scene_info
 
 
-def test_info_on_real_landsat(shared_data):
-    info = scene_info(shared_data / "RGB.byte.tif")
+def test_info_on_real_landsat(real_data):
+    info = scene_info(real_data / "RGB.byte.tif")
     assert (info["width"], info["height"], info["count"]) == (791, 718, 3)
     assert info["crs"] == "EPSG:32618" and info["nodata"] == 0
     assert info["dtypes"] == ["uint8"] * 3
@@ -32,8 +32,8 @@ def test_non_raster_file(tmp_path):
         open_raster(p)
 
 
-def test_truncated_geotiff(shared_data, tmp_path):
-    data = (shared_data / "RGB.byte.tif").read_bytes()
+def test_truncated_geotiff(real_data, tmp_path):
+    data = (real_data / "RGB.byte.tif").read_bytes()
     p = tmp_path / "trunc.tif"
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(TrustmapError, match="trunc.tif"):
