@@ -18,12 +18,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from calibration.metrics import BOX_DIMS, MetricsConfig
+from calibration.metrics.config import BinningConfig, MetricsConfig
 from tiles.config import read_yaml, validate
 from tiles.errors import TrustmapError
 
 Perspective = Literal["application", "modeling"]
-BoxDim = Literal["confidence", "cx", "cy", "w", "h"]
 
 
 class _Section(BaseModel):
@@ -114,43 +113,6 @@ class MatchingSection(_Section):
     iou: float = Field(0.5, ge=0.0, le=1.0)
 
 
-class MetricsSection(_Section):
-    """Binning of the metrics; None keeps :class:`calibration.metrics.MetricsConfig`'s default."""
-
-    bins: int | None = Field(None, ge=1)
-    bin_strategy: Literal["width", "mass"] | None = None
-    norm: Literal["l1", "l2"] | None = None
-    classwise_norm: Literal["l1", "l2"] | None = None
-    dece_dims: list[BoxDim] | None = None
-    dece_bins: list[int] | None = None
-    laece_bins: int | None = Field(None, ge=1)
-    laece_tau: float | None = Field(None, ge=0.0, le=1.0)
-    ap_max_dets: int | None = Field(None, ge=1)
-
-    @field_validator("dece_bins")
-    @classmethod
-    def _positive(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and any(b < 1 for b in v):
-            raise ValueError(f"every bin count must be >= 1, got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _dims_and_bins(self) -> MetricsSection:
-        dims = self.dece_dims if self.dece_dims is not None else list(BOX_DIMS)
-        if dims[:1] != ["confidence"]:
-            raise ValueError(f"dece_dims must start with 'confidence', got {dims}")
-        if len(set(dims)) != len(dims):
-            raise ValueError(f"dece_dims lists a dimension twice: {dims}")
-        n_bins = (
-            len(self.dece_bins) if self.dece_bins is not None else len(MetricsConfig().dece_bins)
-        )
-        if n_bins != len(dims):
-            raise ValueError(
-                f"dece_bins needs one bin count per entry of dece_dims ({len(dims)}), got {n_bins}"
-            )
-        return self
-
-
 class BootstrapSection(_Section):
     n: int = Field(1000, ge=0, description="Replicates over images; 0 = no intervals.")
     level: float = Field(0.95, gt=0.0, lt=1.0)
@@ -193,7 +155,7 @@ class AuditConfig(_Section):
     )
     postprocess: PostprocessSection = Field(default_factory=PostprocessSection)
     matching: MatchingSection = Field(default_factory=MatchingSection)
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    metrics: BinningConfig = Field(default_factory=BinningConfig)
     bootstrap: BootstrapSection = Field(default_factory=BootstrapSection)
     sweeps: SweepsSection = Field(default_factory=SweepsSection)
 
@@ -218,12 +180,8 @@ class AuditConfig(_Section):
 
     def metrics_config(self) -> MetricsConfig:
         """The settings :func:`calibration.metrics.compute_metrics` takes."""
-        given = self.metrics.model_dump(exclude_none=True)
-        for key in ("dece_dims", "dece_bins"):
-            if key in given:
-                given[key] = tuple(given[key])
         return MetricsConfig(
-            **given,
+            **self.metrics.model_dump(),
             match_mode=self.matching.mode,
             iou_threshold=self.matching.iou,
             n_boot=self.bootstrap.n,

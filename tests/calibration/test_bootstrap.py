@@ -89,17 +89,17 @@ def test_bc_equals_percentile_when_replicates_are_centred():
 
 def test_bc_by_hand():
     reps = np.arange(1, 1001) / 1000.0  # uniform replicates 0.001 .. 1
-    iv = interval(reps, 0.3001, 0.95)  # 300 of 1000 below the estimate
+    iv = interval(reps, 0.3001, 0.95, "bc")  # 300 of 1000 below the estimate
     z0 = norm.ppf(0.3)
     assert iv.z0 == pytest.approx(z0)
     lo, hi = np.quantile(reps, norm.cdf([2 * z0 - 1.959964, 2 * z0 + 1.959964]))
     assert (iv.low, iv.high) == pytest.approx((lo, hi), abs=1e-6)
     assert iv.low < 0.3001 < iv.high  # 30 % below: inside either way
     # all replicates above: z0 is clipped at 1/(2B), the interval pinned to the lowest replicate
-    iv = interval(reps, 0.0, 0.95)
+    iv = interval(reps, 0.0, 0.95, "bc")
     assert iv.z0 == pytest.approx(norm.ppf(0.5 / 1000))
     assert iv.low == pytest.approx(0.001) and iv.high < 0.0011
-    with pytest.raises(ValueError, match="'bc' or 'percentile'"):
+    with pytest.raises(ValueError, match="'shifted', 'bc' or 'percentile'"):
         interval(reps, 0.5, 0.95, "bca")  # type: ignore[arg-type]
     assert np.isnan(interval(np.full(4, np.nan), 0.1).low)
 
@@ -140,7 +140,7 @@ def test_bc_on_an_upward_biased_binned_metric():
         s = rng.beta(2, 2, len(g))
         y = rng.random(len(g)) < s
         st_ = M.dece_statistic([s, rng.random(len(g))], y, bins, group=g)
-        bc = bootstrap({"d": st_}, 200, 400, seed=0)["d"]
+        bc = bootstrap({"d": st_}, 200, 400, seed=0, method="bc")["d"]
         pct = bootstrap({"d": st_}, 200, 400, seed=0, method="percentile")["d"]
         return st_.value(), bc, pct
 
@@ -163,11 +163,40 @@ def test_compute_metrics_reports_the_interval_method():
 
     dets, gt = synthetic(30, 12, seed=4)
     bc = M.compute_metrics(dets, gt, {"n_boot": 60, "ap_backend": "trustmap", "ci_method": "bc"})
-    pct = M.compute_metrics(dets, gt, {"n_boot": 60, "ap_backend": "trustmap"})  # the default
-    assert bc["config"]["ci_method"] == "bc" and pct["config"]["ci_method"] == "percentile"
+    sh = M.compute_metrics(dets, gt, {"n_boot": 60, "ap_backend": "trustmap"})  # the default
+    assert bc["config"]["ci_method"] == "bc" and sh["config"]["ci_method"] == "shifted"
     for name in ("ece", "dece", "nll", "map"):
-        a, b = bc["metrics"][name], pct["metrics"][name]
+        a, b = bc["metrics"][name], sh["metrics"][name]
         assert a["value"] == b["value"] and a["std"] == pytest.approx(b["std"])
-        assert np.isfinite(a["ci_z0"]) and b["ci_z0"] == 0.0
+        # the bias flag is computed whatever the method (it was always 0 for percentile)
+        assert np.isfinite(a["ci_z0"]) and a["ci_z0"] == pytest.approx(b["ci_z0"])
+        assert b["ci_low"] <= b["value"] <= b["ci_high"]
     with pytest.raises(Exception, match="ci_method"):
         M.load_config({"ci_method": "bca"})
+
+
+def test_shifted_interval_contains_the_estimate_where_percentile_misses_it():
+    """The demo's fault: "D-ECE 0.091 (95 % CI 0.095-0.117)". Strongly upward-biased
+    replicates put the percentile interval above the estimate; the shifted interval keeps
+    their spread and contains the estimate, and z0 flags the bias."""
+    rng = np.random.default_rng(2)
+    g = np.repeat(np.arange(200), 3)
+    s = rng.beta(2, 2, len(g))
+    y = rng.random(len(g)) < s
+    st_ = M.dece_statistic([s, rng.random(len(g))], y, (10, 5), group=g)
+    est = st_.value()
+    pct = bootstrap({"d": st_}, 200, 400, seed=0, method="percentile")["d"]
+    sh = bootstrap({"d": st_}, 200, 400, seed=0)["d"]
+    assert est < pct.low  # the fault
+    assert sh.method == "shifted" and sh.low <= est <= sh.high
+    assert sh.high - sh.low == pytest.approx(pct.high - pct.low)
+    assert sh.z0 < -1.96 and sh.bias > 0  # flagged: replicates above the estimate
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(0, 10**6), st.floats(-3.0, 3.0), st.floats(0.5, 0.99))
+def test_shifted_interval_always_contains_the_estimate(seed, shift, level):
+    rng = np.random.default_rng(seed)
+    reps = rng.gamma(3.0, 1.0, 50) + shift
+    iv = interval(reps, 3.0, level)
+    assert iv.low <= 3.0 <= iv.high
