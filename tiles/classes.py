@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,44 @@ from tiles.errors import TrustmapError
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
+def check_label_text(value: str, what: str = "name") -> str:
+    """Refuse text that cannot go into XML, CSV or a file listing: control characters, blanks.
+
+    Class and category names end up in ``.qml``, ``.qgs`` and ``.aux.xml`` (XML 1.0 cannot hold
+    most control characters at all), in CSV files and reports.
+    """
+    bad = sorted({f"U+{ord(ch):04X}" for ch in value if unicodedata.category(ch) in ("Cc", "Cs", "Cn")})
+    if bad:
+        raise ValueError(f"{what} {value!r} contains control or invalid characters ({', '.join(bad[:5])})")
+    if not value.strip():
+        raise ValueError(f"{what} {value!r} is blank")
+    return value
+
+
+def _no_bool(value: object) -> object:
+    if isinstance(value, bool):  # YAML's yes/no/true are not codes
+        raise ValueError(f"must be a whole number 0..255, got {value!r}")
+    return value
+
+
 class ClassDef(BaseModel):
     """One land-cover (or object) class."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     code: int = Field(ge=0, le=255, description="Pixel value in label rasters (uint8).")
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     color: str = Field(description="Display colour as #rrggbb.")
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _no_bool_code(cls, value: object) -> object:
+        return _no_bool(value)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return check_label_text(value, "class name")
 
     @field_validator("color")
     @classmethod
@@ -43,6 +74,11 @@ class ClassSchema(BaseModel):
 
     classes: list[ClassDef] = Field(min_length=1)
     ignore: int = Field(default=255, ge=0, le=255)
+
+    @field_validator("ignore", mode="before")
+    @classmethod
+    def _no_bool_ignore(cls, value: object) -> object:
+        return _no_bool(value)
 
     @model_validator(mode="after")
     def _unique(self) -> ClassSchema:

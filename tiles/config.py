@@ -6,6 +6,7 @@ in any of them reads the same: ``file.yaml: key 'select.budget': must be > 0``.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,30 @@ def read_yaml(path: str | os.PathLike) -> Any:
     if p.is_dir():
         raise TrustmapError("is a directory, expected a YAML config file", p)
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TrustmapError("not a text YAML file (binary content)", p) from None
+    except OSError as exc:
+        raise TrustmapError(f"cannot read ({exc.strerror or exc})", p) from None
+    return parse_yaml(text, p)
+
+
+def parse_yaml(text: str, source: str | os.PathLike | None = None) -> Any:
+    """Parse YAML text; anything malformed is a one-line error naming ``source``."""
+    p = source
+    if "\x00" in text:
+        raise TrustmapError("not a text YAML file (binary content)", p)
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         reason = getattr(exc, "problem", None) or exc.__class__.__name__
         raise TrustmapError(f"not valid YAML{where} ({reason})", p) from None
-    except UnicodeDecodeError:
-        raise TrustmapError("not a text YAML file (binary content)", p) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors: impossible dates (2001-02-30), unhashable keys, deep nesting
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise TrustmapError(f"not valid YAML ({reason})", p) from None
 
 
 def format_key(loc: tuple[Any, ...]) -> str:
@@ -67,7 +84,9 @@ def validate(model: type[BaseModel], data: Any, source: str | os.PathLike | None
 def validation_error(
     exc: ValidationError, model: type[BaseModel], source: str | os.PathLike | None
 ) -> TrustmapError:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # An unknown key is usually a misspelt known one: report it, not the "missing" it causes.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key = format_key(err["loc"])
     msg = _message(err, model)
     return TrustmapError(f"key '{key}': {msg}" if key else msg, source)
@@ -80,9 +99,11 @@ def _message(err: dict[str, Any], model: type[BaseModel]) -> str:
         return _MESSAGES[kind].format(**ctx)
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
         return "unknown key (check the spelling)" + (
             f"; allowed here: {', '.join(allowed)}" if allowed else ""
-        )
+        ) + hint
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '?')}, got {err.get('input')!r}"
     if kind == "value_error":
@@ -95,6 +116,10 @@ def _message(err: dict[str, Any], model: type[BaseModel]) -> str:
         return f"must be true or false, got {err.get('input')!r}"
     if kind in ("model_type", "dict_type"):
         return "must be a mapping of keys to values"
+    if kind in ("string_type", "str_type"):
+        return f"must be a text string, got {type(err.get('input')).__name__} {_short(err.get('input'))}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list, got {type(err.get('input')).__name__}"
     return str(err["msg"]).removeprefix("Value error, ")
 
 
@@ -110,3 +135,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
         current = field.annotation
     return list(getattr(current, "model_fields", {}))
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
