@@ -36,7 +36,7 @@ from rasterio.windows import Window, from_bounds, subdivide
 from tiles.classes import ClassSchema
 from tiles.console import progress as progress_bar
 from tiles.errors import TrustmapError
-from tiles.io import atomic_path
+from tiles.io import atomic_path, check_output_file
 from tiles.raster import open_raster, require_crs
 
 VECTOR_SUFFIXES = frozenset(
@@ -553,6 +553,8 @@ def align_labels(
     """
     if tile_size <= 0:
         raise TrustmapError(f"tile_size must be positive, got {tile_size}")
+    scene_file = scene_path if isinstance(scene_path, str | os.PathLike) else None
+    check_output_file(out_path, [label_path, scene_file])
     source = LabelSource.open(label_path, scene_path, schema, class_field=class_field, layer=layer)
     grid = source.grid
     profile = {

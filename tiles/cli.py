@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from tiles.console import user_errors
+from tiles.grid import MAX_STITCH_PIXELS, MAX_TILES
+from tiles.io import check_output_dir, check_output_file, refuse_inputs
 
 _existing = click.Path(path_type=Path)  # existence is checked by trustmap for clearer errors
 
@@ -48,6 +50,7 @@ def sample(out_dir: Path, size: int, seed: int) -> None:
     its ground-truth land-cover mask (landcover6 classes) and an RGB quick-look PNG."""
     from tiles.samples import make_sample
 
+    check_output_dir(out_dir)
     paths = make_sample(out_dir, size=size, seed=seed)
     click.echo(f"scene      {paths.scene}\ntruth      {paths.truth}\nquicklook  {paths.quicklook}")
 
@@ -80,13 +83,17 @@ def quicklook(scene: Path, out_png: Path | None, out_tif: Path | None, bands: st
 @click.option("--size", default=512, show_default=True, type=int, help="Tile edge in pixels.")
 @click.option("--overlap", default=64, show_default=True, type=int, help="Pixels shared by neighbouring tiles.")
 @click.option("--skip-nodata", is_flag=True, help="Do not write tiles that are entirely nodata.")
+@click.option("--max-tiles", default=MAX_TILES, show_default=True, type=click.IntRange(1),
+              help="Refuse to write more tiles than this (guards against a typo such as --size 1).")
 @user_errors
-def cut(scene: Path, out_dir: Path, size: int, overlap: int, skip_nodata: bool) -> None:
+def cut(scene: Path, out_dir: Path, size: int, overlap: int, skip_nodata: bool, max_tiles: int) -> None:
     """Cut SCENE into overlapping georeferenced GeoTIFF tiles that cover every pixel,
-    plus an index GeoPackage of tile footprints (windows and cores in scene pixels)."""
+    plus an index GeoPackage of tile footprints (windows and cores in scene pixels).
+
+    tiles/ and index.gpkg are replaced together, only when the new cut is complete."""
     from tiles.cut import cut_scene
 
-    res = cut_scene(scene, out_dir, size=size, overlap=overlap, skip_nodata=skip_nodata)
+    res = cut_scene(scene, out_dir, size=size, overlap=overlap, skip_nodata=skip_nodata, max_tiles=max_tiles)
     click.echo(f"{res.written} tiles in {res.tiles_dir} ({res.skipped} all-nodata skipped); index {res.index}")
 
 
@@ -96,12 +103,21 @@ def cut(scene: Path, out_dir: Path, size: int, overlap: int, skip_nodata: bool) 
 @click.option("--mode", type=click.Choice(["core", "blend"]), default="core", show_default=True,
               help="core: each pixel from the tile whose core holds it (exact); blend: weighted mean across overlaps.")
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews.")
+@click.option("--max-pixels", default=MAX_STITCH_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Refuse an index that claims a larger scene than this.")
+@click.option("--max-tiles", default=MAX_TILES, show_default=True, type=click.IntRange(1),
+              help="Refuse an index whose grid has more tiles than this.")
+@click.option("--allow-outside-paths", is_flag=True,
+              help="Follow tile paths that lead outside the index's folder (only for an index you trust).")
 @user_errors
-def stitch(index: Path, out_path: Path, mode: str, cog: bool) -> None:
+def stitch(index: Path, out_path: Path, mode: str, cog: bool, max_pixels: int, max_tiles: int,
+           allow_outside_paths: bool) -> None:
     """Stitch the tiles listed in INDEX (from `tiles cut`) back into one scene, in bounded memory."""
     from tiles.cut import stitch_index
 
-    click.echo(f"wrote {stitch_index(index, out_path, mode=mode, cog=cog)}")
+    out = stitch_index(index, out_path, mode=mode, cog=cog, max_pixels=max_pixels, max_tiles=max_tiles,
+                       allow_outside=allow_outside_paths)  # fmt: skip
+    click.echo(f"wrote {out}")
 
 
 @main.command()
@@ -120,6 +136,7 @@ def align(labels: Path, scene: Path, classes_path: Path, out_path: Path, class_f
     from tiles.align import align_labels
     from tiles.classes import load_schema
 
+    check_output_file(out_path, [labels, scene, classes_path])
     report = align_labels(labels, scene, load_schema(classes_path), out_path, class_field=class_field, layer=layer)
     click.echo(f"wrote {out_path}; labels cover {100 * report.covered:.1f}% of the scene")
     for w in report.warnings:
@@ -139,8 +156,9 @@ def vectorize(mask: Path, classes_path: Path, out_path: Path, min_area: float, m
               simplify: float | None) -> None:
     """Turn a class mask into valid polygons per class, with code and name attributes."""
     from tiles.classes import load_schema
-    from tiles.vectorize import vectorize_mask, write_polygons
+    from tiles.vectorize import check_polygons_path, vectorize_mask, write_polygons
 
+    check_polygons_path(out_path, [mask, classes_path])
     gdf = vectorize_mask(mask, load_schema(classes_path), min_area=min_area, simplify=simplify, min_pixels=min_pixels)
     write_polygons(gdf, out_path)
     click.echo(f"wrote {len(gdf)} polygons to {out_path}")
@@ -159,7 +177,10 @@ def export_qgis(mask: Path, classes_path: Path, out_dir: Path, scene: Path | Non
     """Write a QGIS-ready bundle: the mask as a styled COG (colour table, class names, .qml),
     its polygons as a styled GeoPackage, and a project file that opens them over the scene."""
     from tiles.classes import load_schema
+    from tiles.qgis import bundle_names
     from tiles.qgis import export_qgis as run_export
 
+    for member in bundle_names(mask.stem):
+        refuse_inputs(out_dir / member, [classes_path])
     res = run_export(mask, load_schema(classes_path), out_dir, scene_path=scene, min_area=min_area, simplify=simplify)
     click.echo(f"QGIS project: {res.project}")

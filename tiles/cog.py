@@ -9,7 +9,6 @@ invents codes that are not in the schema (averaging 1 and 3 gives 2, a different
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from rasterio.windows import Window
 
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
-from tiles.io import atomic_path, ensure_writable_dir
+from tiles.io import atomic_path, ensure_writable_dir, staging_dir
 from tiles.raster import open_raster
 
 DEFAULT_BLOCKSIZE = 512
@@ -117,8 +116,8 @@ def write_class_cog(
         src_nodata = src.nodata
         # Stage next to the output, not in /tmp: a scene-sized class map may not fit there.
         staging = ensure_writable_dir(dst.parent)
-        with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.", dir=staging) as tmpdir:
-            staged = Path(tmpdir) / "classes.tif"
+        with staging_dir(staging, dst.stem) as tmpdir:
+            staged = tmpdir / "classes.tif"
             seen = np.zeros(0, dtype=np.int64)
             allowed = np.array([*schema.codes, schema.ignore], dtype=np.int64)
             with rasterio.open(staged, "w", **profile) as out:

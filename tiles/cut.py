@@ -20,12 +20,21 @@ from shapely.geometry import box
 
 from tiles.console import progress
 from tiles.errors import TrustmapError
-from tiles.grid import Tile, TileGrid
-from tiles.io import atomic_dir, atomic_path, ensure_writable_dir
+from tiles.grid import MAX_STITCH_PIXELS, MAX_TILES, Tile, TileGrid, tile_count
+from tiles.io import (
+    bundle_stage,
+    check_output_dir,
+    check_output_file,
+    commit_bundle,
+    ensure_writable_dir,
+    refuse_inputs,
+    resolve_inside,
+)
 from tiles.raster import open_raster, require_crs
 from tiles.stitch import StitchMode, StitchWriter
 
 INDEX_LAYER = "tiles"
+INDEX_LAYER_FILE = "index.gpkg"
 
 
 @dataclass(frozen=True)
@@ -66,16 +75,42 @@ def cut_scene(
     size: int = 512,
     overlap: int = 64,
     skip_nodata: bool = False,
+    max_tiles: int = MAX_TILES,
 ) -> CutResult:
-    """Write every tile of ``scene`` under ``out_dir/tiles`` and an index at ``out_dir/index.gpkg``."""
+    """Write every tile of ``scene`` under ``out_dir/tiles`` and an index at ``out_dir/index.gpkg``.
+
+    ``tiles/`` and ``index.gpkg`` are one bundle: both are staged and committed together
+    (:func:`tiles.io.commit_bundle`), so a failed cut leaves an earlier cut in ``out_dir``
+    exactly as it was, and other files there are kept.
+    """
+    scene, out = Path(scene), Path(out_dir)
+    check_output_dir(out)
+    refuse_inputs(out / "tiles", [scene])
+    refuse_inputs(out / INDEX_LAYER_FILE, [scene])
+    if (out / "tiles").exists() and not (out / INDEX_LAYER_FILE).is_file():
+        raise TrustmapError(
+            f"holds a tiles/ folder without {INDEX_LAYER_FILE}, so not one that tiles cut wrote; "
+            "refusing to replace it (choose another --out)",
+            out,
+        )
     with open_raster(scene) as ds:
         require_crs(ds, scene)
+        TileGrid(ds.height, ds.width, size, overlap)  # checks size and overlap, builds small lists
+        n = tile_count(ds.height, ds.width, size, overlap)
+        if n > max_tiles:
+            raise TrustmapError(
+                f"--size {size} with --overlap {overlap} makes {n:,} tiles, more than the limit of "
+                f"{max_tiles:,}; use larger tiles, or raise --max-tiles if you mean it",
+                scene,
+            )
         grid = TileGrid.from_dataset(ds, size, overlap)
-        out = ensure_writable_dir(out_dir)
+        out = ensure_writable_dir(out)
         colormap = _colormap_or_none(ds)
         records = []
         skipped = 0
-        with atomic_dir(out / "tiles") as tmp_tiles:
+        with bundle_stage(out) as stage:
+            tmp_tiles = stage / "tiles"
+            tmp_tiles.mkdir()
             for tile in progress(grid, desc="cut", total=len(grid), unit="tile"):
                 if skip_nodata and not ds.dataset_mask(window=tile.window).any():
                     skipped += 1
@@ -100,12 +135,12 @@ def cut_scene(
                         "geometry": box(*rasterio.windows.bounds(w, ds.transform)),
                     }
                 )
-        if not records:
-            raise TrustmapError("every tile is nodata; nothing to cut", scene)
-        index = gpd.GeoDataFrame(records, geometry="geometry", crs=ds.crs)
-        with atomic_path(out / "index.gpkg") as tmp:
-            index.to_file(tmp, layer=INDEX_LAYER, driver="GPKG")
-    return CutResult(out / "index.gpkg", out / "tiles", len(records), skipped)
+            if not records:
+                raise TrustmapError("every tile is nodata; nothing to cut", scene)
+            index = gpd.GeoDataFrame(records, geometry="geometry", crs=ds.crs)
+            index.to_file(stage / INDEX_LAYER_FILE, layer=INDEX_LAYER, driver="GPKG")
+            commit_bundle(stage, out, last=[INDEX_LAYER_FILE])
+    return CutResult(out / INDEX_LAYER_FILE, out / "tiles", len(records), skipped)
 
 
 def _colormap_or_none(ds: rasterio.DatasetReader) -> dict | None:
@@ -122,27 +157,69 @@ def stitch_index(
     out_path: str | os.PathLike,
     mode: StitchMode = "core",
     cog: bool = False,
+    max_pixels: int = MAX_STITCH_PIXELS,
+    max_tiles: int = MAX_TILES,
+    allow_outside: bool = False,
 ) -> Path:
-    """Rebuild a scene from the tiles listed in a :func:`cut_scene` index."""
+    """Rebuild a scene from the tiles listed in a :func:`cut_scene` index.
+
+    The index is untrusted input: tile paths are resolved against the index's folder and
+    may not leave it (unless ``allow_outside``), and the scene size it claims must stay
+    within ``max_pixels`` and ``max_tiles``.
+    """
     index_path = Path(index_path)
     if not index_path.exists():
         raise TrustmapError("tile index not found", index_path)
+    if index_path.is_dir():
+        raise TrustmapError("is a directory, expected a tile index (index.gpkg)", index_path)
     try:
         index = gpd.read_file(index_path, layer=INDEX_LAYER)
     except Exception as exc:  # pyogrio raises several types for corrupt files
-        raise TrustmapError(f"not a trustmap tile index ({exc})", index_path) from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrustmapError(f"not a trustmap tile index ({reason})", index_path) from None
     need = {"tile", "row", "col", "path", "col_off", "row_off", "scene_width", "scene_height", "size", "overlap"}
     if missing := need - set(index.columns):
         raise TrustmapError(f"tile index lacks column(s) {sorted(missing)}", index_path)
-    first = index.iloc[0]
+    if len(index) == 0:
+        raise TrustmapError("tile index lists no tiles", index_path)
     base = index_path.parent
-    with open_raster(base / first["path"]) as t0:
-        scene_tf = t0.transform * Affine.translation(-int(first["col_off"]), -int(first["row_off"]))
+    try:
+        rows = [
+            (int(r.tile), int(r.row_off), int(r.col_off),
+             resolve_inside(base, str(r.path), index_path, "tile path", allow_outside))
+            for r in index.itertuples()
+        ]  # fmt: skip
+        first = index.iloc[0]
+        height, width = int(first["scene_height"]), int(first["scene_width"])
+        size, overlap = int(first["size"]), int(first["overlap"])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TrustmapError(f"tile index has a malformed value ({exc})", index_path) from None
+    if height <= 0 or width <= 0 or height * width > max_pixels:
+        raise TrustmapError(
+            f"tile index claims a {width:,} x {height:,} pixel scene; the limit is {max_pixels:,} "
+            "pixels (raise --max-pixels if the scene really is that large)",
+            index_path,
+        )
+    TileGrid(min(height, size + 1), min(width, size + 1), size, overlap)  # checks size/overlap
+    n = tile_count(height, width, size, overlap)
+    if n > max_tiles:
+        raise TrustmapError(
+            f"tile index claims a grid of {n:,} tiles, more than the limit of {max_tiles:,} "
+            "(raise --max-tiles if you mean it)",
+            index_path,
+        )
+    check_output_file(out_path, [index_path, *(r[3] for r in rows)])
+    first_path = rows[0][3]
+    with open_raster(first_path) as t0:
+        scene_tf = t0.transform * Affine.translation(-rows[0][2], -rows[0][1])
         meta = {"count": t0.count, "dtype": t0.dtypes[0], "nodata": t0.nodata, "crs": t0.crs,
                 "descriptions": t0.descriptions, "colormap": _colormap_or_none(t0)}
-    grid = TileGrid(int(first["scene_height"]), int(first["scene_width"]), int(first["size"]),
-                    int(first["overlap"]), scene_tf, meta["crs"])
-    by_index = {int(r.tile): r for r in index.itertuples()}
+    grid = TileGrid(height, width, size, overlap, scene_tf, meta["crs"])
+    by_index = {r[0]: r for r in rows}
+    if len(by_index) != len(rows):
+        raise TrustmapError("tile index lists a tile more than once", index_path)
+    if unknown := sorted(t for t in by_index if not 0 <= t < len(grid)):
+        raise TrustmapError(f"tile index lists tile(s) {unknown[:5]} outside its own grid", index_path)
     with StitchWriter(out_path, grid, meta["count"], meta["dtype"], mode=mode, nodata=meta["nodata"],
                       cog=cog, colormap=meta["colormap"],
                       band_descriptions=meta["descriptions"] if any(meta["descriptions"]) else None) as w:
@@ -151,8 +228,14 @@ def stitch_index(
             if rec is None:
                 w.skip(tile)
                 continue
-            if (int(rec.row_off), int(rec.col_off)) != (int(tile.window.row_off), int(tile.window.col_off)):
-                raise TrustmapError(f"tile {tile.index} window does not match the index grid", base / rec.path)
-            with open_raster(base / rec.path, verify=False) as src:
-                w.write(tile, src.read())
+            if (rec[1], rec[2]) != (int(tile.window.row_off), int(tile.window.col_off)):
+                raise TrustmapError(f"tile {tile.index} window does not match the index grid", rec[3])
+            with open_raster(rec[3], verify=False) as src:
+                data = src.read()
+            if data.shape[0] != meta["count"] or data.dtype != np.dtype(meta["dtype"]):
+                raise TrustmapError(
+                    f"tile has {data.shape[0]} band(s) of {data.dtype}, the first tile "
+                    f"{meta['count']} of {meta['dtype']}", rec[3],
+                )  # fmt: skip
+            w.write(tile, data)
     return Path(out_path)

@@ -20,6 +20,24 @@ from rasterio.windows import transform as window_transform
 
 from tiles.errors import TrustmapError
 
+#: More tiles than this is almost surely a typo (``--size 1``); commands refuse it unless told.
+MAX_TILES = 100_000
+#: A tile index may claim any scene size; beyond this many pixels ``stitch`` wants an explicit limit.
+MAX_STITCH_PIXELS = 500_000_000
+
+
+def axis_count(length: int, size: int, stride: int) -> int:
+    """len(axis_starts(length, size, stride)), by arithmetic (no list for huge claims)."""
+    if length <= size:
+        return 1
+    return -(-(length - size) // stride) + 1
+
+
+def tile_count(height: int, width: int, size: int, overlap: int) -> int:
+    """How many tiles a grid would have, without building it (sizes assumed valid)."""
+    stride = size - overlap
+    return axis_count(height, size, stride) * axis_count(width, size, stride)
+
 
 def axis_starts(length: int, size: int, stride: int) -> list[int]:
     """Start offsets along one axis: regular steps, the last one shifted to end at ``length``."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import tempfile
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -35,7 +34,16 @@ import rasterio.shutil
 from tiles.classes import ClassSchema
 from tiles.cog import translate_to_cog, validate_cog, write_class_cog
 from tiles.errors import TrustmapError
-from tiles.io import atomic_path, ensure_writable_dir, write_text_atomic
+from tiles.io import (
+    atomic_path,
+    bundle_stage,
+    check_output_dir,
+    commit_bundle,
+    ensure_writable_dir,
+    refuse_inputs,
+    staging_dir,
+    write_text_atomic,
+)
 from tiles.raster import open_raster, require_crs
 
 #: The QGIS version our XML follows; older readers upgrade nothing, newer ones read it as is.
@@ -119,20 +127,23 @@ def export_qgis(
 
     mask_path = Path(mask_path)
     name = _check_name(name if name is not None else mask_path.stem)
-    with open_raster(mask_path, verify=False) as ds:
-        require_crs(ds, mask_path)
-        crs, bounds = ds.crs, tuple(ds.bounds)
-    if scene_path is not None:  # fail before writing anything, naming the user's file
-        with open_raster(scene_path, verify=False) as ds:
-            require_crs(ds, scene_path)
-    out_dir = ensure_writable_dir(out_dir)
+    out_dir = Path(out_dir)
     if (out_dir / f"{name}.tif").resolve() == mask_path.resolve():
         raise TrustmapError(
             "the export would overwrite its own input mask; choose another output folder or name",
             mask_path,
         )
-    with tempfile.TemporaryDirectory(prefix=f".{name}.export.", dir=out_dir) as tmp:
-        stage = Path(tmp)
+    check_output_dir(out_dir)
+    for member in bundle_names(name):
+        refuse_inputs(out_dir / member, [mask_path, scene_path])
+    with open_raster(mask_path) as ds:
+        require_crs(ds, mask_path)
+        crs, bounds = ds.crs, tuple(ds.bounds)
+    if scene_path is not None:  # fail before writing anything, naming the user's file
+        with open_raster(scene_path) as ds:
+            require_crs(ds, scene_path)
+    out_dir = ensure_writable_dir(out_dir)
+    with bundle_stage(out_dir) as stage:
         tif = write_class_cog(mask_path, stage / f"{name}.tif", schema)
         polygons = vectorize_mask(tif, schema, min_area=min_area, simplify=simplify)
         gpkg = write_polygons(polygons, stage / f"{name}_polygons.gpkg", layer="polygons")
@@ -150,10 +161,9 @@ def export_qgis(
             write_quicklook(scene_path, out_tif=quicklook)
             layers.append(ProjectLayer(quicklook, "scene quick-look", "raster"))
         project = write_project(stage / f"{name}.qgs", layers, crs=crs, extent=bounds, title=name)
-        # The project goes last: it must never point at files that are not there yet.
-        staged = sorted(stage.iterdir(), key=lambda p: p == project)
-        for path in staged:
-            os.replace(path, out_dir / path.name)
+        # One commit for the whole bundle (a folder exchange where possible); in the
+        # file-by-file fallback the project goes last: it must never point at missing files.
+        commit_bundle(stage, out_dir, last=[project.name])
 
     def final(p: Path) -> Path:
         return out_dir / p.name
@@ -168,6 +178,12 @@ def export_qgis(
         quicklook=final(quicklook) if quicklook else None,
         polygon_count=len(polygons),
     )
+
+
+def bundle_names(name: str) -> list[str]:
+    """The files :func:`export_qgis` writes for ``name``."""
+    return [f"{name}.tif", f"{name}.qml", f"{name}.tif.aux.xml", f"{name}_polygons.gpkg",
+            f"{name}_polygons.qml", f"{name}.qgs", f"{name}_quicklook.tif"]  # fmt: skip
 
 
 def _check_name(name: str) -> str:
@@ -215,8 +231,8 @@ def _set_colormap(tif: Path, colormap: dict[int, tuple[int, int, int, int]]) -> 
         with rasterio.open(tif, "r+") as ds:
             ds.write_colormap(1, colormap)
         return
-    with tempfile.TemporaryDirectory(prefix=f".{tif.stem}.", dir=tif.parent) as tmp:
-        staged = Path(tmp) / "staged.tif"
+    with staging_dir(tif.parent, tif.stem) as tmp:
+        staged = tmp / "staged.tif"
         rasterio.shutil.copy(str(tif), str(staged), driver="GTiff", TILED="YES", COMPRESS="DEFLATE")
         with rasterio.open(staged, "r+") as ds:
             ds.write_colormap(1, colormap)

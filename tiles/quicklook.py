@@ -21,7 +21,7 @@ from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
 
 from tiles.errors import TrustmapError
-from tiles.io import atomic_path
+from tiles.io import atomic_path, check_output_file
 from tiles.raster import open_raster
 
 _NAMES = {
@@ -138,7 +138,12 @@ def write_quicklook(
     scene_path = Path(scene_path)
     if out_png is None and out_tif is None:
         out_png = scene_path.with_name(f"{scene_path.stem}.quicklook.png")
-    with open_raster(scene_path, verify=False) as src:
+    for opt, out in (("--png", out_png), ("--tif", out_tif)):
+        if out is not None:
+            check_output_file(out, [scene_path], option=opt)
+    if out_png is not None and out_tif is not None and Path(out_png).resolve() == Path(out_tif).resolve():
+        raise TrustmapError("--png and --tif name the same file", out_png)
+    with open_raster(scene_path) as src:
         rgb, valid, transform, picked = render_rgb(src, bands, max_size)
         crs = src.crs
     png = tif = None

@@ -16,6 +16,7 @@ or slivers open between classes, which per-polygon simplification would cause.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from tiles.classes import ClassSchema
 from tiles.console import progress as progress_bar
 from tiles.errors import TrustmapError
-from tiles.io import atomic_path
+from tiles.io import atomic_path, check_output_file
 from tiles.raster import open_raster, require_crs
 
 COLUMNS = ["code", "name", "area", "geometry"]  # the GeoPackage layer's fields
@@ -230,13 +231,21 @@ def vectorize_mask(
     )
 
 
+def check_polygons_path(
+    out_path: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()
+) -> Path:
+    """Check, before the work, that polygons can be written to ``out_path`` (a new .gpkg)."""
+    out = Path(out_path)
+    if out.suffix.lower() != ".gpkg":
+        raise TrustmapError("polygons are written as a GeoPackage; use a .gpkg file name", out)
+    return check_output_file(out, inputs)
+
+
 def write_polygons(
     gdf: gpd.GeoDataFrame, out_path: str | os.PathLike, layer: str = "polygons"
 ) -> Path:
     """Write ``gdf`` as one Polygon layer of a new GeoPackage, atomically; returns the path."""
-    out = Path(out_path)
-    if out.suffix.lower() != ".gpkg":
-        raise TrustmapError("polygons are written as a GeoPackage; use a .gpkg file name", out)
+    out = check_polygons_path(out_path)
     with atomic_path(out) as tmp:
         gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio", geometry_type="Polygon")
     return out
