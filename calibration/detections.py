@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import unicodedata
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -60,6 +61,53 @@ def _read_json(path: str | os.PathLike) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise TrustmapError("not a text JSON file (binary content)", p) from None
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(value), "a number"
+    )
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: Any) -> int:
+    """A COCO id or category: a whole number that fits int64 (not a bool, not 1.5)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | np.integer):
+        raise TypeError(f"expected a whole number, got {_json_kind(value)}")
+    number = int(value)
+    if isinstance(value, float) and number != value:
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if not _INT64[0] <= number <= _INT64[1]:
+        raise OverflowError(f"{value!r} does not fit a 64-bit id")
+    return number
+
+
+def _category_name(entry: dict[str, Any]) -> str:
+    name = entry.get("name", entry["id"])
+    if not isinstance(name, str | int) or isinstance(name, bool):
+        raise TypeError(f"category {entry['id']!r}: 'name' must be text, got {_json_kind(name)}")
+    name = str(name)
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Cn") for ch in name):
+        raise ValueError(f"category {entry['id']!r}: name {name!r} contains control characters")
+    return name
+
+
+def _check_numbers(values: list, key: str, vector: bool, source: str | None) -> None:
+    """Each entry's ``key``: a flat list of numbers (vector) or one whole number."""
+    for i, v in enumerate(values):
+        if vector:
+            ok = isinstance(v, list) and all(
+                isinstance(x, float) or (isinstance(x, int) and not isinstance(x, bool) and abs(x) < 2**1023)
+                for x in v
+            )
+            what = "a list of numbers"
+        else:
+            ok = isinstance(v, int) and not isinstance(v, bool) and _INT64[0] <= v <= _INT64[1]
+            what = "a whole number"
+        if not ok:
+            raise TrustmapError(f"detection {i}: '{key}' must be {what}, got {_json_kind(v)}", source)
 
 
 def _xywh_problems(bbox: np.ndarray) -> np.ndarray:
@@ -149,21 +197,24 @@ class GroundTruth:
                 f"not a COCO annotations file: needs 'images', 'annotations' and 'categories'{hint}",
                 src,
             )
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data[key], list) or not all(isinstance(e, dict) for e in data[key]):
+                raise TrustmapError(f"'{key}' must be a list of objects, got {_json_kind(data[key])}", src)
         try:
-            cats = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
-        except (KeyError, TypeError, ValueError) as exc:
+            cats = {_int64(c["id"]): _category_name(c) for c in data["categories"]}
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise TrustmapError(
-                f"categories: every entry needs an integer 'id' ({exc!r})", src
+                f"categories: every entry needs an integer 'id' and a text 'name' ({exc!r})", src
             ) from None
         imgs = data["images"]
         try:
             images = ImageTable(
-                id=np.array([int(im["id"]) for im in imgs], dtype=np.int64),
+                id=np.array([_int64(im["id"]) for im in imgs], dtype=np.int64),
                 file_name=np.array([str(im.get("file_name", "")) for im in imgs], dtype=str),
                 width=np.array([float(im["width"]) for im in imgs], dtype=np.float64),
                 height=np.array([float(im["height"]) for im in imgs], dtype=np.float64),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise TrustmapError(
                 f"images: every entry needs 'id', 'width' and 'height' ({exc!r})", src
             ) from None
@@ -176,16 +227,16 @@ class GroundTruth:
                     raise ValueError("bbox must have 4 numbers")
                 rows.append(
                     (
-                        int(a.get("id", i + 1)),
-                        int(a["image_id"]),
+                        _int64(a.get("id", i + 1)),
+                        _int64(a["image_id"]),
                         bb,
-                        int(a["category_id"]),
+                        _int64(a["category_id"]),
                         bool(a.get("iscrowd", 0)),
                         bool(a.get("ignore", 0)),
                         float(a["area"]) if "area" in a else bb[2] * bb[3],
                     )
                 )
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise TrustmapError(f"annotation {i}: malformed ({exc!r})", src) from None
         m = len(rows)
         annotations = AnnotationTable(
@@ -361,7 +412,7 @@ class Detections:
             self.category_id = np.asarray(self.category_id, dtype=np.int64).reshape(-1)
             self.score = np.asarray(self.score, dtype=np.float64).reshape(-1)
             self.bbox = np.asarray(self.bbox, dtype=np.float64).reshape(-1, 4)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise TrustmapError(f"detections: malformed column ({exc})", src) from None
         n = len(self.image_id)
         for name in ("bbox", "category_id", "score"):
@@ -373,7 +424,10 @@ class Detections:
         for name in ("probs", "logits"):
             v = getattr(self, name)
             if v is not None:
-                v = np.asarray(v, dtype=np.float64)
+                try:
+                    v = np.asarray(v, dtype=np.float64)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise TrustmapError(f"detections: '{name}' is not numeric ({exc})", src) from None
                 if v.ndim != 2 or len(v) != n:
                     raise TrustmapError(
                         f"detections: '{name}' must be (N, classes) with N={n}, got {v.shape}", src
@@ -609,14 +663,14 @@ class Detections:
         }
         for i, e in enumerate(entries):
             try:
-                image_id[i] = int(e["image_id"])
-                cat[i] = int(e["category_id"])
+                image_id[i] = _int64(e["image_id"])
+                cat[i] = _int64(e["category_id"])
                 score[i] = float(e["score"])
                 bb = e["bbox"]
                 if len(bb) != 4:
                     raise ValueError(f"bbox has {len(bb)} numbers, not 4")
                 bbox[i] = bb
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise TrustmapError(
                     f"detection {i}: malformed entry ({exc!r}); COCO results need image_id, "
                     "category_id, bbox [x, y, w, h] and score",
@@ -632,6 +686,9 @@ class Detections:
                 if present[k]:
                     extra[k].append(e[k])
         opt: dict[str, Any] = {}
+        for k in ("probs", "logits", "proposal_index"):
+            if present[k]:
+                _check_numbers(extra[k], k, vector=k != "proposal_index", source=src)
         for k in ("probs", "logits"):
             if present[k]:
                 lens = {len(v) for v in extra[k]}
