@@ -71,6 +71,11 @@ def audit(
     cfg = load_config(config_path) if config_path is not None else AuditConfig()
     if n_boot is not None:
         cfg = cfg.model_copy(update={"bootstrap": cfg.bootstrap.model_copy(update={"n": n_boot})})
+    from tiles.config import paths_in
+    from tiles.io import check_output_dir
+
+    given = [p for p in (predictions, annotations, config_path) if p is not None]
+    check_output_dir(out_dir, [*given, *paths_in(cfg)], replaces=True, marker="audit.json")
     if predictions is not None or annotations is not None:
         if predictions is None or annotations is None:
             raise TrustmapError(

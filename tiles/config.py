@@ -140,3 +140,24 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def paths_in(model: Any) -> list[Path]:
+    """Every filesystem path a validated config holds (for output checks: inputs are never outputs)."""
+    found: list[Path] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, os.PathLike):
+            found.append(Path(value))
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name, None))
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list | tuple | set):
+            for v in value:
+                walk(v)
+
+    walk(model)
+    return found
