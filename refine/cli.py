@@ -110,15 +110,42 @@ def simulate(
         inputs = SimulationInputs(
             scene, tuple(labels), truth, heldout_scene, heldout_truth, classes
         )
-    result = run_simulation(
-        config, out_dir, inputs, config_source=config_path, resume=resume, restart=restart,
-        export=not no_export, echo=lambda msg: click.echo(msg, err=True),
-    )  # fmt: skip
+    _check_out(out_dir, config, config_path, scene, labels, truth, classes, heldout_scene, heldout_truth)
+    created = not out_dir.exists()
+    fresh = created or restart or not any(out_dir.iterdir())
+    try:
+        result = run_simulation(
+            config, out_dir, inputs, config_source=config_path, resume=resume, restart=restart,
+            export=not no_export, echo=lambda msg: click.echo(msg, err=True),
+        )  # fmt: skip
+    except Exception:
+        # A new run that fails before its first round is committed leaves nothing behind.
+        if fresh and not any((out_dir / "state").glob("round_*")):
+            from refine.session import RunDir
+
+            RunDir(out_dir).discard(created)
+        raise
     click.echo(result.report["summary"]["sentence"])
     for key in ("report_html", "report_json", "qgis_project", "change_map", "changes_csv"):
         if key in result.outputs:
             click.echo(f"{key:<14} {result.outputs[key]}")
     click.echo(f"{'refined':<14} {result.refined}")
+
+
+def _check_out(out_dir: Path, config, config_path: Path | None, *inputs) -> None:
+    """Before any work: --out may not be, or hold, an input (--restart would delete it)."""
+    from tiles.config import paths_in
+    from tiles.io import check_output_dir
+
+    given = [p for v in inputs for p in (v if isinstance(v, tuple) else (v,)) if p is not None]
+    check_output_dir(out_dir, [*given, config_path, *paths_in(config)])
+    weights = getattr(getattr(config, "model", None), "encoder_weights", None)
+    if isinstance(weights, Path) and not weights.is_file():
+        raise TrustmapError(
+            "key 'model.encoder_weights': file not found" if not weights.exists()
+            else "key 'model.encoder_weights': not a file",
+            config_path or weights,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
