@@ -101,8 +101,14 @@ def audit_predictions(
     out: str | os.PathLike,
     config: AuditConfig | None = None,
     config_path: str | os.PathLike | None = None,
+    modeling: str | os.PathLike | None = None,
 ) -> AuditResult:
-    """Audit a predictions file (COCO results ``.json`` or ``.npz``) against COCO annotations."""
+    """Audit a predictions file (COCO results ``.json`` or ``.npz``) against COCO annotations.
+
+    ``modeling``: a second file with the same detector's outputs *before* score threshold,
+    NMS and top-k (every proposal, ideally with ``probs``). With it, the first file is the
+    "application" perspective and this one the "modeling" perspective.
+    """
     cfg = config or AuditConfig()
     if cfg.runs_model:
         raise TrustmapError(
@@ -114,19 +120,25 @@ def audit_predictions(
     gt = GroundTruth.from_coco_json(annotations)
     dets = Detections.load(predictions)
     dets.validate(gt)
-    timings = {"load": time.perf_counter() - t0}
+    perspectives = {"predictions": dets}
     inputs = {
         "mode": "predictions",
         "predictions": str(Path(predictions).resolve()),
         "annotations": str(Path(annotations).resolve()),
     }
+    if modeling is not None:
+        raw = Detections.load(modeling)
+        raw.validate(gt)
+        perspectives = {"application": dets, "modeling": raw}
+        inputs["modeling_predictions"] = str(Path(modeling).resolve())
+    timings = {"load": time.perf_counter() - t0}
     with atomic_dir(out) as tmp:
         return _finish(
             tmp,
             Path(out),
             cfg,
             gt,
-            {"predictions": dets},
+            perspectives,
             TableSweeper(dets),
             inputs,
             config_path,
@@ -227,6 +239,7 @@ def analyse(
     groups = GroupCalibration(conf, tp, mcfg)
     rel = reliability(conf, tp, bins=mcfg.bins, strategy=mcfg.bin_strategy)
     res["overall"] = groups.breakdown(np.zeros(len(conf), np.int64), ["all"], compare=False)["all"]
+    res["matching_rules"] = matching_rules(dets, gt, mcfg, mm)
     res["reliability"] = {
         "edges": rel["edges"],
         "count": rel["count"],
@@ -271,6 +284,46 @@ def analyse(
     )
     res["classes"] = {k: v | {"name": gt.categories[int(k)]} for k, v in by_class.items()}
     return res
+
+
+#: Matching rules every audit reports side by side (the verdict can flip between them).
+COMPARED_RULES = ("greedy", "any")
+RULE_TEXT = {
+    "greedy": "greedy, one-to-one in score order (COCO's rule)",
+    "hungarian": "Hungarian, one-to-one maximising total IoU",
+    "any": "any, non-exclusive: a box is correct if it overlaps any object of its class (netcal's examples)",
+}
+
+
+def matching_rules(
+    dets: Detections, gt: GroundTruth, mcfg: MetricsConfig, mm: Any | None = None
+) -> dict[str, Any]:
+    """ECE, D-ECE, precision and mean gap under each of :data:`COMPARED_RULES` (and the
+    configured rule), so a report shows how much its verdict depends on the rule."""
+    from calibration.matching import match
+    from calibration.metrics import dece, ece
+
+    thr = mcfg.iou_threshold
+    rules = {}
+    for mode in dict.fromkeys((mcfg.match_mode, *COMPARED_RULES)):
+        if mm is not None and mode == mcfg.match_mode:
+            valid, tp = mm.valid_and_tp(thr)
+        else:
+            r = match(dets, gt, [thr], mode).row(0)
+            valid, tp = ~r.ignored, r.tp
+        conf, t = dets.score[valid], tp[valid].astype(np.float64)
+        if not len(conf):
+            rules[mode] = {"n": 0, "ece": None, "dece": None, "precision": None, "gap": None}
+            continue
+        feats = box_features(dets.subset(np.flatnonzero(valid)), gt, mcfg.dece_dims)
+        rules[mode] = {
+            "n": int(len(conf)),
+            "ece": ece(conf, t, bins=mcfg.bins, norm=mcfg.norm, strategy=mcfg.bin_strategy),
+            "dece": dece(feats, t, mcfg.dece_bins, mcfg.bin_strategy),
+            "precision": float(t.mean()),
+            "gap": float(conf.mean() - t.mean()),
+        }
+    return {"used": mcfg.match_mode, "iou": thr, "rules": rules}
 
 
 class GroupCalibration:
@@ -664,8 +717,21 @@ def _finish(
 ) -> AuditResult:
     """Build everything into ``tmp`` (the caller's ``atomic_dir`` swaps it onto ``out``)."""
     data = build_document(cfg, gt, perspectives, sweeper, inputs, config_path, timings)
+    data["detections_files"] = save_detections(tmp, perspectives)
     files = write_outputs(tmp, data, timings)
     return AuditResult(data=data, out_dir=out, files={k: out / p.name for k, p in files.items()})
+
+
+def save_detections(folder: Path, perspectives: Mapping[str, Detections]) -> dict[str, str]:
+    """Each perspective's detections as COCO results (with ``probs`` where the detector gave
+    them) under ``folder/detections/``, so they can be fitted, applied or re-audited."""
+    (folder / "detections").mkdir(exist_ok=True)
+    out = {}
+    for name, dets in perspectives.items():
+        rel = f"detections/{name}.json"
+        dets.to_coco_json(folder / rel)
+        out[name] = rel
+    return out
 
 
 def draw_figures(data: Mapping[str, Any]) -> dict[str, bytes]:

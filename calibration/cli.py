@@ -32,6 +32,13 @@ def main() -> None:
 )
 @click.option("--annotations", type=_path, help="Ground truth: COCO annotations .json.")
 @click.option(
+    "--modeling-predictions",
+    "modeling",
+    type=_path,
+    help="Optional second file: the same detector's outputs before score threshold, NMS and "
+    "top-k (the 'modeling' perspective); --predictions is then the 'application' one.",
+)
+@click.option(
     "--config",
     "config_path",
     type=_path,
@@ -55,6 +62,7 @@ def main() -> None:
 def audit(
     predictions: Path | None,
     annotations: Path | None,
+    modeling: Path | None,
     config_path: Path | None,
     out_dir: Path,
     n_boot: int | None,
@@ -81,7 +89,9 @@ def audit(
             raise TrustmapError(
                 "give both --predictions and --annotations (or a --config that runs a detector)"
             )
-        result = audit_predictions(predictions, annotations, out_dir, cfg, config_path)
+        result = audit_predictions(predictions, annotations, out_dir, cfg, config_path, modeling)
+    elif modeling is not None:
+        raise TrustmapError("--modeling-predictions goes with --predictions and --annotations")
     elif cfg.runs_model:
         result = audit_model(cfg, out_dir, config_path)
     else:

@@ -557,6 +557,13 @@ def _pick(key: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
     return t_i, s_i, last[t_i, s_i]
 
 
+#: Rounds that take no object before :func:`_greedy` compacts its pairs: at least this
+#: many, or one per this many remaining pairs (a compaction costs a pass over the pairs,
+#: a round a few numpy calls), so the total work stays linear in the pairs.
+GREEDY_WASTE_MIN = 8
+GREEDY_PAIRS_PER_ROUND = 1000
+
+
 def _greedy(th, row, det_p, gt_p, reg_p, ious, block_s, n_ann, out: _Out) -> None:
     """COCO greedy matching at threshold ``th`` (result row ``row``), one round per rank.
 
@@ -565,8 +572,43 @@ def _greedy(th, row, det_p, gt_p, reg_p, ious, block_s, n_ann, out: _Out) -> Non
     from the largest block to its most candidates); pairs are reordered by that rank so
     that each round is a contiguous slice. Every pair given is a candidate, and pairs
     come grouped by ascending sorted detection position (``block_s``: its block).
+
+    Duplicates: many detections on one object would each need a round (50k copies took
+    17.8 s). Since taken objects stay taken, a detection whose object candidates are all
+    taken can only fall into a region or stay unmatched, whatever comes before it. So
+    after a run of rounds that took nothing, the pairs are compacted: pairs to taken
+    objects are dropped, detections left with regions only are settled at once, and the
+    rounds restart on what remains. Same result, linear work.
     """
-    seg = _Segments(det_p)
+    taken = np.zeros(n_ann, bool)
+    while len(det_p):
+        live = reg_p | ~taken[gt_p]
+        if not live.all():
+            det_p, gt_p, reg_p, ious = det_p[live], gt_p[live], reg_p[live], ious[live]
+        if not len(det_p):
+            return
+        seg = _Segments(det_p)
+        has_obj = np.add.reduceat((~reg_p).astype(np.int64), seg.starts) > 0
+        if not has_obj.all():  # regions only: settled now (matching a region takes nothing)
+            on_reg = np.repeat(~has_obj, seg.lengths)
+            rs = _Segments(det_p[on_reg])
+            _, s_i, p_i = _pick(_preference(ious, reg_p)[on_reg][None, :], rs.starts, rs.lengths)
+            idx = np.flatnonzero(on_reg)[p_i]
+            out.store(row, rs.ids[s_i], idx, gt_p, reg_p, ious)
+            keep = ~on_reg
+            det_p, gt_p, reg_p, ious = det_p[keep], gt_p[keep], reg_p[keep], ious[keep]
+            if not len(det_p):
+                return
+            seg = _Segments(det_p)
+        rest = _greedy_rounds(th, row, det_p, gt_p, reg_p, ious, seg, block_s, taken, out)
+        if rest is None:
+            return
+        det_p, gt_p, reg_p, ious = rest
+
+
+def _greedy_rounds(th, row, det_p, gt_p, reg_p, ious, seg, block_s, taken, out: _Out):
+    """The rounds of :func:`_greedy`; returns the unprocessed pairs (grouped by detection)
+    when too many rounds in a row took no object, else None."""
     blk = block_s[seg.ids]
     head = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1]])
     crank = np.arange(len(seg.ids)) - np.repeat(head, np.diff(np.r_[head, len(seg.ids)]))
@@ -575,19 +617,25 @@ def _greedy(th, row, det_p, gt_p, reg_p, ious, block_s, n_ann, out: _Out) -> Non
     det_p, gt_p, reg_p, ious = det_p[by_rank], gt_p[by_rank], reg_p[by_rank], ious[by_rank]
     bounds = np.searchsorted(prank[by_rank], np.arange(prank.max() + 2))
     pref = _preference(ious, reg_p)
-    taken = np.zeros(n_ann, bool)
+    budget = max(GREEDY_WASTE_MIN, len(det_p) // GREEDY_PAIRS_PER_ROUND)
+    wasted = 0
     for r in range(len(bounds) - 1):
         s, e = bounds[r], bounds[r + 1]
         if s == e:
             continue
         g, reg = gt_p[s:e], reg_p[s:e]
         key = np.where(reg | ~taken[g], pref[s:e], -1.0)[None, :]
-        seg = _Segments(det_p[s:e])
-        _, s_i, p_i = _pick(key, seg.starts, seg.lengths)
+        sg = _Segments(det_p[s:e])
+        _, s_i, p_i = _pick(key, sg.starts, sg.lengths)
         p_i = p_i + s
-        out.store(row, seg.ids[s_i], p_i, gt_p, reg_p, ious)
+        out.store(row, sg.ids[s_i], p_i, gt_p, reg_p, ious)
         obj = ~reg_p[p_i]
         taken[gt_p[p_i[obj]]] = True
+        wasted = 0 if obj.any() else wasted + 1
+        if wasted >= budget and e < len(det_p):
+            o = e + np.argsort(det_p[e:], kind="stable")  # back to grouped by detection
+            return det_p[o], gt_p[o], reg_p[o], ious[o]
+    return None
 
 
 def _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out: _Out) -> None:

@@ -154,9 +154,10 @@ def findings(data: Mapping[str, Any]) -> list[dict[str, str]]:
         if f:
             out.append(f)
     out.extend(_sweeps(data, p))
-    f = _perspectives(data)
-    if f:
-        out.append(f)
+    for fn in (_perspectives, _matching, _detection_sets):
+        f = fn(data)
+        if f:
+            out.append(f)
     skipped = [k for k, e in p["metrics"].items() if e.get("skipped")]
     if skipped:
         why = p["metrics"][skipped[0]]["skipped"]
@@ -189,7 +190,11 @@ def _overall(data, p, name, iou) -> dict[str, str]:
     runs = sorted(runs, key=lambda r: -r["contribution"])[:2]
     significant = o["gap_se"] is not None and abs(o["gap"]) >= Z_OFF * max(o["gap_se"], 1e-9)
     direction = _direction(o["gap"]) if significant else "calibrated"
-    if direction != "calibrated":
+    few = _too_few(p)
+    if few:
+        runs, direction = [], "too few"
+        head = f"Too few to tell: {few}; the numbers below are shown, not judged."
+    elif direction != "calibrated":
         head = direction.capitalize() + ": "
     elif runs:
         words = {_direction(r["gap"]) for r in runs}
@@ -222,7 +227,20 @@ def _overall(data, p, name, iou) -> dict[str, str]:
         o["ece"] is not None and o["ece_chance_p95"] is not None and o["ece"] > o["ece_chance_p95"]
     )
     sev = "problem" if off or runs or direction != "calibrated" else "ok"
+    if few:
+        sev = "info"
     return {"topic": "overall", "severity": sev, "text": " ".join(p for p in parts if p)}
+
+
+def _too_few(p: Mapping[str, Any]) -> str | None:
+    """Why a perspective's numbers cannot be judged (below min_images / min_detections)."""
+    tf = p.get("too_few") or {}
+    why = []
+    if tf.get("images"):
+        why.append(f"{p['counts']['images']} images, fewer than {tf['min_images']}")
+    if tf.get("detections"):
+        why.append(f"{p['overall']['n']} detections, fewer than {tf['min_detections']}")
+    return " and ".join(why) or None
 
 
 def _runs(rel: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -396,6 +414,10 @@ def _size(p) -> dict[str, str] | None:
 
 
 def _classes(p) -> dict[str, str] | None:
+    """The class finding. Classes are ranked by ``z``: how many standard deviations a class's
+    ECE lies above random subsets of the same size, so that a small class is not called
+    worst for its binning noise. The class with the lowest raw ECE is named as well, since
+    it need not be the one ranked best."""
     classes = p.get("classes") or {}
     wb = _worst(classes)
     if wb is None:
@@ -403,18 +425,27 @@ def _classes(p) -> dict[str, str] | None:
     worst, best = wb
     w, b = classes[worst], classes[best]
     ap = lambda k: _f((p["per_category"].get(k) or {}).get("ap"))  # noqa: E731
+    rank = "ranked by z, the ECE's distance above random subsets of the same size"
+    have = {k: g for k, g in classes.items() if g.get("ece") is not None}
+    low = min(have, key=lambda k: have[k]["ece"]) if have else best
+    lowest = (
+        ""
+        if low == best
+        else f" Lowest raw ECE: '{classes[low]['name']}', {_f(classes[low]['ece'])} (n = {classes[low]['n']})."
+    )
     if _clearly_worse(w):
         return {
             "topic": "class",
             "severity": "problem",
             "text": f"Worst for class '{w['name']}' ({_direction_words(w['gap'])}): {_describe_group(w)}; AP {ap(worst)}. "
-            f"Best: '{b['name']}', ECE {_f(b['ece'])}, AP {ap(best)}.",
+            f"Best by z: '{b['name']}', ECE {_f(b['ece'])} (z {b['z']:+.1f}), AP {ap(best)}.{lowest} "
+            f"Classes are {rank}.",
         }
     named = {f"'{g['name']}'": g for g in classes.values()}
     return {
         "topic": "class",
         "severity": "ok",
-        "text": f"No class stands out from random subsets of the same size (ECE {_listing(named)}).",
+        "text": f"No class stands out from random subsets of the same size ({rank}; ECE {_listing(named)}).",
     }
 
 
@@ -475,6 +506,49 @@ def _sweeps(data, p) -> list[dict[str, str]]:
 
 def _range(pts: Sequence[Mapping[str, Any]]) -> str:
     return f"{pts[0]['value']:g}–{pts[-1]['value']:g}"
+
+
+def _matching(data) -> dict[str, str] | None:
+    """Name the matching rule used, and what the other rule says (the verdict can flip)."""
+    from calibration.audit import RULE_TEXT
+
+    p = data["perspectives"][primary_perspective(data)]
+    mr = p.get("matching_rules")
+    if not mr:
+        return None
+    used = mr["rules"].get(mr["used"], {})
+    others = [(k, r) for k, r in mr["rules"].items() if k != mr["used"] and r.get("ece") is not None]
+    if used.get("ece") is None or not others:
+        return None
+    said = [
+        f"'{k}': ECE {_f(r['ece'])}, D-ECE {_f(r['dece'])}, precision {_pct(r['precision'])} ({_direction(r['gap'])})"
+        for k, r in others
+    ]
+    flips = any(_direction(r["gap"]) != _direction(used["gap"]) for _, r in others)
+    return {
+        "topic": "matching",
+        "severity": "problem" if flips else "info",
+        "text": f"Matched with the {RULE_TEXT.get(mr['used'], mr['used'])} rule at IoU ≥ {mr['iou']:g}: ECE "
+        f"{_f(used['ece'])}, D-ECE {_f(used['dece'])}, precision {_pct(used['precision'])} ({_direction(used['gap'])}). "
+        f"With the other rule, {'; '.join(said)}."
+        + (" The verdict depends on the rule." if flips else ""),
+    }
+
+
+def _detection_sets(data) -> dict[str, str] | None:
+    """Say that AP and the calibration metrics count different detection sets when they do."""
+    p = data["perspectives"][primary_perspective(data)]
+    c = p["counts"]
+    n_ap, n = c.get("ap_detections"), c["detections"]
+    if n_ap is None or n_ap >= n:
+        return None
+    md = data["inputs"]["metrics_config"].get("ap_max_dets", 100)
+    return {
+        "topic": "inputs",
+        "severity": "info",
+        "text": f"AP keeps the {md} best detections per image and class, as COCO does ({n_ap} of {n}); "
+        f"ECE, D-ECE and the other calibration metrics use all {n}.",
+    }
 
 
 def _perspectives(data) -> dict[str, str] | None:

@@ -30,7 +30,7 @@ from calibration.metrics.binning import (
 )
 from calibration.metrics.config import AP_AUTO_LIMIT, MetricsConfig, load_config
 from calibration.metrics.dece import _box_columns, dece_statistic
-from calibration.metrics.ece import calibration_error_statistic
+from calibration.metrics.ece import calibration_error_statistic, debiased_ece_from_sums
 from calibration.metrics.probabilistic import (
     _classwise,
     _head,
@@ -115,7 +115,9 @@ def compute_metrics(
     m, m_ap = mm.main, mm.ap
     thr, tau = cfg.iou_threshold, cfg.laece_tau
     ti, tt = m.index(thr), m.index(tau)
-    boot = cfg.n_boot > 0
+    n_images = len(gt.images)
+    few_images = n_images < cfg.min_images
+    boot = cfg.n_boot > 0 and not few_images
     group = m.image_index if boot else None  # without intervals, one group: no per-image tables
     sub = (lambda g, rows: g[rows]) if boot else (lambda g, rows: None)  # noqa: E731
     cats = gt.category_ids
@@ -137,11 +139,17 @@ def compute_metrics(
         stats["ece"] = replace(cw, finalize=_pooled("ece", p))
         stats["mce"] = replace(cw, finalize=_pooled("mce", 1))
         stats["detection_top_label_ce"] = replace(cw, finalize=_pooled("ece", pw))
+        stats["ece_debiased"] = replace(
+            cw, finalize=lambda tot: debiased_ece_from_sums(tot.sum(axis=-3))
+        )
     else:
         pooled = calibration_error_statistic(s, tp, group=g, bins=cfg.bins, strategy="mass")
         stats["ece"] = replace(pooled, finalize=_class_mean("ece", p))
         stats["mce"] = replace(pooled, finalize=_class_mean("mce", 1))
         stats["detection_top_label_ce"] = replace(pooled, finalize=_class_mean("ece", pw))
+        stats["ece_debiased"] = replace(
+            pooled, finalize=lambda tot: debiased_ece_from_sums(tot[..., 0, :, :])
+        )
     stats["ace"] = calibration_error_statistic(
         s, tp, norm=cfg.norm, kind="ace", group=g, bins=cfg.bins, strategy="mass"
     )
@@ -234,8 +242,12 @@ def compute_metrics(
 
     # the binned AP's replicates are anchored at its own full-sample value
     estimates = {k: v for k, v in values.items() if k not in ("map", "ap50")}
-    intervals = bootstrap(
-        stats, len(gt.images), cfg.n_boot, cfg.seed, cfg.ci_level, cfg.ci_method, estimates
+    intervals = (
+        bootstrap(
+            stats, len(gt.images), cfg.n_boot, cfg.seed, cfg.ci_level, cfg.ci_method, estimates
+        )
+        if boot
+        else {}
     )
     # AP replicates are binned (see ap_statistic); move their interval by the binning's
     # full-sample offset so it sits around the exact value
@@ -248,23 +260,38 @@ def compute_metrics(
     metrics: dict[str, Any] = {}
     for name, v in values.items():
         iv = intervals.get(name)
+        if iv:  # an interval never leaves the metric's range (AP50's bound was 1.0000024)
+            lo_b, hi_b = METRIC_RANGE.get(name, (0.0, 1.0))
+            iv.low, iv.high = max(iv.low, lo_b), min(iv.high, hi_b)
         metrics[name] = {
             "value": None if not np.isfinite(v) else float(v),
             "ci_low": iv.low if iv else None,
             "ci_high": iv.high if iv else None,
             "std": iv.std if iv else None,
         }
-        if iv:  # BC's correction: |z0| > ~2 flags a bias larger than the resampling spread
+        if iv:  # |z0| > ~2 flags a bias larger than the resampling spread
             metrics[name]["ci_z0"] = iv.z0
+            metrics[name]["ci_bias"] = iv.bias
+        elif cfg.n_boot > 0 and few_images:
+            metrics[name]["ci_skipped"] = (
+                f"{n_images} image(s), fewer than min_images = {cfg.min_images}: a bootstrap "
+                "over so few images has too few distinct resamples for an interval"
+            )
         if name in ci_shift:
             metrics[name]["ci_shift"] = ci_shift[name]
     for name, why in skipped.items():
         metrics[name] = {"value": None, "skipped": why}
 
     # per category: read off the class tables (same bins as a per-category call)
-    cw_err = dict(zip(cls_vals.tolist(), per_class_errors(cw.totals(), "ece", p), strict=True))
+    # (no detections: one empty class row, no class value)
+    cw_all = per_class_errors(cw.totals(), "ece", p)[: len(cls_vals)]
+    cw_err = dict(zip(cls_vals.tolist(), cw_all, strict=True))
     la_err = dict(
-        zip(la_vals.tolist(), per_class_errors(stats["laece"].totals(), "ece", 1), strict=True)
+        zip(
+            la_vals.tolist(),
+            per_class_errors(stats["laece"].totals(), "ece", 1)[: len(la_vals)],
+            strict=True,
+        )
     )
     crow = index_in(dets.category_id, cats)
     n_det = np.bincount(crow[crow >= 0], minlength=len(cats))
@@ -292,6 +319,15 @@ def compute_metrics(
             "detections": len(dets),
             "tp": len(r_main.tp_rows),
             "ignored": len(r_main.ignored_rows),
+            # AP keeps the ap_max_dets best per (image, class), as COCO does; every
+            # calibration metric uses all the detections
+            "ap_detections": int((m_ap.rank < cfg.ap_max_dets).sum()) if len(dets) else 0,
+        },
+        "too_few": {
+            "images": n_images < cfg.min_images,
+            "detections": int((~r_main.ignored).sum()) < cfg.min_detections,
+            "min_images": cfg.min_images,
+            "min_detections": cfg.min_detections,
         },
         "metrics": metrics,
         "per_category": per_category,
@@ -301,8 +337,12 @@ def compute_metrics(
     }
 
 
+#: Where each metric's values can lie (intervals are clipped to it); others lie in [0, 1].
+METRIC_RANGE = {"nll": (0.0, float("inf")), "brier": (0.0, 2.0)}
+
 _METRIC_ORDER = (
     "ece",
+    "ece_debiased",
     "mce",
     "ace",
     "dece",

@@ -98,6 +98,7 @@ def test_audit_writes_html_json_markdown_and_figures(audited):
         "audit.html",
         "audit.json",
         "audit.md",
+        "detections",
         "figures",
     ]
     data = json.loads((out / "audit.json").read_text())
@@ -251,7 +252,7 @@ def test_refuses_to_replace_a_folder_that_is_not_an_audit(pair, tmp_path):
     pr, gt, _ = pair
     (tmp_path / "notes.txt").write_text("keep me")
     res = audit("--predictions", pr, "--annotations", gt, "--out", tmp_path, ok=False)
-    assert res.exit_code == 1 and "is not an earlier audit" in res.stderr
+    assert res.exit_code == 1 and "choose a new or empty folder" in res.stderr
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
