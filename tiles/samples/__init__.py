@@ -25,8 +25,10 @@ One concept per module, in dependency order:
 
 from __future__ import annotations
 
-from tiles.samples.layout import _layout
-from tiles.samples.render import HALO, _render_strip
+# the layout and one strip's rendering, for tests of the renderer's purity
+from tiles.samples.layout import _layout as _layout
+from tiles.samples.render import HALO
+from tiles.samples.render import _render_strip as _render_strip
 from tiles.samples.spectra import (
     BAND_NAMES,
     BUILT,
@@ -71,8 +73,6 @@ __all__ = [
     "TREE",
     "WATER",
     "SamplePaths",
-    "_layout",
-    "_render_strip",
     "generate_scene_arrays",
     "make_sample",
     "scene_transform",
