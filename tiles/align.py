@@ -79,7 +79,7 @@ class SceneGrid:
         if isinstance(scene, SceneGrid):
             return scene
         if isinstance(scene, str | os.PathLike):
-            with open_raster(scene, verify=False) as ds:
+            with open_raster(scene) as ds:
                 require_crs(ds, scene)
                 return cls(ds.crs, ds.transform, ds.width, ds.height, str(scene))
         if isinstance(scene, Mapping):

@@ -26,7 +26,6 @@ from tiles.io import (
     check_output_dir,
     check_output_file,
     commit_bundle,
-    ensure_writable_dir,
     refuse_inputs,
     resolve_inside,
 )
@@ -104,7 +103,6 @@ def cut_scene(
                 scene,
             )
         grid = TileGrid.from_dataset(ds, size, overlap)
-        out = ensure_writable_dir(out)
         colormap = _colormap_or_none(ds)
         records = []
         skipped = 0
@@ -232,6 +230,12 @@ def stitch_index(
                 raise TrustmapError(f"tile {tile.index} window does not match the index grid", rec[3])
             with open_raster(rec[3], verify=False) as src:
                 data = src.read()
+            expect = (int(tile.window.height), int(tile.window.width))
+            if data.shape[1:] != expect:
+                raise TrustmapError(
+                    f"tile is {data.shape[2]}x{data.shape[1]} pixels, the index grid says "
+                    f"{expect[1]}x{expect[0]} (index {index_path.name})", rec[3],
+                )  # fmt: skip
             if data.shape[0] != meta["count"] or data.dtype != np.dtype(meta["dtype"]):
                 raise TrustmapError(
                     f"tile has {data.shape[0]} band(s) of {data.dtype}, the first tile "

@@ -82,7 +82,7 @@ def _probe(folder: Path, shown: Path) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        raise TrustmapError(f"cannot write here ({exc.strerror or exc})", shown) from None
+        raise TrustmapError(f"not writable ({exc.strerror or exc})", shown) from None
 
 
 def check_output_file(
@@ -271,6 +271,24 @@ def staging_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def bundle_stage(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Staging for a bundle that :func:`commit_bundle` will move into ``out_dir``.
+
+    A sibling of ``out_dir`` when its parent is writable (then the commit is one folder
+    exchange), otherwise a hidden folder inside ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    parent = ensure_writable_dir(Path(os.path.abspath(out_dir)).parent)
+    try:
+        _probe(parent, out_dir)
+        ctx = staging_dir(parent, out_dir.name)
+    except TrustmapError:
+        ctx = staging_dir(ensure_writable_dir(out_dir), out_dir.name)
+    with ctx as stage:
+        yield stage
+
+
+@contextlib.contextmanager
 def atomic_dir(dst: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to ``dst``; swap it into place on success."""
     dst = Path(dst)
@@ -339,7 +357,7 @@ def commit_bundle(stage: Path, out_dir: Path, last: Iterable[str] = ()) -> None:
     order = sorted(names, key=lambda n: (n in set(last), n))
     cwd = _resolved(Path.cwd())
     whole = (
-        stage.parent == out_dir.parent
+        _resolved(stage.parent) == _resolved(Path(os.path.abspath(out_dir)).parent)
         and not out_dir.is_symlink()
         and not (out_dir.exists() and (cwd == _resolved(out_dir) or _resolved(out_dir) in cwd.parents))
     )

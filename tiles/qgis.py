@@ -39,7 +39,6 @@ from tiles.io import (
     bundle_stage,
     check_output_dir,
     commit_bundle,
-    ensure_writable_dir,
     refuse_inputs,
     staging_dir,
     write_text_atomic,
@@ -142,7 +141,6 @@ def export_qgis(
     if scene_path is not None:  # fail before writing anything, naming the user's file
         with open_raster(scene_path) as ds:
             require_crs(ds, scene_path)
-    out_dir = ensure_writable_dir(out_dir)
     with bundle_stage(out_dir) as stage:
         tif = write_class_cog(mask_path, stage / f"{name}.tif", schema)
         polygons = vectorize_mask(tif, schema, min_area=min_area, simplify=simplify)
