@@ -103,3 +103,148 @@ def audit(
     click.echo("")
     for kind, path in result.files.items():
         click.echo(f"{kind:<5} {path}")
+
+
+@main.command()
+@click.option(
+    "--predictions",
+    required=True,
+    type=_path,
+    help="Detections on the CALIBRATION split (never the test split): COCO results .json or .npz.",
+)
+@click.option(
+    "--annotations", required=True, type=_path, help="Ground truth of that split (COCO .json)."
+)
+@click.option(
+    "--method",
+    default="auto",
+    show_default=True,
+    help="temperature, platt, beta, isotonic, histogram, box_logistic, or auto "
+    "(the lowest cross-validated D-ECE).",
+)
+@click.option(
+    "--classwise/--shared",
+    default=False,
+    show_default=True,
+    help="One calibrator per class (shrunk towards the shared one) or one for all.",
+)
+@click.option(
+    "--shrinkage",
+    type=click.FloatRange(min=0.0),
+    default=50.0,
+    show_default=True,
+    help="Class-wise: weight of a class's own calibrator is n / (n + shrinkage).",
+)
+@click.option(
+    "--cv",
+    "folds",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Folds (over images) of the cross-validation reported in the file; 0 = none.",
+)
+@click.option(
+    "--iou",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="IoU of a correct detection.",
+)
+@click.option(
+    "--match",
+    "match_mode",
+    type=click.Choice(["greedy", "hungarian", "any"]),
+    default="greedy",
+    show_default=True,
+    help="Matching rule that decides which detections are correct.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the CV folds.")
+@click.option("--out", "out_path", required=True, type=_path, help="Calibrator JSON to write.")
+@user_errors
+def fit(
+    predictions, annotations, method, classwise, shrinkage, folds, iou, match_mode, seed, out_path
+) -> None:  # noqa: PLR0913
+    """Fit a post-hoc calibrator on a calibration split and save it as JSON (no pickle).
+
+    \b
+    Example:
+      calibration fit --predictions cal_results.json --annotations cal.json --out calibrator.json
+      calibration apply --predictions test_results.json --calibrator calibrator.json --out calibrated.json
+    """
+    from calibration import calibrators as C
+    from calibration.detections import Detections, GroundTruth
+
+    if method != "auto":
+        C.check_method(method)
+    if out_path.suffix.lower() != ".json":
+        raise TrustmapError("the calibrator is written as JSON: give a .json file name", out_path)
+    gt = GroundTruth.from_coco_json(annotations)
+    dets = Detections.load(predictions)
+    mode = "classwise" if classwise else "shared"
+    data = C.fit_data(dets, gt, iou, match_mode)
+    cv = None
+    if method == "auto":
+        method, cv = C.choose(
+            data,
+            mode=mode,
+            folds=max(folds, 2),
+            seed=seed,
+            shrinkage=shrinkage,
+            categories=gt.categories,
+        )
+    elif folds:
+        cv = {
+            method: C.cross_validate(
+                data, method, mode, folds, seed, shrinkage, categories=gt.categories
+            )
+        }
+    cal = C.fit(dets, gt, method, mode, shrinkage, iou, match_mode, source=predictions)
+    cal.cv = cv
+    cal.fitted_on |= {
+        "predictions": str(predictions.resolve()),
+        "annotations": str(annotations.resolve()),
+    }
+    cal.save(out_path)
+    click.echo(
+        f"{method} ({mode}) fitted on {cal.fitted_on['detections']} detections, {cal.fitted_on['images']} images"
+    )
+    for name, r in (cv or {}).items():
+        click.echo(
+            f"  {name:<13} cross-validated D-ECE {r['dece_raw']:.3f} -> {r['dece']:.3f}, "
+            f"ECE {r['ece_raw']:.3f} -> {r['ece']:.3f}"
+        )
+    click.echo(f"json  {out_path}")
+
+
+@main.command()
+@click.option(
+    "--predictions", required=True, type=_path, help="Detections to calibrate (.json or .npz)."
+)
+@click.option(
+    "--calibrator", required=True, type=_path, help="Calibrator JSON from `calibration fit`."
+)
+@click.option(
+    "--annotations",
+    type=_path,
+    help="COCO file listing the images with width and height (needed by box_logistic).",
+)
+@click.option(
+    "--out", "out_path", required=True, type=_path, help="Calibrated predictions (.json or .npz)."
+)
+@user_errors
+def apply(predictions: Path, calibrator: Path, annotations: Path | None, out_path: Path) -> None:
+    """Rewrite a predictions file with calibrated scores (and probability vectors)."""
+    from calibration.calibrators import Calibrator
+    from calibration.detections import Detections, GroundTruth
+
+    cal = Calibrator.load(calibrator)
+    dets = Detections.load(predictions)
+    images = GroundTruth.from_coco_json(annotations) if annotations is not None else None
+    if images is not None:
+        dets.validate(images)
+    out = cal.apply(dets, images, source=predictions)
+    if out_path.resolve() == predictions.resolve():
+        raise TrustmapError("--out must differ from --predictions (the input is kept)", out_path)
+    out.save(out_path)
+    click.echo(f"{len(out)} detections calibrated with {cal.method} ({cal.mode})")
+    click.echo(f"{out_path.suffix.lstrip('.'):<5} {out_path}")
