@@ -14,6 +14,8 @@ from tiles.config import read_yaml, validate
 from tiles.errors import TrustmapError
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+#: A CSV cell starting with one of these is a formula to Excel, LibreOffice and Sheets.
+FORMULA_STARTS = frozenset("=+-@")
 
 
 def check_label_text(value: str, what: str = "name") -> str:
@@ -53,7 +55,13 @@ class ClassDef(BaseModel):
     @field_validator("name")
     @classmethod
     def _printable(cls, value: str) -> str:
-        return check_label_text(value, "class name")
+        value = check_label_text(value, "class name")
+        if value.lstrip()[:1] in FORMULA_STARTS:
+            raise ValueError(
+                f"class name {value!r} starts with {value.lstrip()[0]!r}: spreadsheets opening the "
+                "change records (CSV) would run it as a formula"
+            )
+        return value
 
     @field_validator("color")
     @classmethod
