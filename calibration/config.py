@@ -143,6 +143,97 @@ class SweepsSection(_Section):
         return sorted(set(v))
 
 
+class ShiftSection(_Section):
+    """Distribution shift: every corruption at every severity on (the first) test images."""
+
+    corruptions: list[str] | None = Field(None, description="None = all 15 of COCO-C.")
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    n_images: int | None = Field(None, ge=1, description="First N test images; None = all.")
+    seed: int = 0
+
+    @field_validator("corruptions")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            from calibration.shift import CORRUPTIONS
+
+            bad = [c for c in v if c not in CORRUPTIONS]
+            if bad:
+                raise ValueError(
+                    f"unknown corruption {bad[0]!r}; choose from {', '.join(CORRUPTIONS)}"
+                )
+        return v
+
+    @field_validator("severities")
+    @classmethod
+    def _sev(cls, v: list[int]) -> list[int]:
+        if not v or any(s not in (1, 2, 3, 4, 5) for s in v):
+            raise ValueError(f"severities must be among 1-5, got {v}")
+        return sorted(set(v))
+
+
+class OODSection(_Section):
+    """Out-of-distribution images (none of the known classes): sample 'ood' domain or a COCO set."""
+
+    sample: SampleData | None = None
+    coco: CocoData | None = None
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Operating score threshold.")
+
+    @model_validator(mode="after")
+    def _one(self) -> OODSection:
+        if self.sample is not None and self.coco is not None:
+            raise ValueError("give one of 'sample' or 'coco'")
+        if self.sample is None and self.coco is None:
+            self.sample = SampleData(split="test", n_images=30, domain="ood")
+        return self
+
+
+class FinetuneSection(_Section):
+    """Last-layer fine-tuning on the calibration split (see calibration.finetune)."""
+
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(2.5e-4, gt=0.0)
+    loss: Literal["ce", "focal", "label_smoothing"] = "ce"
+    smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    train_box: bool = Field(False, description="Also train roi_heads.box_predictor.bbox_pred.")
+    patience: int = Field(3, ge=1, description="Epochs without a better validation D-ECE.")
+    val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class RepairSection(_Section):
+    """Repairs fitted on a calibration split and judged on the test split (and under shift)."""
+
+    calibration: DataSection = Field(
+        default_factory=lambda: DataSection(sample=SampleData(split="cal", n_images=100))
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: [
+            "temperature",
+            "platt",
+            "beta",
+            "isotonic",
+            "histogram",
+            "box_logistic",
+        ]
+    )
+    mode: Literal["shared", "classwise"] = "shared"
+    shrinkage: float = Field(50.0, ge=0.0)
+    cv_folds: int = Field(5, ge=2)
+    finetune: FinetuneSection | None = None
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        from calibration.calibrators import METHODS
+
+        bad = [m for m in v if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown calibrator {bad[0]!r}; choose from {', '.join(METHODS)}")
+        return list(dict.fromkeys(v))
+
+
 class AuditConfig(_Section):
     """A whole audit. ``detector`` and ``data`` go together; without them the audit reads a
     predictions file given on the command line and uses the rest of the file's settings."""
@@ -158,6 +249,9 @@ class AuditConfig(_Section):
     metrics: BinningConfig = Field(default_factory=BinningConfig)
     bootstrap: BootstrapSection = Field(default_factory=BootstrapSection)
     sweeps: SweepsSection = Field(default_factory=SweepsSection)
+    shift: ShiftSection | None = None
+    ood: OODSection | None = None
+    repair: RepairSection | None = None
 
     @field_validator("perspectives")
     @classmethod
@@ -171,6 +265,15 @@ class AuditConfig(_Section):
         if (self.detector is None) != (self.data is None):
             raise ValueError(
                 "'detector' and 'data' go together: give both (run a model) or neither (--predictions)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _extras_need_model(self) -> AuditConfig:
+        extra = [k for k in ("shift", "ood", "repair") if getattr(self, k) is not None]
+        if extra and self.detector is None:
+            raise ValueError(
+                f"'{extra[0]}' runs the detector again: it needs the 'detector' and 'data' sections"
             )
         return self
 
@@ -196,9 +299,14 @@ class AuditConfig(_Section):
         out = self.model_copy(deep=True)
         if out.detector is not None:
             out.detector.weights = fix(out.detector.weights)
-        if out.data is not None and out.data.coco is not None:
-            out.data.coco.annotations = fix(out.data.coco.annotations)
-            out.data.coco.images = fix(out.data.coco.images)
+        for sec in (
+            out.data,
+            out.ood,
+            out.repair.calibration if out.repair is not None else None,
+        ):
+            if sec is not None and sec.coco is not None:
+                sec.coco.annotations = fix(sec.coco.annotations)
+                sec.coco.images = fix(sec.coco.images)
         return out
 
 

@@ -64,9 +64,13 @@ def _read_json(path: str | os.PathLike) -> Any:
 
 
 def _json_kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
-        type(value), "a number"
-    )
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        type(None): "null",
+        bool: "a boolean",
+    }.get(type(value), "a number")
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -99,7 +103,8 @@ def _check_numbers(values: list, key: str, vector: bool, source: str | None) -> 
     for i, v in enumerate(values):
         if vector:
             ok = isinstance(v, list) and all(
-                isinstance(x, float) or (isinstance(x, int) and not isinstance(x, bool) and abs(x) < 2**1023)
+                isinstance(x, float)
+                or (isinstance(x, int) and not isinstance(x, bool) and abs(x) < 2**1023)
                 for x in v
             )
             what = "a list of numbers"
@@ -107,7 +112,9 @@ def _check_numbers(values: list, key: str, vector: bool, source: str | None) -> 
             ok = isinstance(v, int) and not isinstance(v, bool) and _INT64[0] <= v <= _INT64[1]
             what = "a whole number"
         if not ok:
-            raise TrustmapError(f"detection {i}: '{key}' must be {what}, got {_json_kind(v)}", source)
+            raise TrustmapError(
+                f"detection {i}: '{key}' must be {what}, got {_json_kind(v)}", source
+            )
 
 
 def _xywh_problems(bbox: np.ndarray) -> np.ndarray:
@@ -183,6 +190,22 @@ class GroundTruth:
         """Category ids in ascending order: the order of K-column probability vectors."""
         return np.array(sorted(self.categories), dtype=np.int64)
 
+    def subset_images(self, image_ids: Sequence[int] | np.ndarray) -> GroundTruth:
+        """The same ground truth restricted to ``image_ids`` (categories kept)."""
+        keep = np.isin(self.images.id, np.asarray(image_ids, np.int64))
+        im = self.images
+        a = self.annotations
+        ka = np.isin(a.image_id, im.id[keep])
+        return GroundTruth(
+            ImageTable(im.id[keep], im.file_name[keep], im.width[keep], im.height[keep]),
+            AnnotationTable(
+                a.id[ka], a.image_id[ka], a.bbox[ka], a.category_id[ka], a.iscrowd[ka],
+                a.ignore[ka], a.area[ka],
+            ),
+            dict(self.categories),
+            self.source,
+        )  # fmt: skip
+
     @classmethod
     def from_coco(
         cls, data: dict[str, Any], source: str | os.PathLike | None = None
@@ -199,7 +222,9 @@ class GroundTruth:
             )
         for key in ("images", "annotations", "categories"):
             if not isinstance(data[key], list) or not all(isinstance(e, dict) for e in data[key]):
-                raise TrustmapError(f"'{key}' must be a list of objects, got {_json_kind(data[key])}", src)
+                raise TrustmapError(
+                    f"'{key}' must be a list of objects, got {_json_kind(data[key])}", src
+                )
         try:
             cats = {_int64(c["id"]): _category_name(c) for c in data["categories"]}
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -427,7 +452,9 @@ class Detections:
                 try:
                     v = np.asarray(v, dtype=np.float64)
                 except (TypeError, ValueError, OverflowError) as exc:
-                    raise TrustmapError(f"detections: '{name}' is not numeric ({exc})", src) from None
+                    raise TrustmapError(
+                        f"detections: '{name}' is not numeric ({exc})", src
+                    ) from None
                 if v.ndim != 2 or len(v) != n:
                     raise TrustmapError(
                         f"detections: '{name}' must be (N, classes) with N={n}, got {v.shape}", src

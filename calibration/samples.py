@@ -57,6 +57,7 @@ class Domain:
     road: tuple[float, float, float]
     tree: tuple[float, float, float]
     unseen_objects: bool = False  # draw aircraft (category 5, unknown to the sample detector)
+    known_objects: bool = True  # False: none of the known classes (out-of-distribution images)
 
 
 DOMAINS: dict[str, Domain] = {
@@ -78,6 +79,8 @@ DOMAINS: dict[str, Domain] = {
     ),
 }
 DOMAINS["arid_unseen"] = replace(DOMAINS["arid"], name="arid_unseen", unseen_objects=True)
+#: Out-of-distribution images: aircraft and clutter only, none of the four known classes.
+DOMAINS["ood"] = replace(DOMAINS["arid"], name="ood", unseen_objects=True, known_objects=False)
 
 _CAR_COLOURS = np.array(
     [
@@ -332,7 +335,7 @@ def render_scene(
     objects: list[tuple[int, np.ndarray]] = []
     land = ~cv.water
 
-    if rng.random() < 0.3:  # a parking lot with rows of cars
+    if rng.random() < 0.3 and dom.known_objects:  # a parking lot with rows of cars
         ang = rng.uniform(0, np.pi)
         lot = _rect(
             *rng.uniform(0.25, 0.75, 2) * size, rng.uniform(50, 90), rng.uniform(32, 56), ang
@@ -355,7 +358,9 @@ def render_scene(
                             lot=True,
                         )
 
-    for _ in range(rng.integers(0, 9)):  # buildings: rectangles and L shapes, gable or flat roofs
+    for _ in range(
+        rng.integers(0, 9) if dom.known_objects else 0
+    ):  # buildings: rectangles and L shapes, gable or flat roofs
         for _try in range(12):
             length, width = rng.uniform(12, 40), rng.uniform(9, 28)
             ang = (
@@ -390,7 +395,7 @@ def render_scene(
                 break
 
     n_tanks = rng.choice([0, 0, 1, 2, 3, 4, 6])
-    if n_tanks:  # tank farm: tanks on a small grid
+    if n_tanks and dom.known_objects:  # tank farm: tanks on a small grid
         r = rng.uniform(5, 13)
         ox, oy = rng.uniform(0.15, 0.85, 2) * size
         ang = rng.uniform(0, np.pi)
@@ -408,7 +413,9 @@ def render_scene(
                 cv.claim(poly)
                 objects.append((TANK, poly))
 
-    for _ in range(rng.integers(0, 10)):  # vehicles on roads, along the road
+    for _ in range(
+        rng.integers(0, 10) if dom.known_objects else 0
+    ):  # vehicles on roads, along the road
         rr, cc = np.nonzero(cv.road)
         if not rr.size:
             break
@@ -425,11 +432,15 @@ def render_scene(
             on_road=True,
         )
 
-    for _ in range(rng.integers(0, 4)):  # a few vehicles parked anywhere on land
+    for _ in range(
+        rng.integers(0, 4) if dom.known_objects else 0
+    ):  # a few vehicles parked anywhere on land
         _vehicle(cv, rng, objects, *rng.uniform(0, size, 2), rng.uniform(0, 2 * np.pi), shadow)
 
     if cv.water.any():
-        for _ in range(rng.integers(0, 6)):  # ships with a wake, fully on water
+        for _ in range(
+            rng.integers(0, 6) if dom.known_objects else 0
+        ):  # ships with a wake, fully on water
             length = rng.uniform(12, 44)
             width = length * rng.uniform(0.22, 0.34)
             ang = rng.uniform(0, 2 * np.pi)
