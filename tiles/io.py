@@ -398,16 +398,36 @@ def _link_tree(src: Path, dst: Path) -> None:
 # --- signals -----------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends (a commit is a few renames)."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
+    """Hold SIGINT and SIGTERM until the block ends (a commit is a few renames).
+
+    Done with Python-level handlers, not the signal mask: numpy's and GDAL's threads do not
+    share the main thread's mask, and a process-directed signal may land on any of them.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, hold)
+    except (ValueError, OSError):  # pragma: no cover - not settable (embedded interpreter)
+        pass
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(caught):
+            handler = previous.get(sig)
+            if callable(handler):
+                handler(sig, None)  # e.g. raises KeyboardInterrupt / Terminated now
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), sig)
 
 
 def write_text_atomic(dst: str | os.PathLike, text: str) -> Path:
