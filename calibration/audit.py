@@ -217,7 +217,19 @@ def audit_model(
             },
         }
         sweeper = CandidateSweeper(candidates, defaults)
-        return _finish(tmp, out, config, gt, perspectives, sweeper, inputs, config_path, timings)
+        extras: dict[str, Any] = {}
+        if config.shift is not None or config.ood is not None or config.repair is not None:
+            from calibration.extras import run_extras
+
+            t0 = time.perf_counter()
+            app = perspectives.get("application")
+            if app is None:
+                app = candidates.postprocess(post.score_thresh, post.nms_iou, post.topk)
+            extras = run_extras(detector, records, gt, app, config, tmp)
+            timings["shift_ood_repair"] = time.perf_counter() - t0
+        return _finish(
+            tmp, out, config, gt, perspectives, sweeper, inputs, config_path, timings, extras
+        )
 
 
 # --------------------------------------------------------------------------- per perspective
@@ -638,8 +650,11 @@ def build_document(
     inputs: Mapping[str, Any],
     config_path: str | os.PathLike | None = None,
     timings: dict[str, float] | None = None,
+    extras: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The audit's JSON document: every number with its interval, the inputs, and the findings."""
+    """The audit's JSON document: every number with its interval, the inputs, and the findings.
+
+    ``extras``: the shift, OOD and repair sections (:func:`calibration.extras.run_extras`)."""
     from calibration import report
 
     timings = {} if timings is None else timings
@@ -672,6 +687,7 @@ def build_document(
         },
         "perspectives": results,
         "sweeps": sweeps,
+        **dict(extras or {}),
     }
     data = jsonable(data)
     data["findings"] = report.findings(data)
@@ -714,9 +730,10 @@ def _finish(
     inputs: dict[str, Any],
     config_path: str | os.PathLike | None,
     timings: dict[str, float],
+    extras: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Build everything into ``tmp`` (the caller's ``atomic_dir`` swaps it onto ``out``)."""
-    data = build_document(cfg, gt, perspectives, sweeper, inputs, config_path, timings)
+    data = build_document(cfg, gt, perspectives, sweeper, inputs, config_path, timings, extras)
     data["detections_files"] = save_detections(tmp, perspectives)
     files = write_outputs(tmp, data, timings)
     return AuditResult(data=data, out_dir=out, files={k: out / p.name for k, p in files.items()})
@@ -753,6 +770,14 @@ def draw_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
             p["size"], f"Gap by box size, {name}", min_count=p["size"]["min_count"]
         )
         out[f"classes_{name}"] = figs.per_class_bars(p["per_category"], f"Per class, {name}")
+    if data.get("shift"):
+        out["shift"] = figs.shift_heatmaps(
+            data["shift"], f"Under corruption ({data['shift']['images']} test images)"
+        )
+    if data.get("ood"):
+        out["ood"] = figs.ood_histograms(data["ood"], "In-distribution vs OOD detections")
+    if data.get("repair"):
+        out["repair"] = figs.repair_bars(data["repair"], "Repairs on the test split")
     sw = data.get("sweeps") or {}
     if any(isinstance(v, Mapping) and v.get("points") for v in sw.values()):
         out["sweeps"] = figs.sweep_curves(

@@ -58,6 +58,13 @@ def main() -> None:
     default=None,
     help="Bootstrap replicates (overrides the config; 0 = no intervals).",
 )
+@click.option(
+    "--shift",
+    "shift",
+    is_flag=True,
+    help="Also evaluate every corruption (15) at every severity (1-5); needs a --config that "
+    "runs a detector (its 'shift' section, or defaults).",
+)
 @user_errors
 def audit(
     predictions: Path | None,
@@ -66,6 +73,7 @@ def audit(
     config_path: Path | None,
     out_dir: Path,
     n_boot: int | None,
+    shift: bool,
 ) -> None:
     """Measure calibration (ECE, D-ECE, LaECE, NLL, Brier, ... with bootstrap CIs, next to mAP),
     sweep post-processing, and write an HTML / JSON / Markdown report.
@@ -79,6 +87,15 @@ def audit(
     cfg = load_config(config_path) if config_path is not None else AuditConfig()
     if n_boot is not None:
         cfg = cfg.model_copy(update={"bootstrap": cfg.bootstrap.model_copy(update={"n": n_boot})})
+    if shift:
+        from calibration.config import ShiftSection
+
+        if not cfg.runs_model:
+            raise TrustmapError(
+                "--shift corrupts images and runs the detector again: give a --config with 'detector' and 'data'"
+            )
+        if cfg.shift is None:
+            cfg = cfg.model_copy(update={"shift": ShiftSection()})
     from tiles.config import paths_in
     from tiles.io import check_output_dir
 

@@ -312,3 +312,138 @@ def per_class_bars(per_category: Mapping[str, Mapping[str, Any]], title: str) ->
 def sweep_curves(sweeps: Mapping[str, Any], title: str) -> bytes:
     """:func:`sweep_figure` as PNG bytes."""
     return to_png(sweep_figure(sweeps, title))
+
+
+# ------------------------------------------------------------- shift, OOD, repair
+
+
+SHIFT_PANELS = (("dece", "D-ECE", "Reds"), ("ece", "ECE", "Oranges"), ("map", "mAP", "Blues"))
+
+
+def shift_heatmap_figure(shift: Mapping[str, Any], title: str) -> Figure:
+    """Corruption x severity heatmaps, one panel per metric (D-ECE, ECE, mAP), with the clean
+    value and the mean over corruptions per severity as extra rows."""
+    names = list(shift["corruptions"])
+    sevs = [str(s) for s in shift["severities"]]
+    grid, clean = shift["grid"], shift["clean"]
+    short = shift.get("short", {})
+    fig = _figure(4.0 * len(SHIFT_PANELS), 0.32 * (len(names) + 2) + 1.6)
+    axes = fig.subplots(1, len(SHIFT_PANELS))
+    for ax, (key, label, cmap) in zip(np.atleast_1d(axes), SHIFT_PANELS, strict=True):
+        vals = np.array([[grid[n].get(s, {}).get(key) for s in sevs] for n in names], dtype=object)
+        mean = [shift["mean_by_severity"][key].get(s) for s in sevs]
+        mat = _arr(np.vstack([vals, [mean]]).tolist()) if names else np.zeros((0, len(sevs)))
+        cl = clean.get(key)
+        col0 = np.full((mat.shape[0], 1), np.nan if cl is None else cl)
+        show = np.hstack([col0, mat])
+        im = ax.imshow(np.ma.masked_invalid(show), cmap=cmap, aspect="auto")
+        ax.set_xticks(range(len(sevs) + 1), ["clean", *sevs], fontsize=7)
+        ax.set_yticks(
+            range(len(names) + 1), [short.get(n, n) for n in names] + ["mean"], fontsize=7
+        )
+        ax.set_xlabel("severity")
+        lim = np.nanmax(show) if np.isfinite(show).any() else 1.0
+        for (r, c), v in np.ndenumerate(show):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if v > 0.65 * lim else "black")  # fmt: skip
+        ax.axhline(len(names) - 0.5, color="black", lw=0.8)
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def ood_figure(ood: Mapping[str, Any], title: str) -> Figure:
+    """Score (and entropy) histograms of in-distribution against OOD detections."""
+    panels = [("hist_edges", "hist_confidence", "max score", ood.get("auroc_max_score"))]
+    if ood.get("hist_entropy"):
+        panels.append(
+            ("hist_entropy_edges", "hist_entropy", "entropy (nats)", ood.get("auroc_entropy"))
+        )
+    fig = _figure(4.2 * len(panels), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (ek, hk, label, auc) in zip(axes, panels, strict=True):
+        e = np.asarray(ood[ek], float)
+        for name, colour in (("in", BLUE), ("ood", RED)):
+            h = np.asarray(ood[hk][name], float)
+            dens = h / max(h.sum(), 1.0)
+            ax.stairs(
+                dens,
+                e,
+                color=colour,
+                lw=1.5,
+                label="in-distribution" if name == "in" else "OOD images",
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel("share of detections")
+        ax.set_title(f"{label}: AUROC {auc:.2f}" if auc is not None else label, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def repair_figure(repair: Mapping[str, Any], title: str) -> Figure:
+    """Test-split D-ECE (with its interval) and mAP of the original and each repair; the
+    mean D-ECE over corruptions at each severity where shift was measured."""
+    reps = repair["repairs"]
+    names = list(reps)
+    fig = _figure(9.0, 3.4)
+    ax, ax2 = fig.subplots(1, 2)
+    d = [reps[n]["test"]["dece"]["value"] or np.nan for n in names]
+    lo = [reps[n]["test"]["dece"].get("ci_low") for n in names]
+    hi = [reps[n]["test"]["dece"].get("ci_high") for n in names]
+    err = None
+    if all(v is not None for v in lo + hi):
+        err = np.array(
+            [
+                [a - b for a, b in zip(d, lo, strict=True)],
+                [b - a for a, b in zip(d, hi, strict=True)],
+            ]
+        )
+    y = np.arange(len(names))
+    ax.barh(y, d, xerr=err, color=[GREY if n == "original" else BLUE for n in names])
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test-split D-ECE (lower is better)")
+    for i, n in enumerate(names):
+        m = reps[n]["test"]["map"]["value"]
+        ax.text(
+            0, i, f" mAP {m:.3f}" if m is not None else "", va="center", fontsize=7, color="white"
+        )
+    any_shift = False
+    for n in names:
+        s = reps[n].get("shift_mean_by_severity", {}).get("dece")
+        if s:
+            any_shift = True
+            ks = sorted(s, key=int)
+            ax2.plot([int(k) for k in ks], [s[k] for k in ks], marker="o", label=n)
+    if any_shift:
+        ax2.set_xticks(
+            sorted(
+                {
+                    int(k)
+                    for n in names
+                    for k in reps[n].get("shift_mean_by_severity", {}).get("dece", {})
+                }
+            )
+        )
+        ax2.set_xlabel("corruption severity")
+        ax2.set_ylabel("mean D-ECE over corruptions")
+        ax2.legend(fontsize=7)
+    else:
+        _empty(ax2, "no shift measured")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def shift_heatmaps(shift: Mapping[str, Any], title: str) -> bytes:
+    return to_png(shift_heatmap_figure(shift, title))
+
+
+def ood_histograms(ood: Mapping[str, Any], title: str) -> bytes:
+    return to_png(ood_figure(ood, title))
+
+
+def repair_bars(repair: Mapping[str, Any], title: str) -> bytes:
+    return to_png(repair_figure(repair, title))

@@ -148,7 +148,14 @@ def findings(data: Mapping[str, Any]) -> list[dict[str, str]]:
                 "text": f"There are no detections ({name}): nothing to audit.",
             }
         ]
+    rec = _repair_finding(data)
+    if rec:
+        out.append(rec)
     out.append(_overall(data, p, name, iou))
+    for fn in (_shift_finding, _ood_finding):
+        f = fn(data)
+        if f:
+            out.append(f)
     for fn in (_position, _size, _classes):
         f = fn(p)
         if f:
@@ -508,6 +515,171 @@ def _range(pts: Sequence[Mapping[str, Any]]) -> str:
     return f"{pts[0]['value']:g}–{pts[-1]['value']:g}"
 
 
+def _repair_finding(data) -> dict[str, str] | None:
+    """Which repair to ship, and why, in numbers (the summary's first line)."""
+    rp = data.get("repair")
+    if not rp:
+        return None
+    rec, reps = rp["recommendation"], rp["repairs"]
+    base = reps["original"]
+    b = base["test"]["dece"]
+    sev = "3"
+    b_s = (base.get("shift_mean_by_severity") or {}).get("dece", {}).get(sev)
+    if rec.get("ship") is None:
+        return {
+            "topic": "repair",
+            "severity": "problem",
+            "text": f"No repair to ship: {rec['reason']} (original D-ECE {_f(b['value'])}).",
+        }
+    r = reps[rec["ship"]]
+    d = r["test"]["dece"]
+    r_s = (r.get("shift_mean_by_severity") or {}).get("dece", {}).get(sev)
+    kind = "post-hoc calibrator" if r["kind"] == "post-hoc" else r["kind"]
+    text = (
+        f"Ship '{rec['ship']}' ({kind}, fitted on the calibration split): test-split D-ECE "
+        f"{_f(b['value'])} → {_f(d['value'])} [{_f(d.get('ci_low'))}, {_f(d.get('ci_high'))}] "
+        f"({_pct(rec.get('cut'))} lower), mAP {_f(rec['map_before'])} → {_f(rec['map_after'])}"
+    )
+    if b_s is not None and r_s is not None:
+        text += f"; under corruption at severity 3, mean D-ECE {_f(b_s)} → {_f(r_s)}"
+    others = sorted(
+        (k for k in rec["candidates"] if k != rec["ship"]),
+        key=lambda k: rec["candidates"][k]["dece"],
+    )
+    if others:
+        nxt = others[0]
+        text += f". Next best: '{nxt}' at {_f(rec['candidates'][nxt]['dece'])}"
+    if "finetune" in reps and rec["ship"] != "finetune":
+        text += f"; last-layer fine-tuning reaches {_f(reps['finetune']['test']['dece']['value'])}"
+    text += f". Chosen as the {rec['reason']}."
+    return {"topic": "repair", "severity": "info", "text": text}
+
+
+def _shift_finding(data) -> dict[str, str] | None:
+    sh = data.get("shift")
+    if not sh:
+        return None
+    mb, cl = sh["mean_by_severity"], sh["clean"]
+    sevs = [str(s) for s in sh["severities"]]
+    worst = max(sh["corruptions"], key=lambda n: sh["grid"][n][sevs[-1]].get("dece") or 0.0)
+    w = sh["grid"][worst][sevs[-1]]
+    return {
+        "topic": "shift",
+        "severity": "problem" if (mb["dece"][sevs[-1]] or 0) > (cl["dece"] or 0) else "info",
+        "text": f"Under corruption ({len(sh['corruptions'])} corruptions, {sh['images']} test images), "
+        f"mean D-ECE goes {_f(cl['dece'])} (clean) → "
+        + ", ".join(f"{_f(mb['dece'][s])} (severity {s})" for s in sevs)
+        + f", while mAP goes {_f(cl['map'])} → {_f(mb['map'][sevs[-1]])}. Worst at severity "
+        f"{sevs[-1]}: {worst.replace('_', ' ')}, D-ECE {_f(w.get('dece'))}, mAP {_f(w.get('map'))}.",
+    }
+
+
+def _ood_finding(data) -> dict[str, str] | None:
+    o = data.get("ood")
+    if not o:
+        return None
+    parts = [
+        f"On {o['images']} images with none of the known classes the detector makes "
+        f"{o['fp_per_image']:.1f} false positives per image above score {o['threshold']:g} "
+        f"(mean score {_f(o['confidence']['ood'].get('mean'))} against "
+        f"{_f(o['confidence']['in'].get('mean'))} in-distribution)."
+    ]
+    if o.get("auroc_max_score") is not None:
+        parts.append(
+            f"AUROC in- vs out-of-distribution: {_f(o['auroc_max_score'], 2)} by max score"
+        )
+        if o.get("auroc_entropy") is not None:
+            parts[-1] += f", {_f(o['auroc_entropy'], 2)} by entropy"
+        parts[-1] += " (0.5 = cannot tell them apart)."
+    return {
+        "topic": "OOD",
+        "severity": "problem" if o["fp_per_image"] >= 0.5 else "info",
+        "text": " ".join(parts),
+    }
+
+
+def shift_rows(sh: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    sevs = [str(s) for s in sh["severities"]]
+    head = ["corruption", "metric", "clean", *[f"sev {s}" for s in sevs]]
+    rows = []
+    for n in [*sh["corruptions"], "mean"]:
+        for key in ("dece", "ece", "map"):
+            if n == "mean":
+                vals = [sh["mean_by_severity"][key][s] for s in sevs]
+            else:
+                vals = [sh["grid"][n][s].get(key) for s in sevs]
+            rows.append(
+                [
+                    n.replace("_", " ") if key == "dece" else "",
+                    _label(key),
+                    _f(sh["clean"][key]),
+                    *map(_f, vals),
+                ]
+            )
+    return head, rows
+
+
+def ood_rows(o: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["measure", "in-distribution", "OOD images"]
+    rows = [
+        ["detections", str(o["confidence"]["in"]["n"]), str(o["confidence"]["ood"]["n"])],
+        [
+            "mean score",
+            _f(o["confidence"]["in"].get("mean")),
+            _f(o["confidence"]["ood"].get("mean")),
+        ],
+        [
+            "median score",
+            _f(o["confidence"]["in"].get("quantiles", {}).get("p50")),
+            _f(o["confidence"]["ood"].get("quantiles", {}).get("p50")),
+        ],
+    ]
+    if o.get("entropy"):
+        rows.append(
+            [
+                "mean entropy (nats)",
+                _f(o["entropy"]["in"].get("mean")),
+                _f(o["entropy"]["ood"].get("mean")),
+            ]
+        )
+    for t, v in o["fp_per_image_by_threshold"].items():
+        rows.append([f"false positives / image, score > {t}", "", f"{v:.2f}"])
+    rows.append(["AUROC by max score", "", _f(o.get("auroc_max_score"), 2)])
+    if o.get("auroc_entropy") is not None:
+        rows.append(["AUROC by entropy", "", _f(o.get("auroc_entropy"), 2)])
+    return head, rows
+
+
+def repair_rows(rp: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "repair",
+        "kind",
+        "D-ECE",
+        "ECE",
+        "debiased ECE (L2)",
+        "NLL",
+        "mAP",
+        "AP50",
+        "CV D-ECE (cal split)",
+        "mean D-ECE sev 3",
+    ]
+    rows = []
+    for name, r in rp["repairs"].items():
+        t = r["test"]
+        cv = r.get("cv") or {}
+        if name == "finetune" and r.get("history"):
+            h = r["history"]
+            cvs = f"{_f(h[0]['val_dece'])} → {_f(min(x['val_dece'] for x in h))} (held out)"
+        else:
+            cvs = f"{_f(cv.get('dece_raw'))} → {_f(cv.get('dece'))}" if cv else "–"
+        s3 = (r.get("shift_mean_by_severity") or {}).get("dece", {}).get("3")
+        rows.append([
+            name, r.get("kind", ""), _ci(t["dece"]), _ci(t["ece"]), _ci(t.get("ece_debiased", {})),
+            _ci(t.get("nll", {})), _ci(t["map"]), _ci(t["ap50"]), cvs, _f(s3),
+        ])  # fmt: skip
+    return head, rows
+
+
 def _matching(data) -> dict[str, str] | None:
     """Name the matching rule used, and what the other rule says (the verdict can flip)."""
     from calibration.audit import RULE_TEXT
@@ -517,7 +689,9 @@ def _matching(data) -> dict[str, str] | None:
     if not mr:
         return None
     used = mr["rules"].get(mr["used"], {})
-    others = [(k, r) for k, r in mr["rules"].items() if k != mr["used"] and r.get("ece") is not None]
+    others = [
+        (k, r) for k, r in mr["rules"].items() if k != mr["used"] and r.get("ece") is not None
+    ]
     if used.get("ece") is None or not others:
         return None
     said = [
@@ -757,6 +931,13 @@ figure.wide{grid-column:1/-1}pre{background:#f6f8fa;padding:10px;font-size:11.5p
 """
 
 FIGURE_CAPTIONS = {
+    "shift": "Each metric per corruption (rows) and severity (columns), the clean test images in "
+    "the first column and the mean over corruptions in the last row. Point estimates.",
+    "ood": "Share of detections per score (and entropy) bin on in-distribution test images and on "
+    "images with none of the known classes; AUROC of telling them apart.",
+    "repair": "Left: test-split D-ECE with its bootstrap interval, and mAP, of the original "
+    "detector and each repair (all fitted on the calibration split). Right: mean D-ECE over "
+    "corruptions per severity.",
     "reliability": "Reliability diagram: observed precision per score bin (blue), its gap to the score (red), "
     "counts below. Bars under the diagonal are over-confident.",
     "position": "Calibration gap (score − precision; red: over-confident) by box centre, as D-ECE bins it; "
@@ -844,6 +1025,7 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         f"{CI_NOTE}</p>",
         _table(head, rows, key_rows=2, what_col=True),
     ]
+    parts += _extra_sections_html(data, figures)
     for name, p in data["perspectives"].items():
         parts.append(
             f"<h3>Where: image regions and box sizes — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>"
@@ -883,6 +1065,69 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         "</main></body></html>",
     ]
     return "\n".join(parts)
+
+
+def _extra_sections_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> list[str]:
+    """Repair, shift and OOD sections (when the audit measured them)."""
+    out = []
+    if data.get("repair"):
+        rp = data["repair"]
+        cs = rp["calibration_split"]
+        out += [
+            "<h2>Repair</h2>",
+            f"<p class='note'>Every calibrator and the fine-tuned last layer were fitted on the calibration "
+            f"split only ({cs['images']} images, {cs['detections']} detections; mode {html.escape(rp['mode'])}) "
+            "and are judged here on the test split, with bootstrap intervals, and under corruption. "
+            "CV D-ECE: cross-validated over calibration images (fine-tuning: its held-out part, before → best epoch).</p>",
+            _table(*repair_rows(rp)),
+        ]
+        if "repair" in figures:
+            out.append(
+                f"<div class='figs'>{_figure_html('repair', figures['repair'], data, wide=True)}</div>"
+            )
+    if data.get("shift"):
+        sh = data["shift"]
+        out += [
+            "<h2>Under distribution shift</h2>",
+            f"<p class='note'>{len(sh['corruptions'])} corruptions (COCO-C's, on albumentations; parameters in "
+            f"docs/corruptions.md) at severities {', '.join(map(str, sh['severities']))} on the first "
+            f"{sh['images']} test images, seed {sh['seed']}. Point estimates.</p>",
+        ]
+        if "shift" in figures:
+            out.append(
+                f"<div class='figs'>{_figure_html('shift', figures['shift'], data, wide=True)}</div>"
+            )
+        out.append(_table(*shift_rows(sh)))
+    if data.get("ood"):
+        out += [
+            "<h2>Out-of-distribution images</h2>",
+            f"<p class='note'>{data['ood']['images']} images with none of the known classes "
+            f"({data['ood']['known_class_objects']} known-class objects): every detection on them is a false positive.</p>",
+            _table(*ood_rows(data["ood"])),
+        ]
+        if "ood" in figures:
+            out.append(
+                f"<div class='figs'>{_figure_html('ood', figures['ood'], data, wide=True)}</div>"
+            )
+    return out
+
+
+def _extra_sections_md(data: Mapping[str, Any]) -> list[str]:
+    out = []
+    if data.get("repair"):
+        out += [
+            "",
+            "## Repair",
+            "",
+            "Fitted on the calibration split only; judged on the test split.",
+            "",
+            _md_table(*repair_rows(data["repair"])),
+        ]
+    if data.get("shift"):
+        out += ["", "## Under distribution shift", "", _md_table(*shift_rows(data["shift"]))]
+    if data.get("ood"):
+        out += ["", "## Out-of-distribution images", "", _md_table(*ood_rows(data["ood"]))]
+    return out
 
 
 def _input_rows(data: Mapping[str, Any]) -> list[list[str]]:
@@ -946,6 +1191,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
         _md_table(head, rows),
     ]
+    out += _extra_sections_md(data)
     for name, p in data["perspectives"].items():
         label = PERSPECTIVE_LABEL.get(name, name)
         out += [
