@@ -210,6 +210,32 @@ def _earlier_export(d: Path) -> None:
     export_qgis(d / "mask.tif", load_schema(d / "classes.yaml"), d / "qgis", name="badcodes")
 
 
+def _real(*names: str) -> Callable[[Path], None]:
+    """Copies of the real files from ../shared/data (or tests/data) into the case folder."""
+
+    def setup(d: Path) -> None:
+        for name in names:
+            shutil.copy(real_file(name), d / name)
+            (d / name).chmod(0o644)
+
+    return setup
+
+
+def _real_truncated(name: str) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        raw = real_file(name).read_bytes()
+        (d / f"cut_{name}").write_bytes(raw[: len(raw) * 2 // 3])
+
+    return setup
+
+
+def _real_cut(d: Path) -> None:
+    from tiles.cut import cut_scene
+
+    _real("RGB.byte.tif")(d)
+    cut_scene(d / "RGB.byte.tif", d / "rcut", size=512, overlap=32)
+
+
 def _all(*setups) -> Callable[[Path], None]:
     def setup(d: Path) -> None:
         for s in setups:
@@ -408,6 +434,23 @@ CASES = [
     C("export-mask-two-bands", "tiles", "export-qgis {d}/twoband.tif --classes {d}/classes.yaml --out {d}/q", "twoband.tif"),
     C("export-bad-classes", "tiles", "export-qgis {d}/mask.tif --classes {d}/bad.yaml --out {d}/q", "bad.yaml",
       setup=_schema('classes: [{code: 1, name: "a\\x00", color: "#000000"}]')),
+    # --- real scenes from ../shared/data ---------------------------------------------------------------------------
+    C("real-quicklook-png-is-scene", "tiles", "quicklook {d}/RGB.byte.tif --png {d}/RGB.byte.tif", "is the input",
+      setup=_real("RGB.byte.tif")),
+    C("real-quicklook-tif-is-scene", "tiles", "quicklook {d}/OSBS_029.tif --tif {d}/OSBS_029.tif", "is the input",
+      setup=_real("OSBS_029.tif")),
+    C("real-quicklook-truncated", "tiles", "quicklook {d}/cut_OSBS_029.tif --png {d}/q.png", "cut_OSBS_029.tif",
+      setup=_real_truncated("OSBS_029.tif")),
+    C("real-cut-size-2-default-limit", "tiles", "cut {d}/RGB.byte.tif --out {d}/o --size 2 --overlap 0", "--max-tiles",
+      setup=_real("RGB.byte.tif")),
+    C("real-align-out-is-scene", "tiles", "align {d}/mask.tif --scene {d}/RGB.byte.tif --classes {d}/classes.yaml "
+      "--out {d}/RGB.byte.tif", "is the input", setup=_real("RGB.byte.tif")),
+    C("real-stitch-out-is-tile", "tiles", "stitch {d}/rcut/index.gpkg --out {d}/rcut/tiles/tile_r000_c001.tif",
+      "is the input", setup=_real_cut),
+    C("real-export-scene-truncated", "tiles", EXP + " --out {d}/q --scene {d}/cut_RGB.byte.tif", "cut_RGB.byte.tif",
+      setup=_real_truncated("RGB.byte.tif")),
+    C("real-export-mask-is-scene", "tiles", "export-qgis {d}/OSBS_029.tif --classes {d}/classes.yaml --out {d}/q",
+      "OSBS_029.tif", setup=_real("OSBS_029.tif")),
     # --- tiles sample --------------------------------------------------------------------------------------------
     C("sample-out-is-file", "tiles", "sample --out {d}/notes.txt --size 256", "notes.txt"),
     C("sample-out-proc", "tiles", "sample --out /proc/x --size 256", "/proc/x"),
