@@ -1,4 +1,4 @@
-"""README.md's "A 5-minute tour", run as written: its bash blocks, as real processes.
+"""README.md's "A tour", run as written: its bash blocks, as real processes.
 
 The commands are taken from README.md itself, so the tour cannot drift from the code. The
 test changes only sizes (and where ``work/`` is), through exact substitutions listed below;
@@ -22,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-TOUR_HEADING = "## A 5-minute tour"
+TOUR_HEADING = "## A tour"
 
 # (README text, what the test runs instead): smaller scene, tiles, refine runs and audit.
 SIZE_SUBSTITUTIONS = [
@@ -133,7 +133,7 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
     res = subprocess.run(
-        ["bash", "-c", "set -eo pipefail -x\n" + script],
+        ["bash", "-c", "PS4='+ [${SECONDS}s] '\nset -eo pipefail -x\n" + script],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -141,6 +141,7 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
         timeout=600,
     )
     log = (res.stdout + res.stderr)[-6000:]
+    print("\n".join(ln for ln in res.stderr.splitlines() if ln.startswith("+ [")))  # -rP: timings
     assert res.returncode == 0, f"the tour stopped (exit {res.returncode}):\n{log}"
 
     work = tmp_path / "work"
