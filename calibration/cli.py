@@ -265,3 +265,142 @@ def apply(predictions: Path, calibrator: Path, annotations: Path | None, out_pat
     out.save(out_path)
     click.echo(f"{len(out)} detections calibrated with {cal.method} ({cal.mode})")
     click.echo(f"{out_path.suffix.lstrip('.'):<5} {out_path}")
+
+
+@main.command()
+@click.option(
+    "--model",
+    default="sample_fasterrcnn",
+    show_default=True,
+    help="torchvision detector name (Faster R-CNN, RetinaNet or FCOS family).",
+)
+@click.option("--weights", type=_path, help="Local weights; default: the packaged sample detector.")
+@click.option(
+    "--images",
+    required=True,
+    type=_path,
+    help="Folder the calibration annotations' file names are relative to.",
+)
+@click.option(
+    "--annotations", required=True, type=_path, help="Calibration split ground truth (COCO .json)."
+)
+@click.option(
+    "--test-images", type=_path, help="Images folder of a test split to report before/after on."
+)
+@click.option("--test-annotations", type=_path, help="Test split ground truth (COCO .json).")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--lr", type=click.FloatRange(min=0.0, min_open=True), default=2.5e-4, show_default=True
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["ce", "focal", "label_smoothing"]),
+    default="ce",
+    show_default=True,
+    help="Loss of the class layer (softmax heads; RetinaNet/FCOS use torchvision's focal loss).",
+)
+@click.option(
+    "--smoothing", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True
+)
+@click.option(
+    "--train-box", is_flag=True, help="Also train roi_heads.box_predictor.bbox_pred (Faster R-CNN)."
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Early stopping on held-out D-ECE.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=_path,
+    help="Checkpoint to write (.pt, weights_only-loadable).",
+)
+@user_errors
+def finetune(
+    model,
+    weights,
+    images,
+    annotations,
+    test_images,
+    test_annotations,
+    epochs,
+    lr,
+    loss,
+    smoothing,
+    train_box,
+    patience,
+    seed,
+    out_path,
+) -> None:  # noqa: PLR0913
+    """Fine-tune only the detector's classification layer on a calibration split, save the
+    checkpoint, and report every metric and mAP before and after."""
+    import json
+
+    from calibration.adapters import images_from_coco, load_detector
+    from calibration.adapters.torchvision_models import read_image
+    from calibration.detections import GroundTruth
+    from calibration.finetune import FinetuneSettings, save_checkpoint
+    from calibration.finetune import finetune as run
+    from calibration.metrics import MetricsConfig, compute_metrics
+    from tiles.io import write_text_atomic
+
+    if (test_images is None) != (test_annotations is None):
+        raise TrustmapError("give both --test-images and --test-annotations, or neither")
+    if out_path.suffix.lower() not in (".pt", ".pth"):
+        raise TrustmapError("the checkpoint is a PyTorch file: give a .pt file name", out_path)
+    det = load_detector(model, weights)
+    gt = GroundTruth.from_coco_json(annotations)
+    recs = images_from_coco(images, annotations)
+    mcfg = MetricsConfig(n_boot=0)
+    settings = FinetuneSettings(
+        epochs=epochs,
+        lr=lr,
+        loss=loss,
+        smoothing=smoothing,
+        train_box=train_box,
+        patience=patience,
+        seed=seed,
+    )
+    res = run(
+        det, [read_image(r.path) for r in recs], [r.image_id for r in recs], gt, settings, mcfg
+    )
+    cats = [
+        {"id": int(c), "name": gt.categories.get(int(c), str(c))} for c in det.prob_category_ids
+    ]
+    save_checkpoint(res, out_path, model, cats)
+    report = {
+        "trained": res.trained,
+        "best_epoch": res.best_epoch,
+        "history": res.history,
+        "settings": res.settings,
+    }
+    click.echo(
+        f"trained {', '.join(res.trained)}; best epoch {res.best_epoch} of {len(res.history) - 1}"
+    )
+    for h in res.history:
+        click.echo(
+            f"  epoch {h['epoch']:>2}  held-out D-ECE {h['val_dece']:.4f}  mAP {h['val_map']:.4f}"
+        )
+    if test_images is not None:
+        tgt = GroundTruth.from_coco_json(test_annotations)
+        trecs = images_from_coco(test_images, test_annotations)
+        keys = ("dece", "ece", "ece_debiased", "mce", "laece", "nll", "brier", "map", "ap50")
+        table = {}
+        for name, d in (("before", det), ("after", res.detector)):
+            dets = d.candidates(trecs, batch_size=8, show_progress=False).postprocess()
+            m = compute_metrics(dets, tgt, mcfg, validate=False)["metrics"]
+            table[name] = {k: m[k]["value"] for k in keys if k in m}
+        report["test"] = table
+        click.echo(f"{'test split':<14}{'before':>9}{'after':>9}")
+        for k in keys:
+            b, a = table["before"].get(k), table["after"].get(k)
+            if b is not None and a is not None:
+                click.echo(f"{k:<14}{b:>9.4f}{a:>9.4f}")
+    side = out_path.with_suffix(".json")
+    write_text_atomic(side, json.dumps(report, indent=1, default=float) + "\n")
+    click.echo(f"pt    {out_path}\njson  {side}")

@@ -209,6 +209,7 @@ def finetune(
         model,
         name=detector.name,
         category_ids=list(detector.prob_category_ids),
+        background_label=detector.background,
         min_score=detector.min_score,
     )
     rng = np.random.default_rng(s.seed)

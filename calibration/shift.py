@@ -1,7 +1,8 @@
 """Distribution shift and out-of-distribution measures for the calibration audit.
 
 **Corruptions.** The 15 corruptions of COCO-C (Michaelis et al. 2019, after Hendrycks &
-Dietterich's ImageNet-C) at severities 1-5, built on albumentations 2 transforms. Each
+Dietterich's ImageNet-C) at severities 1-5, built on albumentations 2 transforms (frost,
+which albumentations lacks, is trustmap's own blend). Each
 severity maps to fixed parameters (``CORRUPTIONS``; the table with its sources is in
 ``docs/corruptions.md``), and the random part of a corruption (noise, snow flakes, the
 elastic field) is seeded by ``(seed, corruption, severity, image id)``, so the same call
@@ -38,8 +39,9 @@ class Corruption:
     name: str
     family: str
     params: tuple[Any, ...]  # one entry per severity 1..5
-    build: Callable[[Any, np.ndarray], Any]  # (param, image) -> albumentations transform
+    build: Callable[[Any, np.ndarray], Any] | None  # (param, image) -> albumentations transform
     source: str  # where the numbers come from
+    apply: Callable[[Any, np.ndarray, np.random.Generator], np.ndarray] | None = None  # own code
 
 
 def _a():
@@ -65,6 +67,23 @@ def _downscale(c: float, img: np.ndarray):
         interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST},
         p=1.0,
     )
+
+
+def _frost(c: tuple[float, float], img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Frost (own code: albumentations has none, and ImageNet-C's frost photographs do not
+    ship): ImageNet-C's blend ``c0 * image + c1 * frost`` with a procedural ice layer,
+    multi-scale noise sharpened into crystals with a cold tint."""
+    from scipy import ndimage
+
+    h, w = img.shape[:2]
+    layer = np.zeros((h, w), np.float64)
+    for cell, weight in ((32, 0.45), (12, 0.3), (4, 0.25)):
+        g = rng.random((h // cell + 2, w // cell + 2))
+        layer += weight * ndimage.zoom(g, cell, order=1)[:h, :w]
+    layer += 0.5 * ndimage.gaussian_filter(rng.random((h, w)) > 0.985, 0.8)  # crystals
+    layer = np.clip((layer - layer.min()) / max(np.ptp(layer), 1e-9), 0, 1) ** 0.7
+    frost = 255.0 * layer[..., None] * np.array([0.86, 0.93, 1.0])
+    return np.clip(c[0] * img.astype(np.float64) + c[1] * frost, 0, 255).astype(np.uint8)
 
 
 def _build_table() -> dict[str, Corruption]:
@@ -111,6 +130,10 @@ def _build_table() -> dict[str, Corruption]:
             "albumentations snow cover fraction (ImageNet-C's snow layer has no counterpart)",
         ),
         Corruption(
+            "frost", "weather", ((1.0, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)),
+            None, "ImageNet-C (image, frost) blend weights; procedural frost layer (own code)", _frost,
+        ),
+        Corruption(
             "fog", "weather", (0.2, 0.35, 0.5, 0.65, 0.8),
             lambda c, im: A().RandomFog(fog_coef_range=(c, c), alpha_coef=0.1, p=1.0),
             "albumentations fog intensity (ImageNet-C uses a plasma fractal)",
@@ -147,6 +170,7 @@ SHORT = {
     "motion_blur": "motion",
     "zoom_blur": "zoom",
     "snow": "snow",
+    "frost": "frost",
     "fog": "fog",
     "brightness": "bright",
     "contrast": "contrast",
@@ -180,10 +204,13 @@ def corrupt(
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise TrustmapError(f"corruptions take H x W x 3 uint8 images, got {img.dtype} {img.shape}")
     corr = CORRUPTIONS[c]
-    t = corr.build(corr.params[severity - 1], img)
     s = [int(seed), zlib.crc32(c.encode()), int(severity), int(image_id)]
     ss = int(np.random.SeedSequence(s).generate_state(1)[0])
-    out = _a().Compose([t], seed=ss)(image=img)["image"]
+    if corr.apply is not None:
+        out = corr.apply(corr.params[severity - 1], img, np.random.default_rng(ss))
+    else:
+        t = corr.build(corr.params[severity - 1], img)
+        out = _a().Compose([t], seed=ss)(image=img)["image"]
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 

@@ -30,7 +30,9 @@ scalars = st.one_of(
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -57,7 +59,14 @@ def _image_key(im):
     return repr(im.get("id")) if isinstance(im, dict) else repr(im)
 
 
-image = entry({"id": ids, "file_name": maybe(st.text(max_size=6)), "width": maybe(numbers), "height": maybe(numbers)})
+image = entry(
+    {
+        "id": ids,
+        "file_name": maybe(st.text(max_size=6)),
+        "width": maybe(numbers),
+        "height": maybe(numbers),
+    }
+)
 annotation = entry({"id": ids, "image_id": ids, "bbox": bbox, "category_id": ids, "area": maybe(numbers),
                     "iscrowd": maybe(st.integers(0, 1)), "ignore": maybe(st.integers(0, 1))})  # fmt: skip
 category = entry({"id": ids, "name": maybe(names)})
@@ -111,7 +120,13 @@ def test_coco_shaped_documents(gt_doc, results_doc):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.one_of(st.binary(max_size=40), st.text(max_size=40).map(str.encode), json_values.map(lambda v: json.dumps(v).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(max_size=40).map(str.encode),
+        json_values.map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_any_file_bytes(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("fuzz") / "x.json"
     path.write_bytes(data)

@@ -437,7 +437,9 @@ def test_config_errors_are_one_line():
         TrustmapError, match="metrics config: bogus: Extra inputs are not permitted"
     ):
         M.load_config({"bogus": 1})
-    with pytest.raises(TrustmapError, match="dece_bins needs one bin count per entry of dece_dims \\(5\\), got 2"):
+    with pytest.raises(
+        TrustmapError, match="dece_bins needs one bin count per entry of dece_dims \\(5\\), got 2"
+    ):
         M.load_config({"dece_bins": [10, 5]})
     with pytest.raises(TrustmapError, match="dece_dims must start with 'confidence'"):
         M.load_config({"dece_dims": ["cx"], "dece_bins": [4]})
