@@ -60,7 +60,7 @@ def sample(out_dir: Path, size: int, seed: int) -> None:
 @click.option("--png", "out_png", type=click.Path(path_type=Path), default=None, help="Output PNG (default: beside the scene).")
 @click.option("--tif", "out_tif", type=click.Path(path_type=Path), default=None, help="Also write a georeferenced RGB GeoTIFF.")
 @click.option("--bands", default=None, help="Three 1-based band numbers for R,G,B, e.g. 3,2,1 (default: from band metadata).")
-@click.option("--max-size", default=2048, show_default=True, type=int, help="Longest edge of the quick-look in pixels.")
+@click.option("--max-size", default=2048, show_default=True, type=click.IntRange(1), help="Longest edge of the quick-look in pixels.")
 @user_errors
 def quicklook(scene: Path, out_png: Path | None, out_tif: Path | None, bands: str | None, max_size: int) -> None:
     """Render a 2-98 % stretched RGB quick-look of SCENE (nodata transparent), read decimated."""
@@ -80,8 +80,9 @@ def quicklook(scene: Path, out_png: Path | None, out_tif: Path | None, bands: st
 @main.command()
 @click.argument("scene", type=_existing)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory (tiles/ and index.gpkg).")
-@click.option("--size", default=512, show_default=True, type=int, help="Tile edge in pixels.")
-@click.option("--overlap", default=64, show_default=True, type=int, help="Pixels shared by neighbouring tiles.")
+@click.option("--size", default=512, show_default=True, type=click.IntRange(1), help="Tile edge in pixels.")
+@click.option("--overlap", default=64, show_default=True, type=click.IntRange(0),
+              help="Pixels shared by neighbouring tiles.")
 @click.option("--skip-nodata", is_flag=True, help="Do not write tiles that are entirely nodata.")
 @click.option("--max-tiles", default=MAX_TILES, show_default=True, type=click.IntRange(1),
               help="Refuse to write more tiles than this (guards against a typo such as --size 1).")
@@ -147,9 +148,9 @@ def align(labels: Path, scene: Path, classes_path: Path, out_path: Path, class_f
 @click.argument("mask", type=_existing)
 @click.option("--classes", "classes_path", required=True, type=_existing, help="Class schema YAML.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output GeoPackage.")
-@click.option("--min-area", default=0.0, show_default=True, type=float, help="Drop polygons smaller than this (map units²).")
-@click.option("--min-pixels", default=0, show_default=True, type=int, help="Drop polygons of fewer pixels than this.")
-@click.option("--simplify", default=None, type=float,
+@click.option("--min-area", default=0.0, show_default=True, type=click.FloatRange(0), help="Drop polygons smaller than this (map units²).")
+@click.option("--min-pixels", default=0, show_default=True, type=click.IntRange(0), help="Drop polygons of fewer pixels than this.")
+@click.option("--simplify", default=None, type=click.FloatRange(0),
               help="Coverage simplification tolerance in map units (neighbours keep shared edges: no gaps or slivers).")
 @user_errors
 def vectorize(mask: Path, classes_path: Path, out_path: Path, min_area: float, min_pixels: int,
@@ -169,8 +170,8 @@ def vectorize(mask: Path, classes_path: Path, out_path: Path, min_area: float, m
 @click.option("--classes", "classes_path", required=True, type=_existing, help="Class schema YAML.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--scene", type=_existing, default=None, help="Scene for the RGB quick-look background.")
-@click.option("--min-area", default=0.0, show_default=True, type=float, help="Drop polygons smaller than this (map units²).")
-@click.option("--simplify", default=None, type=float, help="Coverage simplification tolerance for polygons (map units).")
+@click.option("--min-area", default=0.0, show_default=True, type=click.FloatRange(0), help="Drop polygons smaller than this (map units²).")
+@click.option("--simplify", default=None, type=click.FloatRange(0), help="Coverage simplification tolerance for polygons (map units).")
 @user_errors
 def export_qgis(mask: Path, classes_path: Path, out_dir: Path, scene: Path | None, min_area: float,
                 simplify: float | None) -> None:

@@ -198,7 +198,10 @@ def stitch_index(
             "pixels (raise --max-pixels if the scene really is that large)",
             index_path,
         )
-    TileGrid(min(height, size + 1), min(width, size + 1), size, overlap)  # checks size/overlap
+    try:
+        TileGrid(min(height, size + 1), min(width, size + 1), size, overlap)  # checks size/overlap
+    except TrustmapError as exc:
+        raise TrustmapError(f"tile index claims an impossible grid: {exc}", index_path) from None
     n = tile_count(height, width, size, overlap)
     if n > max_tiles:
         raise TrustmapError(

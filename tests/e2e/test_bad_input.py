@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -300,12 +301,12 @@ CASES = [
     C("quicklook-bands-text", "tiles", "quicklook {d}/scene.tif --png {d}/q.png --bands a,b,c", "--bands"),
     C("quicklook-bands-range", "tiles", "quicklook {d}/scene.tif --png {d}/q.png --bands 9,2,1", "do not exist"),
     C("quicklook-bands-two", "tiles", "quicklook {d}/scene.tif --png {d}/q.png --bands 1,2", "give 3 bands"),
-    C("quicklook-max-size", "tiles", "quicklook {d}/scene.tif --png {d}/q.png --max-size 0", "max_size"),
+    C("quicklook-max-size", "tiles", "quicklook {d}/scene.tif --png {d}/q.png --max-size 0", "--max-size", code=2),
     # --- tiles cut -------------------------------------------------------------------------------------
     C("cut-size-1", "tiles", "cut {d}/scene.tif --out {d}/o --size 1 --overlap 0 --max-tiles 1000", "--max-tiles"),
     C("cut-overlap-ge-size", "tiles", "cut {d}/scene.tif --out {d}/o --size 16 --overlap 16", "larger than the overlap"),
-    C("cut-overlap-negative", "tiles", "cut {d}/scene.tif --out {d}/o --size 16 --overlap -1", "overlap"),
-    C("cut-size-zero", "tiles", "cut {d}/scene.tif --out {d}/o --size 0", "tile size"),
+    C("cut-overlap-negative", "tiles", "cut {d}/scene.tif --out {d}/o --size 16 --overlap -1", "--overlap", code=2),
+    C("cut-size-zero", "tiles", "cut {d}/scene.tif --out {d}/o --size 0", "--size", code=2),
     C("cut-out-is-file", "tiles", "cut {d}/scene.tif --out {d}/notes.txt", "notes.txt: --out exists and is not a directory"),
     C("cut-scene-in-out-tiles", "tiles", "cut {d}/cut/tiles/tile_r000_c000.tif --out {d}/cut", "contains the input"),
     C("cut-scene-is-index", "tiles", "cut {d}/cut/index.gpkg --out {d}/cut", "index.gpkg"),
@@ -416,7 +417,9 @@ CASES = [
     C("vectorize-mask-float", "tiles", "vectorize {d}/float.tif --classes {d}/classes.yaml --out {d}/o.gpkg", "float.tif"),
     C("vectorize-mask-unknown-codes", "tiles", "vectorize {d}/badcodes.tif --classes {d}/classes.yaml --out {d}/o.gpkg", "77"),
     C("vectorize-mask-truncated", "tiles", "vectorize {d}/truncated.tif --classes {d}/classes.yaml --out {d}/o.gpkg", "truncated.tif"),
-    C("vectorize-simplify-negative", "tiles", VEC + " --out {d}/o.gpkg --simplify -1", "simplify"),
+    C("vectorize-simplify-negative", "tiles", VEC + " --out {d}/o.gpkg --simplify -1", "--simplify", code=2),
+    C("vectorize-min-area-negative", "tiles", VEC + " --out {d}/o.gpkg --min-area -1", "--min-area", code=2),
+    C("export-simplify-text", "tiles", EXP + " --out {d}/q --simplify x", "--simplify", code=2),
     # --- tiles export-qgis ---------------------------------------------------------------------------------------
     C("export-scene-truncated", "tiles", EXP + " --out {d}/q --scene {d}/truncated.tif", "truncated.tif"),
     C("export-scene-nocrs", "tiles", EXP + " --out {d}/q --scene {d}/nocrs.tif", "nocrs.tif: has no CRS"),
@@ -572,6 +575,11 @@ def check_result(case: Case, d: Path, code: int, output: str, before: dict[str, 
     if case.code == 1:
         errors = [line for line in output.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1, output
+        named = [t for t in _argv(case, d) if t.startswith("--") or "/" in t]
+        named += [Path(t).name for t in named if "/" in t] + [str(d)]
+        assert any(t in errors[0] for t in named) or re.search(r"--[a-z]", errors[0]), (
+            f"the error names no file or option:\n{output}"
+        )
     after = snapshot(d)
     new = sorted(set(after) - set(before))
     gone = sorted(set(before) - set(after))
