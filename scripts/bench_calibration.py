@@ -20,6 +20,7 @@ Writes docs/bench/calibration.json, docs/bench/calibration.png and the
 
     python scripts/bench_calibration.py            # 1M detections
     python scripts/bench_calibration.py --quick    # 50k detections
+    python scripts/bench_calibration.py --repair   # shift / OOD / repairs of the sample detector
 """
 
 from __future__ import annotations
@@ -223,7 +224,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="50k detections over 500 images")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument(
+        "--repair",
+        action="store_true",
+        help="the shift / OOD / repair benchmark on the sample detector instead (see repair_main)",
+    )
+    ap.add_argument("--seeds", type=int, default=3, help="--repair: calibration/test split seeds")
+    ap.add_argument("--test-images", type=int, default=100, help="--repair: test images per seed")
+    ap.add_argument("--cal-images", type=int, default=100, help="--repair: calibration images")
+    ap.add_argument("--shift-images", type=int, default=20, help="--repair: corrupted images")
     args = ap.parse_args()
+    if args.repair:
+        repair_main(args)
+        return
     n_images, per_image = (500, 100) if args.quick else (10_000, 100)
     R = args.repeats
     t0 = time.perf_counter()
@@ -436,6 +449,181 @@ def write(res: dict, args: argparse.Namespace) -> None:
         lines.insert(0, "_Quick run (`--quick`), not the full-size benchmark._\n")
     benchdoc.update_section("calibration", "\n".join(lines))
     print(f"wrote {OUT / 'calibration.json'} and docs/benchmarks.md", flush=True)
+
+
+# ------------------------------------------------------------------ shift, OOD and repairs
+
+
+def repair_main(args: argparse.Namespace) -> None:
+    """The sample detector in-domain, under every corruption at severities 1-5 and on OOD
+    images, with every calibrator and last-layer fine-tuning, all fitted on the calibration
+    split of each seed (never on its test split), through the audit's own code path
+    (``calibration.extras.run_extras``). D-ECE over (confidence, cx, cy) with 10 x 5 x 5 bins,
+    as the demo audit. Point estimates per seed; mean ± std over seeds."""
+    import tempfile
+
+    import torch
+
+    from calibration.adapters import images_from_coco, load_detector
+    from calibration.config import parse_config
+    from calibration.extras import run_extras
+    from calibration.samples import make_split
+
+    torch.set_num_threads(1)
+    det = load_detector("sample_fasterrcnn")
+    per_seed = []
+    t_all = time.perf_counter()
+    for seed in range(args.seeds):
+        t0 = time.perf_counter()
+        cfg = parse_config(
+            {
+                "detector": {"model": "sample_fasterrcnn", "batch_size": 8},
+                "data": {"sample": {"split": "test", "n_images": args.test_images, "seed": seed}},
+                "bootstrap": {"n": 0},
+                "metrics": {"dece_dims": ["confidence", "cx", "cy"], "dece_bins": [10, 5, 5]},
+                "shift": {"n_images": args.shift_images, "seed": seed},
+                "ood": {"sample": {"split": "test", "n_images": 30, "seed": seed, "domain": "ood"}},
+                "repair": {
+                    "calibration": {
+                        "sample": {"split": "cal", "n_images": args.cal_images, "seed": seed}
+                    },
+                    "finetune": {"epochs": 6, "lr": 0.01, "loss": "label_smoothing", "seed": seed},
+                },
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            ann = make_split(root / "data", "test", args.test_images, seed=seed)
+            gt = GroundTruth.from_coco_json(ann)
+            recs = images_from_coco(root / "data", ann)
+            app = det.candidates(recs, batch_size=8, show_progress=False).postprocess()
+            ex = run_extras(det, recs, gt, app, cfg, root)
+        reps = ex["repair"]["repairs"]
+        row = {"seed": seed, "seconds": time.perf_counter() - t0, "repairs": {}}
+        for name, r in reps.items():
+            sm = r.get("shift_mean_by_severity", {})
+            row["repairs"][name] = {
+                "dece": r["test"]["dece"]["value"],
+                "ece": r["test"]["ece"]["value"],
+                "map": r["test"]["map"]["value"],
+                "dece_by_severity": sm.get("dece", {}),
+                "map_by_severity": sm.get("map", {}),
+                "cv_dece": (r.get("cv") or {}).get("dece"),
+            }
+        row["shift_clean"] = ex["shift"]["clean"]
+        row["shift_mean_by_severity"] = ex["shift"]["mean_by_severity"]
+        row["ood"] = {k: ex["ood"][k] for k in ("fp_per_image", "auroc_max_score", "auroc_entropy")}
+        row["recommendation"] = ex["repair"]["recommendation"].get("ship")
+        per_seed.append(row)
+        print(f"seed {seed}: {row['seconds']:.0f} s, ship {row['recommendation']}", flush=True)
+    res = {"settings": vars(args), "seeds": per_seed, "seconds": time.perf_counter() - t_all}
+    res["summary"] = _repair_summary(per_seed)
+    benchdoc.write_json(OUT / "calibration_repair.json", res)
+    _repair_doc(res)
+    print(f"wrote {OUT / 'calibration_repair.json'} and docs/benchmarks.md", flush=True)
+
+
+def _ms(v) -> tuple[float, float]:
+    a = np.array([x for x in v if x is not None], float)
+    return (
+        (float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0)
+        if len(a)
+        else (float("nan"), 0.0)
+    )
+
+
+def _repair_summary(rows: list[dict]) -> dict:
+    names = list(rows[0]["repairs"])
+    out = {}
+    for n in names:
+        d = [r["repairs"][n]["dece"] for r in rows]
+        d0 = [r["repairs"]["original"]["dece"] for r in rows]
+        s3 = [r["repairs"][n]["dece_by_severity"].get("3") for r in rows]
+        s30 = [r["repairs"]["original"]["dece_by_severity"].get("3") for r in rows]
+        m = [r["repairs"][n]["map"] for r in rows]
+        m0 = [r["repairs"]["original"]["map"] for r in rows]
+        out[n] = {
+            "dece": _ms(d),
+            "dece_cut": _ms([1 - a / b for a, b in zip(d, d0, strict=True)]),
+            "sev3_dece": _ms(s3),
+            "sev3_cut": _ms(
+                [1 - a / b for a, b in zip(s3, s30, strict=True) if a is not None and b]
+            ),
+            "map": _ms(m),
+            "map_change": _ms([a - b for a, b in zip(m, m0, strict=True)]),
+        }
+    return out
+
+
+def _repair_doc(res: dict) -> None:
+    S, rows = res["summary"], res["seeds"]
+    pm = lambda t, f="{:.3f}": f"{f.format(t[0])} ± {f.format(t[1])}"  # noqa: E731
+    pct = lambda t: f"{100 * t[0]:.0f} % ± {100 * t[1]:.0f}"  # noqa: E731
+    post = [n for n in S if n not in ("original", "finetune")]
+    best = min(post, key=lambda n: S[n]["dece"][0])
+    a = res["settings"]
+    lines = [
+        "## calibration: shift, OOD and repairs of the sample detector",
+        "",
+        f"The packaged sample detector (application perspective), {a['test_images']} test images per seed, "
+        f"every repair fitted on that seed's calibration split ({a['cal_images']} images) only, "
+        f"{a['seeds']} seeds of the calibration/test split; the 15 corruptions at severities 1-5 on the first "
+        f"{a['shift_images']} test images; 30 OOD images (none of the known classes). D-ECE over "
+        "(confidence, cx, cy), 10 × 5 × 5 bins, as the demo audit. Mean ± std over seeds; "
+        f"{res['seconds'] / 60:.1f} minutes in all.",
+        "",
+        "| repair | test D-ECE | cut vs original | D-ECE, corruptions at severity 3 | cut | mAP | mAP change |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n, v in S.items():
+        lines.append(
+            f"| {n} | {pm(v['dece'])} | {pct(v['dece_cut']) if n != 'original' else '–'} | {pm(v['sev3_dece'])} | "
+            f"{pct(v['sev3_cut']) if n != 'original' else '–'} | {pm(v['map'])} | "
+            f"{pm(v['map_change'], '{:+.3f}') if n != 'original' else '–'} |"
+        )
+    ft = S.get("finetune")
+    ok = lambda c: "met" if c else "**not met**"  # noqa: E731
+    lines += [
+        "",
+        "Targets (issue 8):",
+        "",
+        f"- best post-hoc calibrator ({best}) cuts in-domain D-ECE by {pct(S[best]['dece_cut'])} (target ≥ 50 %: "
+        f"{ok(S[best]['dece_cut'][0] >= 0.5)}) and the mean over corruptions at severity 3 by "
+        f"{pct(S[best]['sev3_cut'])} (target ≥ 30 %: {ok(S[best]['sev3_cut'][0] >= 0.3)});",
+    ]
+    if ft:
+        lines.append(
+            f"- last-layer fine-tuning cuts D-ECE by {pct(ft['dece_cut'])} (target ≥ 30 %: {ok(ft['dece_cut'][0] >= 0.3)}), "
+            f"mAP change {pm(ft['map_change'], '{:+.3f}')} (target ≥ −0.010: {ok(ft['map_change'][0] >= -0.01)})."
+        )
+    sev = sorted(rows[0]["shift_mean_by_severity"]["dece"], key=int)
+    clean = _ms([r["shift_clean"]["dece"] for r in rows])
+    lines += [
+        "",
+        "Original detector under shift (mean over the 15 corruptions, same images):",
+        "",
+        "| | clean | " + " | ".join(f"severity {s}" for s in sev) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in sev) + " |",
+    ]
+    for k, label in (("dece", "D-ECE"), ("ece", "ECE"), ("map", "mAP")):
+        cl = _ms([r["shift_clean"][k] for r in rows])
+        vals = [_ms([r["shift_mean_by_severity"][k][s] for r in rows]) for s in sev]
+        lines.append(f"| {label} | {pm(cl)} | " + " | ".join(pm(v) for v in vals) + " |")
+    ood = {
+        k: _ms([r["ood"][k] for r in rows])
+        for k in ("fp_per_image", "auroc_max_score", "auroc_entropy")
+    }
+    lines += [
+        "",
+        f"OOD images: {pm(ood['fp_per_image'], '{:.2f}')} false positives per image above score 0.5; AUROC of "
+        f"in- vs out-of-distribution detections {pm(ood['auroc_max_score'], '{:.2f}')} by max score, "
+        f"{pm(ood['auroc_entropy'], '{:.2f}')} by entropy. Clean D-ECE on the shift subset {pm(clean)}.",
+        "",
+        "Why targets fail where they do: the sample detector's D-ECE is measured on a few hundred detections "
+        "over 250 cells, so part of it is binning noise that no repair can remove (the debiased ECE in the "
+        "audit shows how much); and fine-tuning one linear layer cannot fix errors that depend on box position.",
+    ]
+    benchdoc.update_section("calibration-repair", "\n".join(lines))
 
 
 if __name__ == "__main__":
