@@ -82,11 +82,14 @@ def simulate(
     QGIS project), report.html and report.json.
     """
     from refine.config import load_config
-    from refine.loop import SimulationInputs, run_simulation
 
     config = load_config(config_path)
     if strategy:
         config = config.with_overrides(strategy={"score": strategy})
+    # Before the heavy imports and any work: --out may not hold an input.
+    _check_out(out_dir, config, config_path, scene, labels, truth, classes, heldout_scene, heldout_truth)
+    from refine.loop import SimulationInputs, run_simulation
+
     if scene is None:
         given = [name for name, v in (("--labels", labels), ("--truth", truth), ("--heldout-scene", heldout_scene),
                                       ("--heldout-truth", heldout_truth)) if v]  # fmt: skip
@@ -110,7 +113,6 @@ def simulate(
         inputs = SimulationInputs(
             scene, tuple(labels), truth, heldout_scene, heldout_truth, classes
         )
-    _check_out(out_dir, config, config_path, scene, labels, truth, classes, heldout_scene, heldout_truth)
     created = not out_dir.exists()
     fresh = created or restart or not any(out_dir.iterdir())
     try:
