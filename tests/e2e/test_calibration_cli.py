@@ -241,10 +241,7 @@ def test_bad_config_names_the_key_and_writes_nothing(pair, tmp_path):
         "--predictions", pr, "--annotations", gt, "--config", cfg, "--out", tmp_path / "o", ok=False
     )
     assert res.exit_code == 1
-    assert (
-        res.stderr.strip()
-        == f"error: {cfg}: key 'metrics.bins': must be >= 1"
-    )
+    assert res.stderr.strip() == f"error: {cfg}: key 'metrics.bins': must be >= 1"
     assert not (tmp_path / "o").exists()
 
 
@@ -314,3 +311,84 @@ def test_model_on_a_coco_set_with_a_missing_image_fails_before_writing(pair, tmp
         == f"error: {tmp_path / 'images' / '1.png'}: image listed in instances.json not found (and 29 more)"
     )
     assert not (tmp_path / "out").exists()
+
+
+EXTRAS = """
+detector: {model: sample_fasterrcnn, batch_size: 8}
+data: {sample: {split: test, n_images: 12, seed: 0, size: 128}}
+perspectives: [application]
+bootstrap: {n: 20}
+metrics: {dece_dims: [confidence, cx, cy], dece_bins: [10, 3, 3], min_images: 5, min_detections: 10}
+sweeps: {score_threshold: [], nms_iou: [0.5], topk: []}
+shift: {corruptions: [gaussian_noise, fog], severities: [1, 3], n_images: 6}
+ood: {sample: {n_images: 6, domain: ood, size: 128}}
+repair:
+  calibration: {sample: {split: cal, n_images: 24, size: 128}}
+  methods: [platt, isotonic]
+  cv_folds: 3
+  finetune: {epochs: 1, loss: label_smoothing, lr: 0.01}
+"""
+
+
+def test_audit_with_shift_ood_and_repair_sections(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread is the fastest
+    cfg = tmp_path / "extras.yaml"
+    cfg.write_text(EXTRAS)
+    out = tmp_path / "audit"
+    res = audit("--config", cfg, "--out", out)
+    data = json.loads((out / "audit.json").read_text())
+    sh, ood, rp = data["shift"], data["ood"], data["repair"]
+    assert set(sh["grid"]) == {"gaussian_noise", "fog"} and set(sh["grid"]["fog"]) == {"1", "3"}
+    assert sh["grid"]["gaussian_noise"]["3"]["map"] < sh["clean"]["map"]  # noise hurts
+    assert ood["known_class_objects"] == 0 and ood["images"] == 6
+    assert set(rp["repairs"]) == {"original", "platt", "isotonic", "finetune"}
+    assert rp["repairs"]["platt"]["test"]["dece"]["ci_low"] is not None
+    assert data["findings"][0]["topic"] == "repair" and "- [repair]" in res.output
+    for f in ("calibrator_platt.json", "calibrator_isotonic.json", "finetuned.pt"):
+        assert (out / "repair" / f).exists()
+    assert {"shift", "ood", "repair"} <= set(data["figures"])
+    page = (out / "audit.html").read_text()
+    for h in (
+        "<h2>Repair</h2>",
+        "<h2>Under distribution shift</h2>",
+        "<h2>Out-of-distribution images</h2>",
+    ):
+        assert h in page
+    # the saved calibrator applies to the saved detections (fit / apply / re-audit round trip)
+    app = out / "detections" / "application.json"
+    cal = out / "repair" / "calibrator_isotonic.json"
+    r = CliRunner().invoke(
+        main,
+        [
+            "apply",
+            "--predictions",
+            str(app),
+            "--calibrator",
+            str(cal),
+            "--out",
+            str(tmp_path / "c.json"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_shift_needs_a_detector(pair, tmp_path):
+    pr, gt, _ = pair
+    res = audit(
+        "--predictions", pr, "--annotations", gt, "--shift", "--out", tmp_path / "o", ok=False
+    )
+    assert (
+        res.exit_code == 1 and "--shift corrupts images and runs the detector again" in res.stderr
+    )
+
+
+def test_empty_predictions_file_through_the_cli(pair, tmp_path):
+    _, gt, _ = pair
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    res = audit(
+        "--predictions", empty, "--annotations", gt, "--bootstrap", "10", "--out", tmp_path / "o"
+    )
+    assert "no detections" in res.output
