@@ -39,6 +39,11 @@ METRICS: tuple[tuple[str, str, str], ...] = (
         "D-ECE",
         "ECE over score and box {dims} jointly, bins {dece_bins} (Küppers et al.; = netcal)",
     ),
+    (
+        "ece_debiased",
+        "Debiased ECE (L2)",
+        "Kumar et al. 2019: L2 ECE minus each bin's sampling variance; near 0 when calibrated, however few detections",
+    ),
     ("mce", "MCE", "largest gap of any score bin"),
     ("ace", "ACE", "adaptive ECE: equal-mass bins, each bin weighted equally"),
     (
@@ -87,9 +92,23 @@ PERSPECTIVE_LABEL = {
 
 
 CI_NOTE = (
-    "Binned calibration errors are biased upward on small or resampled sets, so an interval can"
-    " lie above its value: read that as the estimate's bias, not as a mistake."
+    "Intervals are shifted percentile intervals: the bootstrap replicates' spread around their"
+    " median, placed at the value, so they always contain it. Binned calibration errors are biased"
+    " upward on small or resampled sets; ci_z0 and ci_bias in audit.json flag it, and the debiased"
+    " ECE row removes it."
 )
+
+
+def _ci_note(data: Mapping[str, Any]) -> str:
+    """What the intervals are, for the method the audit used."""
+    method = data["inputs"]["metrics_config"].get("ci_method", "shifted")
+    if method == "shifted":
+        return CI_NOTE
+    return (
+        f"Intervals are {'bias-corrected percentile' if method == 'bc' else 'plain percentile'} "
+        "intervals; binned calibration errors are biased upward on resamples, so an interval can lie "
+        "above its value (ci_z0 in audit.json flags it)."
+    )
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -1022,7 +1041,7 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         "<h2>Metrics</h2>",
         f"<p class='note'>Value [{level}% bootstrap interval over images, "
         f"{data['inputs']['metrics_config']['n_boot']} resamples]. Calibration errors: lower is better. "
-        f"{CI_NOTE}</p>",
+        f"{_ci_note(data)}</p>",
         _table(head, rows, key_rows=2, what_col=True),
     ]
     parts += _extra_sections_html(data, figures)
@@ -1187,7 +1206,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
         "## Metrics",
         "",
-        f"Value [{level}% bootstrap interval over images]. Calibration errors: lower is better. {CI_NOTE}",
+        f"Value [{level}% bootstrap interval over images]. Calibration errors: lower is better. {_ci_note(data)}",
         "",
         _md_table(head, rows),
     ]
