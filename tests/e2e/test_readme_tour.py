@@ -45,8 +45,16 @@ REFINE_SMALL = {
     "select": {"rounds": 2},
 }
 CALIBRATION_SMALL = {
-    "data": {"sample": {"n_images": 8}},
+    "data": {"sample": {"n_images": 12, "size": 128}},
     "bootstrap": {"n": 20},
+    "shift": {"corruptions": ["fog"], "severities": [3], "n_images": 4},
+    "ood": {"sample": {"n_images": 4, "size": 128}},
+    "repair": {
+        "calibration": {"sample": {"n_images": 12, "size": 128}},
+        "methods": ["platt"],
+        "cv_folds": 2,
+        "finetune": {"epochs": 1},
+    },
 }
 
 
@@ -138,7 +146,7 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,  # about 1.5 min alone on 2 cores; far longer on a busy machine
     )
     log = (res.stdout + res.stderr)[-6000:]
     print("\n".join(ln for ln in res.stderr.splitlines() if ln.startswith("+ [")))  # -rP: timings
