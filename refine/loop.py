@@ -1240,13 +1240,17 @@ def _round_schema(rounds: int) -> ClassSchema:
 
 
 # --- the whole simulation --------------------------------------------------------------------------
-def _review_project(run: RunDir, bundle: Any, schema: ClassSchema, rounds: int) -> Path:
-    """``qgis/review.qgs``: what changed when, the refined labels, the cheap start, the scene."""
+def _review_project(
+    run: RunDir, bundle: Any, schema: ClassSchema, rounds: int, auto: Path | None = None
+) -> Path:
+    """``qgis/review.qgs``: what changed when, the auto-corrections (a layer of their own),
+    the refined labels, the cheap start, the scene."""
     from tiles.qgis import ProjectLayer, write_project
 
     changes = _round_schema(max(rounds, 1))
     layers = [  # first on top: where the expert changed something, over the refined labels
-        ProjectLayer(run.root / "change_map.tif", "changed in round", "raster", schema=changes),
+        ProjectLayer(run.root / "change_map.tif", "changed in round (expert)", "raster", schema=changes),
+        *([ProjectLayer(auto, "auto-corrected (model)", "raster", schema=schema)] if auto else []),
         ProjectLayer(
             bundle.polygons, "refined labels (polygons)", "vector", schema=schema, layer="polygons"
         ),
@@ -1355,6 +1359,14 @@ def run_simulation(
     refined = run.labels / f"labels_r{len(loop.records)}.tif"
     if finished:
         outputs["change_map"] = loop.write_change_map()
+        if loop.autocorrect and loop.auto is not None:
+            from tiles.qgis import write_raster_style
+
+            outputs["autocorrections"] = write_labels(
+                run.root / "autocorrections.tif", loop.auto, loop.profile, schema,
+                "auto-corrections of the last round (ignore = not auto-corrected)",
+            )  # fmt: skip
+            write_raster_style(outputs["autocorrections"], schema)
         if not loop.records:
             loop.write_changes_csv()
         if export:
@@ -1363,7 +1375,9 @@ def run_simulation(
             bundle = export_qgis(
                 refined, schema, run.qgis, scene_path=inputs.scene, name="refined", min_area=4.0
             )
-            outputs["qgis_project"] = _review_project(run, bundle, schema, len(loop.records))
+            outputs["qgis_project"] = _review_project(
+                run, bundle, schema, len(loop.records), outputs.get("autocorrections")
+            )
             outputs["qgis_refined_project"] = bundle.project
             outputs["qgis_mask"] = bundle.mask
             outputs["qgis_polygons"] = bundle.polygons
@@ -1372,12 +1386,17 @@ def run_simulation(
             run.root / "report.json",
             run.root / "report.html",
         )
-    from refine.report import build_report, write_report
+    from refine.report import build_report, change_map_png, write_report
 
+    maps = None
+    if report and finished and loop.records:
+        auto = loop.auto if loop.auto is not None else np.full(loop.change_map.shape, schema.ignore, np.uint8)
+        maps = change_map_png(inputs.scene, loop.regions.labels, loop.reviewed, loop.change_map > 0,
+                              auto != schema.ignore)  # fmt: skip
     rep = build_report(
         config=config, inputs=inputs, schema=schema, setup=loop.setup_record, rounds=loop.records,
         final=loop.final_record, outputs=outputs, finished=finished, seconds=time.perf_counter() - t_start,
-        strategy=strategy.name,
+        strategy=strategy.name, maps=maps,
     )  # fmt: skip
     if report and finished:
         write_report(rep, run.root)

@@ -60,6 +60,45 @@ def summarise(
         f"({spent:g} {unit}) in {len(rounds)} round{'s' if len(rounds) != 1 else ''}; "
         f"{_pct(recall)} of the wrong pixels were fixed."
     )
+    errors = last["labels"]["errors"]
+    auto = last.get("autocorrect") or {}
+    curated = auto.get("curated_labels")
+    expert = curated if curated is not None else errors
+    auto_truth = auto.get("truth") or {}
+    net = {
+        "cheap_error_rate": setup["labels"]["errors"]["error_rate"],
+        "refined_error_rate": errors["error_rate"],
+        "expert_fixed": expert["fixed"],
+        "expert_made_wrong": expert["introduced"],
+        "auto_corrected": int(auto.get("pixels") or 0),
+        "auto_threshold": auto.get("threshold"),
+        "auto_estimated_precision": auto.get("estimated_precision"),
+        "auto_fixed": auto_truth.get("fixed"),
+        "auto_made_wrong": auto_truth.get("broken"),
+        "auto_precision": auto_truth.get("precision"),
+    }
+    sentence += (
+        f" Net change: label error {_pct(net['cheap_error_rate'])} → {_pct(net['refined_error_rate'])}; the "
+        f"expert's answers fixed {net['expert_fixed']:,} pixels and made {net['expert_made_wrong']:,} wrong"
+    )
+    if net["auto_corrected"]:
+        sentence += (
+            f"; {net['auto_corrected']:,} unreviewed pixels were auto-corrected (threshold "
+            f"{net['auto_threshold']:.2f}, calibrated precision {_pct(net['auto_estimated_precision'])}"
+            + (
+                f"; against the truth {_pct(net['auto_precision'])}: {net['auto_fixed']:,} fixed, "
+                f"{net['auto_made_wrong']:,} made wrong)."
+                if net["auto_precision"] is not None
+                else ")."
+            )
+        )
+    elif auto:
+        sentence += (
+            "; no pixel was auto-corrected: on the audited regions no model confidence reached the "
+            f"target precision {_pct(auto.get('target_precision'))}."
+        )
+    else:
+        sentence += "."
     model_first = model_last = None
     models = [
         r["model"]
@@ -92,6 +131,7 @@ def summarise(
         "model_miou_cheap": model_first,
         "model_miou_refined": model_last,
         "model_available": bool(models),
+        "net_change": net,
     }
 
 
@@ -107,8 +147,17 @@ def build_report(
     finished: bool,
     seconds: float,
     strategy: str,
+    maps: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the run measured, as plain JSON values."""
+    """Everything the run measured, as plain JSON values.
+
+    ``config`` is recorded as it ran (``model.encoder: auto`` resolved to the encoder and
+    weights file used); ``maps`` is an embedded PNG of the reviewed regions and changes.
+    """
+    from refine.model import describe_encoder, resolve_settings
+
+    ran = config.to_json_dict()
+    ran["model"] = resolve_settings(config.model).model_dump(mode="json")
     step_totals = {s: float(sum(r["times"].get(s, 0.0) for r in rounds)) for s in STEPS}
     if final:
         for s, v in final["times"].items():
@@ -121,7 +170,9 @@ def build_report(
             "finished": finished,
             "summary": summarise(setup, rounds, final),
             "strategy": strategy,
-            "config": config.to_json_dict(),
+            "config": ran,
+            "encoder": describe_encoder(config.model),
+            "maps": maps,
             "inputs": inputs.to_dict(),
             "classes": [{"code": c.code, "name": c.name, "color": c.color} for c in schema.classes],
             "ignore": schema.ignore,
@@ -146,6 +197,40 @@ def build_report(
             "outputs": {k: str(v) for k, v in outputs.items()},
         }
     )
+
+
+def change_map_png(
+    scene_path: str | os.PathLike,
+    regions: np.ndarray,
+    reviewed: np.ndarray,
+    expert_changed: np.ndarray,
+    auto: np.ndarray,
+    max_size: int = 1200,
+) -> str:
+    """The scene's RGB quick-look with reviewed regions, expert changes and auto-corrections."""
+    import matplotlib.pyplot as plt
+    import rasterio
+    from skimage.segmentation import find_boundaries
+
+    from tiles.quicklook import render_rgb
+
+    with rasterio.open(scene_path) as src:
+        rgb, _, _, _ = render_rgb(src, max_size=max_size)
+    h, w = rgb.shape[:2]
+    step_r, step_c = regions.shape[0] / h, regions.shape[1] / w
+    rr = np.minimum((np.arange(h) * step_r).astype(int), regions.shape[0] - 1)
+    cc = np.minimum((np.arange(w) * step_c).astype(int), regions.shape[1] - 1)
+    pick = np.ix_(rr, cc)
+    img = (rgb.astype(np.float32) * 0.75).astype(np.uint8)
+    img[auto[pick]] = (0, 220, 255)
+    img[expert_changed[pick]] = (255, 0, 200)
+    rid = np.where(np.isin(regions, np.flatnonzero(reviewed)), regions, -1)[pick]
+    img[find_boundaries(rid, mode="inner") & (rid >= 0)] = (255, 255, 255)
+    fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1)), dpi=110)
+    ax.imshow(img)
+    ax.set_axis_off()
+    fig.tight_layout(pad=0.2)
+    return _png(fig)
 
 
 # --- figures -----------------------------------------------------------------------------------------
@@ -286,7 +371,18 @@ def render_html(report: dict[str, Any]) -> str:
         f"<p>Strategy <b>{_e(report['strategy'])}</b>, regions <b>{_e(report['regions']['kind'])}</b> "
         f"({report['regions']['count']} of about {report['regions']['mean_area']:.0f} px), relabelling "
         f"<b>{_e(report['config']['review']['relabel'])}</b>, expert error rate "
-        f"{report['config']['review']['expert_error']:g}. Model: {_e(report['model_evaluation'])}.</p>",
+        f"{report['config']['review']['expert_error']:g}. Encoder: {_e(report.get('encoder', 'n/a'))}. "
+        f"Model: {_e(report['model_evaluation'])}.</p>",
+        *(
+            [
+                "<h2>Where the labels changed</h2>",
+                f"<img alt='reviewed regions and changes over the scene' src='{report['maps']}'>",
+                "<p><small>Over the scene's quick-look: reviewed regions outlined in white, pixels the "
+                "expert changed in magenta, pixels auto-corrected in cyan.</small></p>",
+            ]
+            if report.get("maps")
+            else []
+        ),
         "<h2>Learning curves</h2>",
         f"<img alt='learning curves' src='{curves_figure(report)}'>",
         "<h2>Per-class IoU, cheap vs refined</h2>",
@@ -337,7 +433,7 @@ def render_html(report: dict[str, Any]) -> str:
             f"{r['selected']['pixels']:,}", _pct(r["review"]["precision"]), f"{r['changes']['pixels']:,}",
             f"{r['labels']['errors']['introduced']:,}", _num(r["labels"]["scores"]["miou"]),
             _pct(r["labels"]["scores"]["accuracy"]), _pct(r["labels"]["errors"]["error_recall"]),
-            _num(m["miou"]) if m else "n/a",
+            f"{(r.get('autocorrect') or {}).get('pixels') or 0:,}", _num(m["miou"]) if m else "n/a",
         ])  # fmt: skip
     parts.append(
         _table(
@@ -352,6 +448,7 @@ def render_html(report: dict[str, Any]) -> str:
                 "label mIoU",
                 "accuracy",
                 "error recall",
+                "auto-corrected px",
                 "model mIoU*",
             ],  # fmt: skip
             rrows,

@@ -10,7 +10,8 @@ Layout of ``DIR`` (everything trustmap writes there; nothing else is ever delete
     state/final/        the last training on the refined labels (when configured)
     labels/             labels_r0.tif ... labels_rN.tif (hard links into state/)
     work/               scratch (probabilities of the current round)
-    changes.csv, change_map.tif (+ .qml), qgis/, report.json, report.html
+    changes.csv, change_map.tif (+ .qml), autocorrections.tif (+ .qml), qgis/, report.json,
+    report.html
 
 Every ``state/`` entry is staged in a hidden folder and renamed into place
 (:func:`tiles.io.atomic_dir`), so a round is either fully recorded or absent: a run killed
@@ -37,7 +38,8 @@ RUN_FILE = "run.json"
 RUN_FORMAT = "trustmap.refine.run/1"
 _ROUND = re.compile(r"^round_(\d{3,})$")
 OWNED = ("run.json", "inputs", "state", "labels", "work", "qgis", "changes.csv", "change_map.tif",
-         "change_map.qml", "change_map.tif.aux.xml", "report.json", "report.html")  # fmt: skip
+         "change_map.qml", "change_map.tif.aux.xml", "autocorrections.tif", "autocorrections.qml",
+         "autocorrections.tif.aux.xml", "report.json", "report.html")  # fmt: skip
 
 
 class RunDir:

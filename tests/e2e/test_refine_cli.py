@@ -99,6 +99,8 @@ def test_outputs_exist_and_agree(run: Path) -> None:
         assert (run / "qgis" / name).exists()
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "<script" not in html
+    assert "Where the labels changed" in html and "Net change" in report["summary"]["sentence"]
+    assert "tu-efficientnet_lite0" in report["encoder"] and report["config"]["model"]["encoder"] != "auto"
     assert report["summary"]["sentence"].split(":")[0] in html
 
 
@@ -108,9 +110,9 @@ def test_review_project_opens_styled_in_qgis(run: Path, qgis, tmp_path: Path) ->
     project = qgis(spec, tmp_path)["projects"]["review"]
     assert project["read"], project.get("error")
     layers = {layer["name"]: layer for layer in project["layers"]}
-    assert list(layers)[0] == "changed in round"
+    assert list(layers)[0] == "changed in round (expert)"
     assert all(layer["valid"] for layer in layers.values())
-    rounds = [c["label"] for c in layers["changed in round"]["classes"]]
+    rounds = [c["label"] for c in layers["changed in round (expert)"]["classes"]]
     assert rounds == ["changed in round 1", "changed in round 2"]
     assert layers["refined labels"]["renderer"] == "paletted"
     assert layers["refined labels (polygons)"]["renderer"] == "categorizedSymbol"
