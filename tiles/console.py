@@ -32,6 +32,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated()
 
 
@@ -110,7 +111,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except Terminated:
             click.echo("terminated: no partial output was kept", err=True)
-            sys.exit(143)
+            _exit_now(143)
         except KeyboardInterrupt:
             click.echo("interrupted: no partial output was kept", err=True)
             sys.exit(130)
@@ -124,6 +125,19 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def _exit_now(code: int) -> None:
+    """Exit after SIGTERM without waiting for worker threads to drain their queues.
+
+    The staging is already gone (the stack has unwound); joining thread pools at interpreter
+    exit could keep a terminated process computing for minutes.
+    """
+    if threading.active_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:

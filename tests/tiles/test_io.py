@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -232,3 +233,28 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 143 and "terminated" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_does_not_wait_for_busy_worker_threads(tmp_path):
+    code = textwrap.dedent(
+        """
+        import os, signal, time
+        from concurrent.futures import ThreadPoolExecutor
+        import click
+        from tiles.console import user_errors
+
+        @click.command()
+        @user_errors
+        def main():
+            pool = ThreadPoolExecutor(2)
+            futures = [pool.submit(time.sleep, 60) for _ in range(4)]
+            os.kill(os.getpid(), signal.SIGTERM)
+            futures[0].result()
+
+        main()
+        """
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143 and "terminated" in proc.stderr, proc.stderr
+    assert time.monotonic() - t0 < 50, "a terminated command may not wait for its worker threads"
