@@ -761,9 +761,18 @@ class Refinement:
 
     def _region_summary(self, seconds: float) -> dict[str, Any]:
         r = self.regions
+        asked = self.config.regions.size
+        mean = float(r.area.mean())
+        warning = None
+        if r.kind in ("slic", "felzenszwalb") and mean > 2 * asked:
+            warning = (
+                f"regions average {mean:.0f} px, over twice the {asked} px asked for (regions.size); "
+                "raise regions.compactness for smaller, more regular regions"
+            )
+            self.echo(f"warning: {warning}")
         return {
-            "kind": r.kind, "count": r.n, "mean_area": float(r.area.mean()), "cost_unit": r.cost_unit,
-            "total_cost": float(r.cost.sum()), "seconds": seconds,
+            "kind": r.kind, "count": r.n, "mean_area": mean, "asked_area": asked, "warning": warning,
+            "cost_unit": r.cost_unit, "total_cost": float(r.cost.sum()), "seconds": seconds,
         }  # fmt: skip
 
     def _load_setup(self) -> None:

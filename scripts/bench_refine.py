@@ -365,6 +365,39 @@ def summarise(jobs: list[dict[str, Any]], strategies: list[str]) -> dict[str, An
     return out
 
 
+def plot(jobs: list[dict[str, Any]], strategies: list[str], path: Path) -> Path:
+    """Relative label error against the budget spent, mean ± std over jobs, one panel per noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    noises = sorted({j["noise"] for j in jobs})
+    fig, axes = plt.subplots(1, len(noises), figsize=(5.2 * len(noises), 4), squeeze=False)
+    for ax, noise in zip(axes[0], noises, strict=True):
+        for s in strategies:
+            curves = [
+                [(r["spent"], r["error_rate"] / j["runs"][s]["rounds"][0]["error_rate"]) for r in j["runs"][s]["rounds"]]
+                for j in jobs if j["noise"] == noise and s in j.get("runs", {})
+            ]  # fmt: skip
+            if not curves:
+                continue
+            arr = np.asarray(curves)  # (jobs, rounds + 1, 2)
+            x, y = 100 * arr[..., 0].mean(0), arr[..., 1]
+            ax.plot(x, y.mean(0), marker="o", label=s)
+            ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.15)
+        ax.set_title(f"{noise} noise ({len({(j['scene'], j['seed']) for j in jobs if j['noise'] == noise})} jobs)")
+        ax.set_xlabel("area reviewed (% of the scene)")
+        ax.set_ylabel("label error / cheap label error")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def markdown(summary: dict[str, Any], settings: dict[str, Any], strategies: list[str]) -> str:
     lines = [
         "## refine: real aerial scenes",
@@ -472,7 +505,9 @@ def main() -> None:
                 "source_scene": args.source_scene, "where": args.where, "minutes": (time.perf_counter() - t0) / 60}  # fmt: skip
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     write_json(BENCH_DIR / "refine.json", {"settings": settings, "summary": summary, "jobs": jobs})
+    plot(ok, args.strategies, BENCH_DIR / "refine_real.png")
     md = markdown(summary, settings, args.strategies)
+    md += "\n\n![relative label error against the budget, per noise model](bench/refine_real.png)"
     md += f"\n\nWall time {settings['minutes']:.0f} min, {len(ok)} of {len(jobs)} jobs."
     print(md)
     if not args.no_doc:
