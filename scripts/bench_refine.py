@@ -287,6 +287,24 @@ def _run_job(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def round1_accuracy(job: dict[str, Any], args, schema) -> dict[str, float]:
+    """Pixel accuracy of the job's round-1 model on its own scene and on the held-out scenes,
+    next to the cheap labels' accuracy on its own scene (the model must beat its labels)."""
+    from refine.metrics import score_labels
+    from refine.model import SegmentationModel
+
+    d = args.work / f"{job['scene']}_{job['noise']}_s{job['seed']}"
+    model = SegmentationModel.load(d / "round1_model.pt", schema, threads=2)
+    out: dict[str, float] = {"cheap_own": 1.0 - job["cheap_error"]}
+    for name, key in [(job["scene"], "model_own"), *[(h, f"model_{h}") for h in args.heldout]]:
+        probs = model.predict_proba(args.data / f"{name}_scene.tif")
+        pred = np.asarray(schema.codes, np.uint8)[np.argmax(np.nan_to_num(probs, nan=-1), axis=0)]
+        truth, _ = read(args.data / f"{name}_truth.tif")
+        out[key] = score_labels(pred, truth, schema).accuracy
+    out["model_heldout"] = float(np.mean([out[f"model_{h}"] for h in args.heldout]))
+    return out
+
+
 class args_like:  # noqa: N801 - a tiny namespace for heldout_miou inside workers
     def __init__(self, payload: dict[str, Any]):
         self.data = Path(payload["data"])
@@ -357,6 +375,8 @@ def summarise(jobs: list[dict[str, Any]], strategies: list[str]) -> dict[str, An
                 for j in js
             ]),  # fmt: skip
         }
+        acc = [j["round1_accuracy"] for j in js if "round1_accuracy" in j]
+        row["accuracy"] = {k: _ms([a[k] for a in acc]) for k in ("cheap_own", "model_own", "model_heldout")}
         # round-1 model against the cheap labels on the scene itself (accuracy on reviewed px)
         row["model_on_reviewed_r1"] = _ms([
             (j["runs"][strategies[0]]["rounds"][1].get("model_on_reviewed") or {}).get("accuracy") for j in js
@@ -439,6 +459,18 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], strategies: list
             f"| {noise} | {_pm(h['round1_cheap'])} | {_pm(h['control_cheap'])} | {_pm(h['refined'])} | "
             f"{_pm(h['refined_minus_control'])} | {_pm(row['model_on_reviewed_r1'])} |"
         )
+    lines += [
+        "",
+        "Pixel accuracy of the round-1 model (trained on the cheap labels) against the truth:",
+        "",
+        "| noise | cheap labels, own scene | round-1 model, own scene | round-1 model, held-out scenes |",
+        "|---|---|---|---|",
+    ]
+    for noise, row in summary.items():
+        a = row.get("accuracy", {})
+        if a:
+            lines.append(f"| {noise} | {_pm(a['cheap_own'], pct=True)} | {_pm(a['model_own'], pct=True)} | "
+                         f"{_pm(a['model_heldout'], pct=True)} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -500,6 +532,11 @@ def main() -> None:
     ok = [j for j in jobs if "error" not in j]
     if args.summarise_only:
         ok = [j for j in ok if j.get("runs")]
+    for j in ok:  # added after the first full run: computed from the cached round-1 models
+        if "round1_accuracy" not in j:
+            j["round1_accuracy"] = round1_accuracy(j, args, schema)
+            path = args.work / f"{j['scene']}_{j['noise']}_s{j['seed']}" / "result.json"
+            path.write_text(json.dumps(j, default=float))
     summary = summarise(ok, args.strategies)
     settings = {"scenes": args.scenes, "heldout": args.heldout, "seeds": args.seeds, "rounds": args.rounds,
                 "source_scene": args.source_scene, "where": args.where, "minutes": (time.perf_counter() - t0) / 60}  # fmt: skip
@@ -508,7 +545,11 @@ def main() -> None:
     plot(ok, args.strategies, BENCH_DIR / "refine_real.png")
     md = markdown(summary, settings, args.strategies)
     md += "\n\n![relative label error against the budget, per noise model](bench/refine_real.png)"
-    md += f"\n\nWall time {settings['minutes']:.0f} min, {len(ok)} of {len(jobs)} jobs."
+    job_min = sum(j["round1_seconds"] + sum(r["seconds"] for r in j["runs"].values()) for j in ok) / 60
+    md += (
+        f"\n\n{len(ok)} of {len(jobs)} jobs; the jobs' own time adds up to {job_min:.0f} min "
+        f"({args.workers} workers, one torch thread each)."
+    )
     print(md)
     if not args.no_doc:
         update_section("refine", md)

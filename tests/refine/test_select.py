@@ -231,3 +231,41 @@ def test_selection_errors() -> None:
         Sel.select_greedy(np.ones(2), np.ones(2), 1, weights=np.ones(3))
     with pytest.raises(TrustmapError, match="strategy"):
         Sel.select_regions("bald", np.ones(2), np.ones(2), 1)
+
+
+# --- the net-gain look-ahead (refine.loop.net_gain_rank) ------------------------------------------
+def _net_gain(probs, labels, region_ids, relabel, cost=None):
+    from types import SimpleNamespace
+
+    from refine.config import RefineConfig
+    from refine.loop import net_gain_rank
+    from refine.regions import regions_from_labels
+
+    regions = regions_from_labels(region_ids, "grid", "pixels")
+    if cost is not None:
+        regions = regions.with_cost("dominant_clicks")
+    cfg = RefineConfig().with_overrides(review={"relabel": relabel})
+    ctx = SimpleNamespace(probs=lambda: probs, label_index=labels, regions=regions, config=cfg)
+    return net_gain_rank(ctx)
+
+
+def test_net_gain_counts_what_a_dominant_answer_would_break() -> None:
+    # region 0: labels all 0, the model is sure every pixel is class 1 -> gain 4 of 4 px
+    # region 1: half the pixels are class 0 and half class 1 (sure), labels all 0: a dominant
+    #           answer can fix 2 and must break... nothing it did not already have: gain 0
+    ids = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    labels = np.zeros((2, 4), np.int16)
+    p1 = np.array([[1, 1, 1, 0], [1, 1, 1, 0]], float)
+    probs = np.stack([1 - p1, p1]).astype(np.float32)
+    gain = _net_gain(probs, labels, ids, "dominant")
+    np.testing.assert_allclose(gain, [1.0, 0.0])  # per pixel of cost
+    # pixel-exact answers fix the 2 wrong pixels of region 1 too
+    np.testing.assert_allclose(_net_gain(probs, labels, ids, "pixel"), [1.0, 0.5])
+
+
+def test_net_gain_is_per_unit_cost_and_counts_unlabelled_pixels() -> None:
+    ids = np.array([[0, 0, 1, 1]])
+    labels = np.array([[-1, -1, 0, 0]], np.int16)  # region 0 unlabelled
+    probs = np.array([[[0.9, 0.9, 0.9, 0.9]], [[0.1, 0.1, 0.1, 0.1]]], np.float32)
+    gain = _net_gain(probs, labels, ids, "dominant", cost="clicks")
+    np.testing.assert_allclose(gain, [1.8, 0.0], atol=1e-6)  # one click each
