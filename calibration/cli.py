@@ -99,7 +99,7 @@ def audit(
     from tiles.config import paths_in
     from tiles.io import check_output_dir
 
-    given = [p for p in (predictions, annotations, config_path) if p is not None]
+    given = [p for p in (predictions, annotations, modeling, config_path) if p is not None]
     check_output_dir(out_dir, [*given, *paths_in(cfg)], replaces=True, marker="audit.json")
     if predictions is not None or annotations is not None:
         if predictions is None or annotations is None:
