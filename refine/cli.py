@@ -49,7 +49,7 @@ def main() -> None:
 @click.option("--heldout-scene", type=_path, help="Another scene to measure the model's mIoU on.")
 @click.option("--heldout-truth", type=_path, help="Ground truth of --heldout-scene.")
 @click.option(
-    "--strategy", help="Override strategy.score (default net_gain; e.g. disagreement, margin, entropy, bald, random)."
+    "--strategy", help="Override strategy.score (default self_confidence; e.g. net_gain, disagreement, margin, entropy, bald, random)."
 )
 @click.option(
     "--resume",

@@ -165,7 +165,11 @@ class TrainSettings(_Section):
 class StrategySettings(_Section):
     """What makes a region worth reviewing."""
 
-    score: str = Field("net_gain", description="Pixel score or registered region strategy.")
+    score: str = Field(
+        "self_confidence",
+        description="Pixel score or registered region strategy (default chosen by the real-scene "
+        "benchmark, docs/benchmarks.md).",
+    )
     aggregate: Literal["mean", "max", "sum", "top_quantile", "softmax", "softmin"] = "mean"
     q: float = Field(0.1, gt=0.0, le=1.0)
     temperature: float = Field(0.1, gt=0.0)

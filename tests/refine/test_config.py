@@ -36,7 +36,7 @@ def test_demo_config_loads_and_resolves_paths_against_its_folder() -> None:
 def test_defaults_without_a_file() -> None:
     cfg = load_config(None)
     assert cfg == RefineConfig()
-    assert cfg.strategy.score == "net_gain" and cfg.select.unit == "fraction"
+    assert cfg.strategy.score == "self_confidence" and cfg.select.unit == "fraction"
     assert cfg.strategy.objective == "value" and cfg.autocorrect.enabled
 
 
