@@ -1189,8 +1189,16 @@ def config_text(data: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- Markdown
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def md_escape(text: Any) -> str:
+    """Text (category names, findings) as literal Markdown: no HTML, no emphasis, no links."""
+    return str(text).translate(_MD_SPECIAL)
+
+
 def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    clean = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    clean = md_escape
     lines = ["| " + " | ".join(clean(h) for h in head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(clean(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -1200,7 +1208,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     """Markdown for a review: findings, tables, and figures referenced as ``figures/*.png``."""
     level = round(100 * data["inputs"]["metrics_config"].get("ci_level", 0.95))
     out = [f"# {data['title']}", "", f"_{_subtitle(data)}_", "", "## What is wrong, and where", ""]
-    out += [f"- **{f['topic']}** ({f['severity']}): {f['text']}" for f in data["findings"]]
+    out += [f"- **{md_escape(f['topic'])}** ({f['severity']}): {md_escape(f['text'])}" for f in data["findings"]]
     head, rows = metric_rows(data)
     out += [
         "",

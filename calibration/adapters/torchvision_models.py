@@ -298,10 +298,15 @@ def images_from_folder(folder: str | os.PathLike) -> list[ImageRecord]:
 
 
 def images_from_coco(
-    images_dir: str | os.PathLike, annotations: str | os.PathLike
+    images_dir: str | os.PathLike, annotations: str | os.PathLike, allow_outside: bool = False
 ) -> list[ImageRecord]:
-    """The images a COCO annotations file lists, resolved under ``images_dir``."""
+    """The images a COCO annotations file lists, resolved under ``images_dir``.
+
+    A ``file_name`` that leads out of ``images_dir`` (absolute, ``..``, a link) is refused
+    unless ``allow_outside``, with the same message whether or not the target exists.
+    """
     from calibration.detections import GroundTruth
+    from tiles.io import resolve_inside
 
     gt = GroundTruth.from_coco_json(annotations)
     root = Path(images_dir)
@@ -309,7 +314,9 @@ def images_from_coco(
         raise TrustmapError("images folder not found", root)
     im = gt.images
     records = [
-        ImageRecord(int(i), root / str(f), int(w), int(h))
+        ImageRecord(
+            int(i), resolve_inside(root, str(f), annotations, "image file_name", allow_outside), int(w), int(h)
+        )
         for i, f, w, h in zip(im.id, im.file_name, im.width, im.height, strict=True)
     ]
     missing = [r.path for r in records if not r.path.is_file()]

@@ -513,9 +513,7 @@ CASES = [
     C("audit-bootstrap-negative", "calibration", AUD + " --out {d}/audit --bootstrap -1", "--bootstrap", code=2),
     C("audit-coco-file-name-escapes", "calibration", "audit --config {d}/run.yaml --out {d}/audit", "points outside",
       setup=_all(lambda d: (d / "imgs").mkdir(), _gt(images=[{"id": 1, "file_name": "../../outside/x.png", "width": 64, "height": 64}]),
-                 _yaml("run.yaml", "detector: {model: sample}\ndata: {coco: {annotations: bad_gt.json, images: imgs}}\n")),
-      xfail="COCO file_name is resolved in calibration/adapters/torchvision_models.images_from_coco, "
-            "which does not call tiles.io.resolve_inside yet"),
+                 _yaml("run.yaml", "detector: {model: sample}\ndata: {coco: {annotations: bad_gt.json, images: imgs}}\n"))),
     # --- refine simulate ---------------------------------------------------------------------------------------------
     C("refine-out-holds-scene", "refine", SIM + " --out {d}", "contains the input"),
     C("refine-restart-inputs-inside-out", "refine",
@@ -648,8 +646,6 @@ def test_empty_predictions_are_an_audit_not_a_crash(ws: Path) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-@pytest.mark.xfail(strict=True, reason="calibration/report.py writes category names into audit.md without "
-                   "escaping Markdown/HTML (only '|' is escaped)")
 def test_audit_markdown_escapes_category_names(ws: Path) -> None:
     gt = json.loads((ws / "gt.json").read_text())
     gt["categories"][0]["name"] = "<img src=x onerror=alert(1)> *car*"
