@@ -1189,7 +1189,7 @@ def config_text(data: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- Markdown
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*|"} | {"<": "&lt;", ">": "&gt;"})
 
 
 def md_escape(text: Any) -> str:

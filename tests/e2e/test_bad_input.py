@@ -512,8 +512,8 @@ CASES = [
       setup=_yaml("bad.yaml", "metrics: [unclosed\n")),
     C("audit-bootstrap-negative", "calibration", AUD + " --out {d}/audit --bootstrap -1", "--bootstrap", code=2),
     C("audit-coco-file-name-escapes", "calibration", "audit --config {d}/run.yaml --out {d}/audit", "points outside",
-      setup=_all(lambda d: (d / "imgs").mkdir(), _gt(images=[{"id": 1, "file_name": "../../outside/x.png", "width": 64, "height": 64}]),
-                 _yaml("run.yaml", "detector: {model: sample}\ndata: {coco: {annotations: bad_gt.json, images: imgs}}\n"))),
+      setup=_all(lambda d: (d / "imgs").mkdir(), _gt(images=[{"id": 1, "file_name": "../../outside/x.png", "width": 64, "height": 64}], annotations=[]),
+                 _yaml("run.yaml", "detector: {model: sample_fasterrcnn}\ndata: {coco: {annotations: bad_gt.json, images: imgs}}\n"))),
     # --- refine simulate ---------------------------------------------------------------------------------------------
     C("refine-out-holds-scene", "refine", SIM + " --out {d}", "contains the input"),
     C("refine-restart-inputs-inside-out", "refine",
