@@ -1198,7 +1198,10 @@ class Refinement:
     # --- derived outputs -----------------------------------------------------------------------------
     def write_changes_csv(self) -> Path:
         """``changes.csv``: one row per (round, region, code before, code after) with its pixel count."""
-        names = {c.code: c.name for c in self.schema.classes} | {self.schema.ignore: "ignore"}
+        def cell(name: str) -> str:  # a spreadsheet must never run a class name as a formula
+            return "'" + name if name[:1] in ("=", "+", "-", "@", "\t", "\r") else name
+
+        names = {c.code: cell(c.name) for c in self.schema.classes} | {self.schema.ignore: "ignore"}
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["round", "region", "from_code", "from_class", "to_code", "to_class", "pixels"])
