@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("transformers")
+import transformers  # noqa: E402,F401 - a test extra: a missing install must fail, not skip
 
 from calibration.adapters.detr import build_detr, finetune_detr, load_detr  # noqa: E402
 from calibration.detections import AnnotationTable, GroundTruth, ImageTable  # noqa: E402

@@ -39,7 +39,7 @@ from shapely.geometry import box
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-DATA_DIRS = [ROOT / "tests" / "data", ROOT.parent / "shared" / "data"]
+DATA_DIRS = [ROOT / "tests" / "data"]  # part of the repository: any clone has them
 CRS = "EPSG:32618"
 TF = Affine(2.0, 0, 500_000.0, 0, -2.0, 4_100_000.0)
 
@@ -212,7 +212,7 @@ def _earlier_export(d: Path) -> None:
 
 
 def _real(*names: str) -> Callable[[Path], None]:
-    """Copies of the real files from ../shared/data (or tests/data) into the case folder."""
+    """Copies of the real files from tests/data into the case folder."""
 
     def setup(d: Path) -> None:
         for name in names:
@@ -264,8 +264,8 @@ class Case:
     marks: list = field(default_factory=list)
 
 
-def C(id, cli, args, needle, code=1, setup=None, xfail=None):  # noqa: N802 - reads like a table
-    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
+def C(id, cli, args, needle, code=1, setup=None):  # noqa: N802 - reads like a table
+    marks: list = []
     return Case(id, cli, args.split() if isinstance(args, str) else args, needle, code, setup, marks)
 
 
@@ -437,7 +437,7 @@ CASES = [
     C("export-mask-two-bands", "tiles", "export-qgis {d}/twoband.tif --classes {d}/classes.yaml --out {d}/q", "twoband.tif"),
     C("export-bad-classes", "tiles", "export-qgis {d}/mask.tif --classes {d}/bad.yaml --out {d}/q", "bad.yaml",
       setup=_schema('classes: [{code: 1, name: "a\\x00", color: "#000000"}]')),
-    # --- real scenes from ../shared/data ---------------------------------------------------------------------------
+    # --- real scenes from tests/data -------------------------------------------------------------------------------
     C("real-quicklook-png-is-scene", "tiles", "quicklook {d}/RGB.byte.tif --png {d}/RGB.byte.tif", "is the input",
       setup=_real("RGB.byte.tif")),
     C("real-quicklook-tif-is-scene", "tiles", "quicklook {d}/OSBS_029.tif --tif {d}/OSBS_029.tif", "is the input",
@@ -659,7 +659,7 @@ def test_audit_markdown_escapes_category_names(ws: Path) -> None:
 
 
 def test_real_file_inputs_survive(ws: Path) -> None:
-    """The real scene from ../shared/data: quick-look and align onto it may not replace it."""
+    """The real scene from tests/data: quick-look and align onto it may not replace it."""
     real = ws / "RGB.byte.tif"
     shutil.copy(real_file("RGB.byte.tif"), real)
     before = snapshot(ws)
