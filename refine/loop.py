@@ -33,557 +33,44 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 
 from refine.autocorrect import ConfidenceTally
 from refine.config import RefineConfig, config_error
-from refine.metrics import Scores, review_precision, score_labels, score_raster, track_errors
+from refine.evaluation import Evaluator, SimulationResult, curve  # noqa: F401
+from refine.inputs import (  # noqa: F401
+    LoadedInputs,
+    SimulationInputs,
+    _label_profile,
+    fuse_sources,
+    load_inputs,
+    prepare_sample,
+    read_labels,
+    write_labels,
+)
 from refine.model import SceneImage, SegmentationModel
-from refine.oracle import ChangeRecord, Expert, SimulatedExpert, apply_corrections
+from refine.oracle import ChangeRecord, Corrections, Expert, SimulatedExpert, apply_corrections
 from refine.regions import Regions, build_regions
-from refine.session import RunDir, jsonable, write_record
+from refine.rounds import Proposal
+from refine.session import RunDir, write_record
+from refine.strategies import (  # noqa: F401
+    STRATEGIES,
+    RoundContext,
+    Strategy,
+    get_strategy,
+    net_gain_rank,
+    register_strategy,
+)
 from tiles.classes import ClassSchema, load_schema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, write_text_atomic
-from tiles.raster import open_raster, require_crs
 
 Echo = Callable[[str], None]
 STEPS = ("train", "predict", "score", "select", "review")
-
-
-# --- strategies ------------------------------------------------------------------------------------
-@dataclass
-class RoundContext:
-    """What a region-ranking strategy may look at in one round (never the truth)."""
-
-    round: int
-    config: RefineConfig
-    schema: ClassSchema
-    scene: SceneImage
-    regions: Regions
-    labels: np.ndarray
-    """(H, W) uint8 codes of the current label version."""
-    valid: np.ndarray
-    reviewed: np.ndarray
-    """(R,) bool: regions reviewed in earlier rounds (the selection skips them anyway)."""
-    votes: np.ndarray | None = None
-    """(A, H, W) uint8 codes of the cheap sources, when there are several."""
-    model: SegmentationModel | None = None
-    probs_path: Path | None = None
-    bald_path: Path | None = None
-    seed: int = 0
-    _probs: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def label_index(self) -> np.ndarray:
-        """(H, W) int16 class indices, -1 for ignore and nodata."""
-        idx = self.schema.code_to_index()[self.labels]
-        idx[~self.valid] = -1
-        return idx
-
-    def probs(self) -> np.ndarray:
-        """(C, H, W) float32 model probabilities of this round (NaN on nodata)."""
-        if self._probs is None:
-            if self.probs_path is None:
-                raise TrustmapError(
-                    f"strategy {self.config.strategy.score!r} needs model probabilities"
-                )
-            with rasterio.open(self.probs_path) as ds:
-                self._probs = ds.read()
-        return self._probs
-
-    def predicted_index(self) -> np.ndarray:
-        """(H, W) argmax class index of the model, -1 on nodata."""
-        p = self.probs()
-        idx = np.argmax(np.nan_to_num(p, nan=-1.0), axis=0).astype(np.int16)
-        idx[~np.isfinite(p[0])] = -1
-        return idx
-
-    def bald(self) -> np.ndarray:
-        if self.bald_path is None:
-            raise TrustmapError("BALD needs MC-dropout samples (strategy.mc_samples)")
-        with rasterio.open(self.bald_path) as ds:
-            return ds.read(1)
-
-    def aggregate(self, score: np.ndarray) -> np.ndarray:
-        """Pool a pixel score (H, W) over the regions as configured (strategy.aggregate)."""
-        from refine.select import aggregate
-
-        s = self.config.strategy
-        return aggregate(
-            score,
-            self.regions.labels,
-            self.regions.n,
-            s.aggregate,
-            q=s.q,
-            temperature=s.temperature,
-        )
-
-
-RankFn = Callable[[RoundContext], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """A way to rank regions: ``rank(ctx)`` -> (R,) priority, higher first, NaN = never."""
-
-    name: str
-    rank: RankFn | None
-    needs_model: bool = True
-    needs_mc: bool = False
-    random: bool = False
-    description: str = ""
-
-
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def register_strategy(
-    name: str,
-    rank: RankFn | None,
-    *,
-    needs_model: bool = True,
-    needs_mc: bool = False,
-    random: bool = False,
-    description: str = "",
-    replace: bool = False,
-) -> Strategy:
-    """Add a region-ranking strategy usable as ``strategy.score: NAME`` in configs.
-
-    ``rank(ctx)`` returns one priority per region (higher = review first; NaN = never).
-    ``needs_model`` makes the loop train and predict before ranking; ``needs_mc`` asks for
-    MC-dropout BALD maps (``ctx.bald()``).
-    """
-    if name in STRATEGIES and not replace:
-        raise TrustmapError(f"strategy {name!r} is already registered (pass replace=True)")
-    if rank is None and not random:
-        raise TrustmapError(f"strategy {name!r} needs a rank function")
-    STRATEGIES[name] = Strategy(name, rank, needs_model, needs_mc, random, description)
-    return STRATEGIES[name]
-
-
-def get_strategy(name: str, source: str | os.PathLike | None = None) -> Strategy:
-    if name not in STRATEGIES:
-        raise config_error(
-            "strategy.score",
-            f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}",
-            source,
-        )
-    return STRATEGIES[name]
-
-
-def _pixel_score_rank(name: str) -> RankFn:
-    def rank(ctx: RoundContext) -> np.ndarray:
-        from refine.scores import NEEDS_LABELS, compute_score
-
-        labels = ctx.label_index if name in NEEDS_LABELS else None
-        return ctx.aggregate(compute_score(name, ctx.probs(), labels))
-
-    return rank
-
-
-def _bald_rank(ctx: RoundContext) -> np.ndarray:
-    return ctx.aggregate(ctx.bald())
-
-
-def _annotator_rank(ctx: RoundContext) -> np.ndarray:
-    from refine.scores import annotator_disagreement
-
-    if ctx.votes is None or ctx.votes.shape[0] < 2:
-        raise config_error(
-            "strategy.score", "annotator_disagreement needs at least two cheap label sources", None
-        )
-    votes = ctx.schema.code_to_index()[ctx.votes]
-    score = annotator_disagreement(votes=votes, num_classes=ctx.schema.num_classes, normalize=True)
-    score[~ctx.valid] = np.nan
-    return ctx.aggregate(score)
-
-
-def net_gain_rank(ctx: RoundContext) -> np.ndarray:
-    """Expected net pixels fixed by reviewing each region, per unit of its cost.
-
-    A look-ahead at what the answer will do, as in ALC (Kim et al. 2024), with the model's
-    probabilities standing in for the truth: a pixel-exact answer fixes every wrong pixel,
-    expected sum(1 - p_y); a dominant answer gives the whole region one class d, which fixes
-    the pixels of class d and breaks the right pixels of other classes, expected
-    sum p_d - sum p_y with d the class of largest expected area. So a mixed region whose
-    dominant relabel would break as much as it fixes is worth nothing. Unlabelled pixels
-    count p_y = 0 (any answer labels them).
-    """
-    p = ctx.probs()
-    y = ctx.label_index
-    n, c = ctx.regions.n, p.shape[0]
-    rid = ctx.regions.labels
-    gain = np.zeros(n, np.float64)
-    per_class = np.zeros((n, c), np.float64)
-    from refine.autocorrect import row_windows
-
-    for rows in row_windows(*rid.shape, c):
-        r = rid[rows].reshape(-1)
-        pw = p[:, rows].reshape(c, -1)
-        yw = y[rows].reshape(-1)
-        keep = (r >= 0) & np.isfinite(pw[0])
-        r, pw, yw = r[keep], pw[:, keep], yw[keep]
-        p_y = np.where(yw >= 0, pw[np.maximum(yw, 0), np.arange(yw.size)], 0.0)
-        gain -= np.bincount(r, weights=p_y, minlength=n)
-        for k in range(c):
-            per_class[:, k] += np.bincount(r, weights=pw[k], minlength=n)
-    if ctx.config.review.relabel == "pixel":
-        gain += ctx.regions.area.astype(np.float64)
-    else:
-        gain += per_class.max(axis=1)
-    return gain / ctx.regions.cost
-
-
-def _register_builtins() -> None:
-    from refine.scores import SCORES
-
-    for name in SCORES:
-        if name in ("bald", "annotator_disagreement"):
-            continue
-        register_strategy(
-            name, _pixel_score_rank(name), description=f"mean {name} of the model", replace=True
-        )
-    register_strategy(
-        "bald", _bald_rank, needs_mc=True, description="BALD by MC dropout", replace=True
-    )
-    register_strategy(
-        "annotator_disagreement", _annotator_rank, needs_model=False, description="vote entropy of the cheap sources",
-        replace=True,
-    )  # fmt: skip
-    register_strategy(
-        "random", None, needs_model=False, random=True, description="random baseline", replace=True
-    )
-    register_strategy(
-        "net_gain", net_gain_rank,
-        description="expected net pixels fixed per unit cost (look-ahead at the relabel)", replace=True,
-    )  # fmt: skip
-
-
-_register_builtins()
-
-
-# --- inputs ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SimulationInputs:
-    """Files of a simulation: a scene, one or more cheap label rasters on its grid, the truth."""
-
-    scene: Path
-    labels: tuple[Path, ...]
-    truth: Path
-    heldout_scene: Path | None = None
-    heldout_truth: Path | None = None
-    classes: Path | None = None
-    """Overrides ``config.classes`` when given."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return jsonable(
-            {
-                "scene": self.scene,
-                "labels": list(self.labels),
-                "truth": self.truth,
-                "heldout_scene": self.heldout_scene,
-                "heldout_truth": self.heldout_truth,
-                "classes": self.classes,
-            }
-        )
-
-
-def _label_profile(ref: rasterio.DatasetReader | dict, schema: ClassSchema) -> dict[str, Any]:
-    get = ref.get if isinstance(ref, dict) else lambda k: getattr(ref, k)
-    width, height = int(get("width")), int(get("height"))
-    block = 256 if min(width, height) >= 256 else 16
-    return {
-        "driver": "GTiff", "dtype": "uint8", "count": 1, "width": width, "height": height,
-        "crs": get("crs"), "transform": get("transform"), "nodata": schema.ignore, "tiled": True,
-        "blockxsize": block, "blockysize": block, "compress": "deflate", "predictor": 2,
-    }  # fmt: skip
-
-
-def write_labels(
-    path: str | os.PathLike,
-    codes: np.ndarray,
-    profile: dict[str, Any],
-    schema: ClassSchema,
-    description: str = "class",
-) -> Path:
-    """Write a uint8 label raster (colour table, ignore as nodata) atomically."""
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(np.asarray(codes, np.uint8), 1)
-        dst.write_colormap(1, schema.colormap())
-        dst.set_band_description(1, description)
-    return Path(path)
-
-
-def prepare_sample(
-    config: RefineConfig, out_dir: str | os.PathLike, echo: Echo | None = None
-) -> SimulationInputs:
-    """Generate the sample scene, its truth, cheap labels and a held-out scene from ``config``.
-
-    Deterministic by the config's seeds; files that already exist (a resumed run with the
-    same config) are kept, since each was written atomically.
-    """
-    from refine.noise import CrowdConfig, ModelNoiseConfig, simulate_crowd, simulate_model
-    from tiles.samples import make_sample
-
-    out = Path(out_dir)
-    schema = load_schema(config.classes)
-    s, cheap = config.sample, config.cheap
-    scene_dir, held_dir = out / "sample", out / "heldout"
-    parts = ("scene.tif", "truth.tif", "quicklook.png")
-    if not all((scene_dir / p).exists() for p in parts):
-        (echo or (lambda _: None))(f"generating the {s.size}x{s.size} sample scene (seed {s.seed})")
-        make_sample(scene_dir, size=s.size, seed=s.seed, schema_path=config.classes)
-    if not all((held_dir / p).exists() for p in parts):
-        make_sample(held_dir, size=s.heldout_size, seed=s.heldout_seed, schema_path=config.classes)
-    n = cheap.annotators if cheap.source == "crowd" else 1
-    names = [out / f"cheap_{cheap.source}_{i + 1}.tif" for i in range(n)]
-    if not all(p.exists() for p in names):
-        with (
-            rasterio.open(scene_dir / "scene.tif") as ds,
-            rasterio.open(scene_dir / "truth.tif") as ts,
-        ):
-            bands, truth = ds.read(), ts.read(1)
-        if cheap.source == "crowd":
-            stack = simulate_crowd(
-                truth, schema, CrowdConfig(n_annotators=n, noise=cheap.noise, seed=cheap.seed)
-            )
-        else:
-            stack = simulate_model(
-                truth, bands, schema, ModelNoiseConfig(noise=cheap.noise, seed=cheap.seed)
-            )[None]
-        with rasterio.open(scene_dir / "truth.tif") as ref:
-            profile = _label_profile(ref, schema)
-        for i, path in enumerate(names):
-            write_labels(
-                path,
-                stack[i],
-                profile,
-                schema,
-                description=f"cheap labels ({cheap.source} {i + 1})",
-            )
-    return SimulationInputs(
-        scene=scene_dir / "scene.tif",
-        labels=tuple(names),
-        truth=scene_dir / "truth.tif",
-        heldout_scene=held_dir / "scene.tif",
-        heldout_truth=held_dir / "truth.tif",
-        classes=Path(config.classes),
-    )
-
-
-def _grid_of(ds: rasterio.DatasetReader) -> str:
-    t = ds.transform
-    return f"{ds.width}x{ds.height} px, origin ({t.c:.6g}, {t.f:.6g}), pixel {t.a:g} x {t.e:g}, {ds.crs}"
-
-
-def read_labels(path: Path, scene: SceneImage, schema: ClassSchema, role: str) -> np.ndarray:
-    """Read labels on the scene's grid: a single-band code raster, or a vector file.
-
-    A raster on another grid (CRS, transform or size) is an error rather than silently
-    resampled: label pixels are data, and the fix (``tiles align``) should be a deliberate,
-    visible step. Vector labels have no grid of their own; they are rasterised onto the
-    scene's with :mod:`tiles.align` (pixel centres, class from a code or name attribute).
-    """
-    from tiles.align import VECTOR_SUFFIXES, LabelSource
-
-    if path.suffix.lower() in VECTOR_SUFFIXES:
-        source = LabelSource.open(path, scene.path, schema)
-        return source.read(Window(0, 0, scene.width, scene.height))
-    with open_raster(path) as ds:
-        require_crs(ds, path)
-        if ds.count != 1:
-            raise TrustmapError(
-                f"{role} must be single-band class codes, it has {ds.count} bands", path
-            )
-        if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
-            raise TrustmapError(
-                f"{role} must hold integer class codes, it holds {ds.dtypes[0]}", path
-            )
-        same = (
-            ds.width == scene.width
-            and ds.height == scene.height
-            and ds.crs == scene.crs
-            and ds.transform.almost_equals(
-                scene.transform, precision=1e-6 * max(abs(scene.transform.a), 1e-9)
-            )
-        )
-        if not same:
-            raise TrustmapError(
-                f"{role} does not align with the scene: it is {_grid_of(ds)}, the scene is "
-                f"{scene.width}x{scene.height} px, origin ({scene.transform.c:.6g}, {scene.transform.f:.6g}), "
-                f"pixel {scene.transform.a:g} x {scene.transform.e:g}, {scene.crs}; bring it onto the scene "
-                f"grid first: tiles align {path} --scene {scene.path} --classes CLASSES.yaml --out aligned.tif",
-                path,
-            )
-        data = ds.read(1)
-    schema.check_codes(data, path)
-    return data.astype(np.uint8)
-
-
-@dataclass
-class LoadedInputs:
-    """Inputs read and checked: the scene, the cheap sources, the truth, the held-out pair."""
-
-    scene: SceneImage
-    sources: np.ndarray
-    """(A, H, W) uint8 cheap labels."""
-    truth: np.ndarray | None
-    heldout: tuple[SceneImage, np.ndarray] | None
-    valid: np.ndarray
-
-
-def load_inputs(inputs: SimulationInputs, schema: ClassSchema) -> LoadedInputs:
-    """Check every input file before any work: grids, codes, empty scenes, missing truth."""
-    if inputs.truth is None:
-        raise TrustmapError(
-            "simulate needs the ground truth (--truth): the simulated expert answers from it"
-        )
-    if not inputs.labels:
-        raise TrustmapError("simulate needs at least one cheap label raster (--labels)")
-    with open_raster(inputs.scene) as ds:
-        require_crs(ds, inputs.scene)
-    scene = SceneImage(inputs.scene)
-    valid = scene.valid_mask()
-    if not valid.any():
-        raise TrustmapError(
-            "scene is empty: every pixel is nodata, there is nothing to label", inputs.scene
-        )
-    sources = np.stack(
-        [read_labels(Path(p), scene, schema, "cheap label raster") for p in inputs.labels]
-    )
-    truth = read_labels(Path(inputs.truth), scene, schema, "ground truth")
-    if not np.any((truth != schema.ignore) & valid):
-        raise TrustmapError(
-            "ground truth has no labelled pixel inside the scene's valid area", inputs.truth
-        )
-    heldout = None
-    if (inputs.heldout_scene is None) != (inputs.heldout_truth is None):
-        raise TrustmapError("give both --heldout-scene and --heldout-truth, or neither")
-    if inputs.heldout_scene is not None:
-        with open_raster(inputs.heldout_scene) as ds:
-            require_crs(ds, inputs.heldout_scene)
-        hs = SceneImage(inputs.heldout_scene)
-        if hs.count != scene.count:
-            raise TrustmapError(
-                f"held-out scene has {hs.count} bands, the scene {scene.count}",
-                inputs.heldout_scene,
-            )
-        ht = read_labels(Path(inputs.heldout_truth), hs, schema, "held-out truth")
-        heldout = (hs, ht)
-    return LoadedInputs(scene, sources, truth, heldout, valid)
-
-
-def fuse_sources(sources: np.ndarray, schema: ClassSchema, how: str) -> np.ndarray:
-    """One starting label from several cheap sources (majority vote or Dawid-Skene)."""
-    if sources.shape[0] == 1:
-        return sources[0].copy()
-    from refine.fusion import dawid_skene, majority_vote
-
-    return (
-        majority_vote(sources, schema) if how == "majority" else dawid_skene(sources, schema).labels
-    )
-
-
-# --- evaluation (holds the truth; returns only numbers) -------------------------------------------
-class Evaluator:
-    """Scores label versions and models against the truth; gives the loop numbers only."""
-
-    def __init__(
-        self,
-        truth: np.ndarray,
-        start: np.ndarray,
-        schema: ClassSchema,
-        heldout: tuple[SceneImage, np.ndarray] | None,
-    ):
-        self._truth = truth
-        self._start = start
-        self.schema = schema
-        self._heldout = heldout
-
-    @property
-    def has_heldout(self) -> bool:
-        return self._heldout is not None
-
-    def labels(self, labels: np.ndarray) -> dict[str, Any]:
-        scores: Scores = score_labels(labels, self._truth, self.schema)
-        errors = track_errors(self._start, labels, self._truth, self.schema.ignore)
-        return {"scores": scores.to_dict(), "errors": errors.to_dict()}
-
-    def source(self, labels: np.ndarray) -> dict[str, Any]:
-        return score_labels(labels, self._truth, self.schema).to_dict()
-
-    def reviewed(self, before: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-        return review_precision(before, self._truth, mask, self.schema.ignore)
-
-    def auto(self, auto: np.ndarray, curated: np.ndarray) -> dict[str, Any]:
-        """How the auto-corrections (``auto`` codes, ignore = none) did against the truth."""
-        ig = self.schema.ignore
-        on = (auto != ig) & (self._truth != ig)
-        right_now = auto[on] == self._truth[on]
-        right_before = curated[on] == self._truth[on]
-        n = int(on.sum())
-        return {
-            "pixels_scored": n,
-            "precision": float(right_now.mean()) if n else float("nan"),
-            "fixed": int(np.count_nonzero(right_now & ~right_before)),
-            "broken": int(np.count_nonzero(~right_now & right_before)),
-        }
-
-    def model(self, model: SegmentationModel, work: Path) -> dict[str, Any] | None:
-        if self._heldout is None:
-            return None
-        scene, truth = self._heldout
-        path = model.predict_proba(
-            scene, work / "heldout_probs.tif", desc="predict held-out", compress="none"
-        )
-        return score_raster(path, truth, self.schema, probabilities=True).to_dict()
-
-
-# --- the loop -------------------------------------------------------------------------------------
-@dataclass
-class SimulationResult:
-    """What :func:`run_simulation` produced: the per-round records and the output files."""
-
-    out_dir: Path
-    setup: dict[str, Any]
-    rounds: list[dict[str, Any]]
-    final: dict[str, Any] | None
-    report: dict[str, Any]
-    refined: Path
-    outputs: dict[str, Path]
-
-    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(budget spent, value) over rounds 0..R for ``label_miou``, ``error_recall``,
-        ``label_accuracy`` or ``model_miou`` (the model at the budget it was trained on)."""
-        return curve(self.setup, self.rounds, self.final, key)
-
-
-def curve(
-    setup: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None, key: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """See :meth:`SimulationResult.curve`."""
-    recs = [setup, *rounds]
-    if key in ("label_miou", "label_accuracy", "error_recall"):
-        field_ = {
-            "label_miou": ("scores", "miou"),
-            "label_accuracy": ("scores", "accuracy"),
-            "error_recall": ("errors", "error_recall"),
-        }[key]
-        x = [r["budget"]["spent_total"] for r in recs]
-        y = [r["labels"][field_[0]][field_[1]] for r in recs]
-        return np.asarray(x, float), np.asarray(y, float)
-    if key == "model_miou":
-        pts = [(r["model"]["trained_on_spent"], r["model"]["heldout"]["miou"]) for r in [*rounds, *( [final] if final else [])]
-               if r.get("model") and r["model"].get("heldout")]  # fmt: skip
-        return np.asarray([p[0] for p in pts], float), np.asarray([p[1] for p in pts], float)
-    raise TrustmapError(f"unknown curve {key!r}")
 
 
 class Refinement:
@@ -603,10 +90,11 @@ class Refinement:
         source: str | os.PathLike | None = None,
         evaluate_model: bool = True,
         echo: Echo | None = None,
-        initial_model: str | os.PathLike | None = None,
+        initial_model: SegmentationModel | str | os.PathLike | None = None,
     ):
         self.config = config
-        self.initial_model = Path(initial_model) if initial_model is not None else None
+        self.initial_model = initial_model
+        """Round 1's model, already trained on the starting labels (a model or a checkpoint)."""
         self.schema = schema
         self.run = run
         self.scene = scene
@@ -853,10 +341,14 @@ class Refinement:
         t0 = time.perf_counter()
         tr = self.config.train
         if self.model is None and round_ == 1 and self.initial_model is not None:
-            self.model = SegmentationModel.load(
-                self.initial_model, self.schema, threads=self.config.threads
+            given = self.initial_model
+            self.model = (
+                given
+                if isinstance(given, SegmentationModel)
+                else SegmentationModel.load(given, self.schema, threads=self.config.threads)
             )
-            info = {"steps": 0, "warm_start": False, "final_loss": None, "given": str(self.initial_model),
+            info = {"steps": 0, "warm_start": False, "final_loss": None,
+                    "given": "model" if isinstance(given, SegmentationModel) else str(given),
                     "steps_total": self.model.steps_trained, "trained_on_round": 0, "trained_on_spent": 0.0}  # fmt: skip
             return info, time.perf_counter() - t0
         fresh = self.model is None or not tr.warm_start
@@ -884,6 +376,17 @@ class Refinement:
         return info, time.perf_counter() - t0
 
     def run_round(self) -> dict[str, Any]:
+        """One round with the expert answering at once: :meth:`propose`, review, :meth:`apply`."""
+        proposal = self.propose()
+        t0 = time.perf_counter()
+        corrections = self.expert.review(proposal.ids, self.regions, self.labels)
+        proposal.times["review"] = time.perf_counter() - t0
+        return self.apply(proposal, corrections)
+
+    def propose(self) -> Proposal:
+        """Train, predict, rank and pick this round's regions (nothing is answered yet)."""
+        from refine.rounds import propose
+
         r = len(self.records) + 1
         times: dict[str, float] = dict.fromkeys(STEPS, 0.0)
         times["evaluate"] = 0.0
@@ -909,39 +412,23 @@ class Refinement:
             valid=self.valid, reviewed=self.reviewed.copy(), votes=self.votes, model=self.model, probs_path=probs_path,
             bald_path=bald_path, seed=self.config.seed * 7919 + r,
         )  # fmt: skip
-        t0 = time.perf_counter()
-        values = None if self.strategy.random else np.asarray(self.strategy.rank(ctx), np.float64)
-        if values is not None and values.shape != (self.regions.n,):
-            raise TrustmapError(
-                f"strategy {self.strategy.name!r} returned {values.shape} values for {self.regions.n} regions"
-            )
-        times["score"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
         budget = max(min(self.per_round * r, self.total_budget) - self.spent, 0.0)
-        audit = self._audit(ctx, budget)
-        if audit.size:
-            from refine.select import Selection
+        selection, audit, t = propose(self.strategy, ctx, budget, self.reviewed, self.labels)
+        times.update(t)
+        return Proposal(r, selection, audit, budget, ctx, model_info, times)
 
-            skip = self.reviewed.copy()
-            skip[audit] = True
-            main = self._select(ctx, values, budget - float(self.regions.cost[audit].sum()), skip)
-            ids = np.concatenate([main.ids, audit])
-            selection = Selection(
-                ids, self.regions.cost[ids], np.concatenate([main.scores, np.full(audit.size, np.nan)]),
-                budget, float(self.regions.cost[ids].sum()),
-            )  # fmt: skip
-        else:
-            selection = self._select(ctx, values, budget)
-        times["select"] = time.perf_counter() - t0
-
+    def apply(self, proposal: Proposal, corrections: Corrections) -> dict[str, Any]:
+        """Fold the answers to ``proposal`` in, auto-correct, evaluate, commit the round."""
+        r, ctx, selection, audit = proposal.round, proposal.context, proposal.selection, proposal.audit
+        budget, model_info, times = proposal.budget, proposal.model_info, proposal.times
+        if r != len(self.records) + 1:
+            raise TrustmapError(f"proposal of round {r} cannot be applied after round {len(self.records)}")
         t0 = time.perf_counter()
-        corrections = self.expert.review(selection.ids, self.regions, self.labels)
         before = self.labels
         new_labels, change = apply_corrections(
             before, corrections, self.regions, self.config.review.relabel, self.schema
         )
-        times["review"] = time.perf_counter() - t0
+        times["review"] = times.get("review", 0.0) + time.perf_counter() - t0
 
         reviewed = self.reviewed.copy()
         reviewed[selection.ids] = True
@@ -1101,70 +588,6 @@ class Refinement:
             for k, code in enumerate(codes.tolist())
         }
         return info, auto, on_reviewed
-
-    def _audit(self, ctx: RoundContext, budget: float) -> np.ndarray:
-        """Regions drawn at random, with probability proportional to their auto-correction
-        candidates, for ``autocorrect.audit_share`` of the round's budget.
-
-        A candidate is an unreviewed labelled pixel where the model disagrees with the label
-        at confidence >= ``autocorrect.min_confidence``. Sampling regions in proportion to
-        their candidates gives every candidate pixel about the same chance to be audited, so
-        the audited answers estimate the precision of the auto-corrections themselves
-        (weighted sampling without replacement, Efraimidis and Spirakis 2006).
-        """
-        a = self.config.autocorrect
-        if not self.autocorrect or ctx.probs_path is None or a.audit_share <= 0 or budget <= 0:
-            return np.zeros(0, np.int64)
-        from refine.autocorrect import candidate_mask, row_windows
-
-        lut = self.schema.code_to_index()
-        probs = ctx.probs()
-        counts = np.zeros(self.regions.n, np.float64)
-        for rows in row_windows(*self.labels.shape, probs.shape[0]):
-            cand = candidate_mask(probs[:, rows], lut[self.labels[rows]], a.min_confidence)
-            rid = self.regions.labels[rows][cand]
-            counts += np.bincount(rid[rid >= 0], minlength=self.regions.n)
-        counts[self.reviewed] = 0.0
-        pool = np.flatnonzero(counts > 0)
-        if not pool.size:
-            return np.zeros(0, np.int64)
-        from refine.select import fill_budget
-
-        rng = np.random.default_rng([self.config.seed, len(self.records) + 1, 0xA0D1])
-        keys = np.log(rng.random(pool.size)) / counts[pool]
-        order = pool[np.argsort(-keys)]
-        return fill_budget(order, self.regions.cost, a.audit_share * budget)
-
-    def _select(
-        self,
-        ctx: RoundContext,
-        values: np.ndarray | None,
-        budget: float,
-        skip: np.ndarray | None = None,
-    ):
-        from refine.select import (
-            class_balance_weights,
-            class_histogram,
-            select_greedy,
-            select_random,
-        )
-
-        costs = self.regions.cost
-        skip = self.reviewed if skip is None else skip
-        if self.strategy.random:
-            return select_random(costs, budget, reviewed=skip, seed=ctx.seed)
-        st = self.config.strategy
-        weights = None
-        if st.class_balance:
-            cls = ctx.label_index  # the labels and the answers, not the model's guesses
-            hist = class_histogram(
-                self.regions.labels, cls, self.regions.n, self.schema.num_classes
-            )
-            weights = class_balance_weights(hist)
-        return select_greedy(
-            values, costs, budget, objective=st.objective, reviewed=skip, weights=weights,
-            centroids=self.regions.centroid, radius=st.diversity_radius, seed=ctx.seed,
-        )  # fmt: skip
 
     def finish_training(self) -> dict[str, Any] | None:
         """Train once more on the last label version, so the model curve ends at the full budget."""
