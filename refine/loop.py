@@ -710,6 +710,7 @@ def _check_budget_fits(
         )
 
 
+@RunDir.closes_on_exit  # the run folder stays locked for exactly this call
 def run_simulation(
     config: RefineConfig,
     out_dir: str | os.PathLike,
@@ -802,8 +803,7 @@ def run_simulation(
                 "auto-corrections of the last round (ignore = not auto-corrected)",
             )  # fmt: skip
             write_raster_style(outputs["autocorrections"], schema)
-        if not loop.records:
-            loop.write_changes_csv()
+        loop.write_changes_csv()  # from the state: a kill after the last commit left an old one
         if export:
             from tiles.qgis import export_qgis
 

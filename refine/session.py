@@ -12,27 +12,49 @@ Layout of ``DIR`` (everything trustmap writes there; nothing else is ever delete
     work/               scratch (probabilities of the current round)
     changes.csv, change_map.tif (+ .qml), autocorrections.tif (+ .qml), qgis/, report.json,
     report.html
+    .trustmap.lock      held (``flock``) by the command working in the folder (:mod:`refine.lock`)
 
 Every ``state/`` entry is staged in a hidden folder and renamed into place
 (:func:`tiles.io.atomic_dir`), so a round is either fully recorded or absent: a run killed
 at any moment resumes from its last complete round with ``resume=True``. The derived files
-(labels/, changes.csv, reports) are rewritten from the state, each atomically.
+(labels/, changes.csv, reports) are rewritten from the state, each atomically; a resume
+republishes every committed round's labels, since a kill can fall between a commit and its
+publication.
+
+One command at a time: :meth:`RunDir.open` takes the folder's lock before it deletes or
+writes anything, and refuses a second ``--resume`` or ``--restart`` while a run is in
+progress (the message names the holder's PID and start). Under the lock it removes the
+staging that killed processes left (hidden names that carry a dead PID, see
+:mod:`tiles.io`); staging of a live process is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import filecmp
+import functools
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from refine.lock import LOCK_FILE, LockInfo, exclusive
 from tiles.errors import TrustmapError
-from tiles.io import atomic_dir, ensure_writable_dir, remove_path, umask, write_text_atomic
+from tiles.io import (
+    _STAGING,  # the staging-name pattern (hidden name, creator's PID, random part, .part/.old)
+    _pid_alive,
+    atomic_dir,
+    atomic_path,
+    ensure_writable_dir,
+    remove_path,
+    umask,
+    write_text_atomic,
+)
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "trustmap.refine.run/1"
@@ -40,6 +62,14 @@ _ROUND = re.compile(r"^round_(\d{3,})$")
 OWNED = ("run.json", "inputs", "state", "labels", "work", "qgis", "changes.csv", "change_map.tif",
          "change_map.qml", "change_map.tif.aux.xml", "autocorrections.tif", "autocorrections.qml",
          "autocorrections.tif.aux.xml", "report.json", "report.html")  # fmt: skip
+COMMAND = "refine simulate"
+_LEGACY_STAGING = re.compile(r"^\..+\.part")  # staging of an older trustmap (no PID in the name)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_scope: contextvars.ContextVar[list[RunDir] | None] = contextvars.ContextVar(
+    "trustmap_run_scope", default=None
+)
+_opened_here: set[str] = set()  # run folders this process opened (and so may discard)
 
 
 class RunDir:
@@ -52,6 +82,8 @@ class RunDir:
         self.labels = self.root / "labels"
         self.work = self.root / "work"
         self.qgis = self.root / "qgis"
+        self.lock: LockInfo | None = None  # set while this object holds the folder
+        self._held = contextlib.ExitStack()
 
     # --- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -61,21 +93,46 @@ class RunDir:
         identity: dict[str, Any],
         resume: bool = False,
         restart: bool = False,
+        command: str = COMMAND,
     ) -> RunDir:
-        """Prepare ``root`` for a run described by ``identity`` (config and inputs).
+        """Prepare ``root`` for a run described by ``identity`` (config and inputs), and lock it.
 
         A missing or empty folder starts a new run. A non-empty one needs ``resume`` (carry
         on; ``identity`` must match the interrupted run's) or ``restart`` (delete the
-        earlier run's files, which must be a refine run's, and start over).
+        earlier run's files, which must be a refine run's, and start over). Either is
+        refused while another command holds the folder. The lock is held until
+        :meth:`close` (or the end of a :meth:`closes_on_exit` call, or a ``with`` block).
         """
         if resume and restart:
             raise TrustmapError("choose either --resume or --restart, not both")
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise TrustmapError("output path exists and is not a directory", root)
+        created = not root.exists()
+        ensure_writable_dir(root)  # the lock lives in the folder: the only write before it
         run = cls(root)
-        entries = [p for p in root.iterdir()] if root.exists() else []
-        previous = run.read_identity() if (root / RUN_FILE).exists() else None
+        had_lock_file = (root / LOCK_FILE).exists()
+        run.lock = run._held.enter_context(exclusive(root, command))
+        try:
+            run._prepare(identity, resume, restart)
+        except BaseException:
+            if not had_lock_file:  # refused: leave the folder as it was (still ours to do)
+                remove_path(root / LOCK_FILE)
+                if created:
+                    with contextlib.suppress(OSError):
+                        root.rmdir()
+            run.close()
+            raise
+        _opened_here.add(os.path.realpath(root))
+        if (scope := _scope.get()) is not None:
+            scope.append(run)
+        return run
+
+    def _prepare(self, identity: dict[str, Any], resume: bool, restart: bool) -> None:
+        """The checks and deletions of :meth:`open`, all under the lock."""
+        root = self.root
+        entries = [p for p in root.iterdir() if p.name != LOCK_FILE and not _stale_staging(p)]
+        previous = self.read_identity() if (root / RUN_FILE).exists() else None
         if entries and not resume and not restart:
             kind = "an earlier refine run" if previous is not None else "files"
             raise TrustmapError(
@@ -95,24 +152,49 @@ class RunDir:
                     "use --restart to start over with the new settings",
                     root,
                 )
-            for stale in [*root.glob(".*.part*"), *run.state.glob(".*.part*")]:  # a killed commit
-                remove_path(stale)
-            ensure_writable_dir(root)
-            return run
-        if restart and entries:
-            if previous is None:
-                raise TrustmapError(
-                    f"refusing to --restart: the folder holds files but no {RUN_FILE}, so it is not "
-                    "a refine run (nothing was deleted)",
-                    root,
-                )
-            run.clear()
-        ensure_writable_dir(root)
+            self.clean_staging()
+            self.republish_labels()
+            return
+        if restart and entries and previous is None:
+            raise TrustmapError(
+                f"refusing to --restart: the folder holds files but no {RUN_FILE}, so it is not "
+                "a refine run (nothing was deleted)",
+                root,
+            )
+        self.clear()  # a restart; or a new run in a folder holding only dead staging
         write_text_atomic(
             root / RUN_FILE,
             json.dumps({"format": RUN_FORMAT, "identity": _jsonable(identity)}, indent=2) + "\n",
         )
-        return run
+
+    def close(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        self.lock = None
+        self._held.close()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def closes_on_exit(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        """Decorator: every run folder that ``fn`` opens is closed (unlocked) when it returns or
+        raises, so the lock lasts exactly one call of a driver like ``run_simulation``."""
+
+        @functools.wraps(fn)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            opened: list[RunDir] = []
+            token = _scope.set(opened)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _scope.reset(token)
+                for run in reversed(opened):
+                    run.close()
+
+        return call
 
     def read_identity(self) -> dict[str, Any] | None:
         path = self.root / RUN_FILE
@@ -129,22 +211,63 @@ class RunDir:
         return data
 
     def clear(self) -> None:
-        """Delete what a refine run writes (and nothing else) from the folder.
+        """Delete what a refine run writes (and nothing else) from the folder (under the lock).
 
         run.json goes last, so a restart interrupted half-way still looks like a run and can
         be restarted again.
         """
+        self.clean_staging()
         for name in OWNED[::-1]:
             remove_path(self.root / name)
-        for hidden in self.root.glob(".*.part*"):  # staging left by a killed process
-            remove_path(hidden)
 
     def discard(self, created: bool) -> None:
-        """Undo a new run that failed before its first commit: no partial output stays."""
-        self.clear()
-        if created:
-            with contextlib.suppress(OSError):
-                self.root.rmdir()  # only if empty
+        """Undo a new run that failed before its first commit: no partial output stays.
+
+        Only a run this process opened, and only while no other command holds the folder: a
+        command refused because the folder was in use must not delete the holder's files.
+        """
+        if os.path.realpath(self.root) not in _opened_here or not self.root.is_dir():
+            return
+        try:
+            with exclusive(self.root, COMMAND):  # re-entrant when called inside the run
+                self.clear()
+                remove_path(self.root / LOCK_FILE)
+                if created:
+                    with contextlib.suppress(OSError):
+                        self.root.rmdir()  # only if empty
+        except TrustmapError:
+            return  # another command holds (or removed) the folder now: it is not ours to undo
+
+    def clean_staging(self) -> list[Path]:
+        """Remove the staging that killed trustmap processes left in this run folder.
+
+        Only hidden staging names (:mod:`tiles.io`'s ``.<name>.<pid>.<random>.part…`` and
+        ``.old``) whose PID is gone, and the PID-less ``.<name>….part`` of older trustmaps at
+        the top, in state/ and in labels/; only in the run's own folders, never following
+        links. Call it under the lock (no other command is then writing here).
+        """
+        removed: list[Path] = []
+        tops = [self.root] + [
+            p for name in OWNED if (p := self.root / name).is_dir() and not p.is_symlink()
+        ]
+        legacy_dirs = {self.root, self.state, self.labels}
+        for top in tops:
+            for parent, dirs, files in os.walk(top, followlinks=False):
+                here = Path(parent)
+                for name in [*dirs, *files]:
+                    entry = here / name
+                    if _stale_staging(entry) or (
+                        here in legacy_dirs
+                        and not _STAGING.match(name)
+                        and _LEGACY_STAGING.match(name)
+                    ):
+                        remove_path(entry)
+                        removed.append(entry)
+                if here == self.root:
+                    dirs.clear()  # the top level only; its owned folders are walked on their own
+                else:
+                    dirs[:] = [d for d in dirs if (here / d).exists() and not _STAGING.match(d)]
+        return removed
 
     # --- committed state ----------------------------------------------------------------------------
     def round_dir(self, r: int) -> Path:
@@ -192,20 +315,47 @@ class RunDir:
             ) from None
 
     def publish_labels(self, r: int, source: Path) -> Path:
-        """Expose a label version as labels/labels_r{r}.tif (a hard link when possible)."""
+        """Expose a label version as labels/labels_r{r}.tif (a hard link when possible).
+
+        Idempotent: a file that already is (or equals) ``source`` is left alone.
+        """
         ensure_writable_dir(self.labels)
         dst = self.labels / f"labels_r{r}.tif"
-        tmp = self.labels / f".labels_r{r}.tif.part"
-        remove_path(tmp)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, dst)
+        if dst.is_file() and (os.path.samefile(source, dst) or filecmp.cmp(source, dst, False)):
+            return dst  # renaming a link onto its own file would leave the staging behind
+        with atomic_path(dst) as tmp:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
         return dst
+
+    def republish_labels(self) -> list[Path]:
+        """Publish the labels of the setup and of every committed round again.
+
+        A run killed between a round's commit and its publication has the round in state/
+        but no labels/labels_rN.tif; resuming must not skip it.
+        """
+        out = []
+        if (self.setup_dir / "labels.tif").is_file():
+            out.append(self.publish_labels(0, self.setup_dir / "labels.tif"))
+        for r in self.completed_rounds():
+            source = self.round_dir(r) / "labels.tif"
+            if not source.is_file():
+                raise TrustmapError(
+                    "committed round has no labels.tif; use --restart to start over", source.parent
+                )
+            out.append(self.publish_labels(r, source))
+        return out
 
     def scratch(self) -> Path:
         return ensure_writable_dir(self.work)
+
+
+def _stale_staging(path: Path) -> bool:
+    """Is ``path`` trustmap staging whose creating process no longer exists?"""
+    m = _STAGING.match(path.name)
+    return m is not None and not _pid_alive(int(m["pid"]))
 
 
 def write_record(folder: Path, record: dict[str, Any]) -> Path:
