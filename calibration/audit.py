@@ -60,6 +60,7 @@ PERSPECTIVE_TEXT = {
     "application": "after the detector's post-processing (score threshold, NMS, top-k): what users see",
     "modeling": "every proposal before threshold, NMS and top-k: the classifier's raw scores",
     "predictions": "the predictions file as given",
+    "calibrated": "the same detections with the calibrator's scores",
 }
 #: Simulated draws per group for its chance and random-subset ECE (see ``GroupCalibration``).
 CHANCE_DRAWS = 200
@@ -146,10 +147,83 @@ def audit_predictions(
         )
 
 
-def audit_model(
-    config: AuditConfig, out: str | os.PathLike, config_path: str | os.PathLike | None = None
+def audit_detections(
+    perspectives: Mapping[str, Detections],
+    gt: GroundTruth,
+    out: str | os.PathLike,
+    config: AuditConfig | None = None,
+    inputs: dict[str, Any] | None = None,
+    config_path: str | os.PathLike | None = None,
 ) -> AuditResult:
-    """Run the configured detector on the configured data, then audit its detections."""
+    """Audit detections already in memory (a scene run, or box files read onto a scene).
+
+    The first perspective drives the post-processing sweeps (re-applied to its table).
+    """
+    cfg = config or AuditConfig()
+    _check_out(out)
+    t0 = time.perf_counter()
+    for dets in perspectives.values():
+        dets.validate(gt)
+    first = next(iter(perspectives.values()))
+    timings = {"load": time.perf_counter() - t0}
+    with atomic_dir(out) as tmp:
+        return _finish(
+            tmp, Path(out), cfg, gt, dict(perspectives), TableSweeper(first), dict(inputs or {}),
+            config_path, timings,
+        )
+
+
+def audit_scene_files(
+    scene: str | os.PathLike,
+    truth: str | os.PathLike,
+    predictions: str | os.PathLike,
+    out: str | os.PathLike,
+    config: AuditConfig | None = None,
+    score_column: str = "score",
+    config_path: str | os.PathLike | None = None,
+) -> AuditResult:
+    """Audit scored box files on one georeferenced tile (``calibration audit --scene``).
+
+    ``truth`` and ``predictions`` are CSVs in pixels (DeepForest's columns) or vector files
+    in map units (any CRS, reprojected onto the tile). The classes are the sorted names
+    found in both files; the tile is the audit's one image.
+    """
+    from calibration.boxfiles import (
+        categories_for,
+        ground_truth,
+        read_scored_boxes,
+        scene_truth,
+        to_detections,
+    )
+
+    cfg = config or AuditConfig()
+    _check_out(out)
+    table = scene_truth(scene, truth)
+    boxes = read_scored_boxes(scene, predictions, score_column=score_column)
+    categories = categories_for(table.labels, boxes.labels)
+    gt = ground_truth(table, categories, truth)
+    dets = to_detections(boxes, categories, source=str(predictions))
+    inputs = {
+        "mode": "scene files",
+        "scene": str(Path(scene).resolve()),
+        "truth": str(Path(truth).resolve()),
+        "predictions": str(Path(predictions).resolve()),
+        "score_column": score_column,
+    }
+    return audit_detections({"predictions": dets}, gt, out, cfg, inputs, config_path)
+
+
+def audit_model(
+    config: AuditConfig,
+    out: str | os.PathLike,
+    config_path: str | os.PathLike | None = None,
+    allow_outside: bool = False,
+) -> AuditResult:
+    """Run the configured detector on the configured data, then audit its detections.
+
+    ``allow_outside``: COCO ``file_name`` entries may lead out of the images folder
+    (``--allow-outside-paths``).
+    """
     if not config.runs_model:
         raise TrustmapError(
             "the config has no 'detector' and 'data': give --predictions and --annotations",
@@ -170,7 +244,7 @@ def audit_model(
     detector.min_score = det_cfg.min_score
     if data.coco is not None:  # checked before anything is written
         gt = GroundTruth.from_coco_json(data.coco.annotations)
-        records = images_from_coco(data.coco.images, data.coco.annotations)
+        records = images_from_coco(data.coco.images, data.coco.annotations, allow_outside)
     timings = {"load": time.perf_counter() - t0}
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -225,7 +299,7 @@ def audit_model(
             app = perspectives.get("application")
             if app is None:
                 app = candidates.postprocess(post.score_thresh, post.nms_iou, post.topk)
-            extras = run_extras(detector, records, gt, app, config, tmp)
+            extras = run_extras(detector, records, gt, app, config, tmp, allow_outside)
             timings["shift_ood_repair"] = time.perf_counter() - t0
         return _finish(
             tmp, out, config, gt, perspectives, sweeper, inputs, config_path, timings, extras

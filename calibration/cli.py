@@ -32,6 +32,25 @@ def main() -> None:
 )
 @click.option("--annotations", type=_path, help="Ground truth: COCO annotations .json.")
 @click.option(
+    "--scene",
+    type=_path,
+    help="A georeferenced tile or scene (GeoTIFF): audit box files on its grid instead of COCO "
+    "files; give --truth and --predictions as CSV (pixels) or GPKG/GeoJSON (map units, any CRS).",
+)
+@click.option(
+    "--truth",
+    type=_path,
+    help="With --scene: ground-truth boxes (CSV xmin,ymin,xmax,ymax,label in pixels, e.g. "
+    "DeepForest's; or polygons in a GPKG/GeoJSON with a 'label' column).",
+)
+@click.option(
+    "--score-column",
+    default="score",
+    show_default=True,
+    help="With --scene: the predictions' confidence column ('calibrated' audits a detect-scene "
+    "GeoPackage's calibrated scores).",
+)
+@click.option(
     "--modeling-predictions",
     "modeling",
     type=_path,
@@ -65,21 +84,39 @@ def main() -> None:
     help="Also evaluate every corruption (15) at every severity (1-5); needs a --config that "
     "runs a detector (its 'shift' section, or defaults).",
 )
+@click.option(
+    "--allow-outside-paths",
+    "allow_outside",
+    is_flag=True,
+    help="Let image file_name entries of a COCO file lead out of its images folder "
+    "(absolute paths, '..'); only for files you trust.",
+)
 @user_errors
 def audit(
     predictions: Path | None,
     annotations: Path | None,
+    scene: Path | None,
+    truth: Path | None,
+    score_column: str,
     modeling: Path | None,
     config_path: Path | None,
     out_dir: Path,
     n_boot: int | None,
     shift: bool,
+    allow_outside: bool,
 ) -> None:
     """Measure calibration (ECE, D-ECE, LaECE, NLL, Brier, ... with bootstrap CIs, next to mAP),
     sweep post-processing, and write an HTML / JSON / Markdown report.
 
-    Give either --predictions with --annotations (any detector), or --config with a
-    'detector' and 'data' section (a torchvision model run here).
+    Give either --predictions with --annotations (any detector), --scene with --truth and
+    --predictions (box files on a georeferenced tile), or --config with a 'detector' and
+    'data' section (a torchvision model run here).
+
+    \b
+    Examples:
+      calibration audit --scene OSBS_029.tif --truth OSBS_029.csv --predictions preds.csv --out audit/
+      calibration audit --scene scene.tif --truth crowns.gpkg --predictions detections.gpkg \\
+          --score-column calibrated --out audit/
     """
     from calibration.audit import audit_model, audit_predictions
     from calibration.config import AuditConfig, load_config
@@ -99,9 +136,19 @@ def audit(
     from tiles.config import paths_in
     from tiles.io import check_output_dir
 
-    given = [p for p in (predictions, annotations, modeling, config_path) if p is not None]
+    given = [p for p in (predictions, annotations, modeling, config_path, scene, truth) if p is not None]
     check_output_dir(out_dir, [*given, *paths_in(cfg)], replaces=True, marker="audit.json")
-    if predictions is not None or annotations is not None:
+    if scene is not None or truth is not None:
+        if scene is None or truth is None or predictions is None:
+            raise TrustmapError("--scene goes with --truth and --predictions (box files on that scene)")
+        if annotations is not None or modeling is not None or cfg.runs_model:
+            raise TrustmapError(
+                "--scene audits box files: drop --annotations, --modeling-predictions and the config's detector/data"
+            )
+        from calibration.audit import audit_scene_files
+
+        result = audit_scene_files(scene, truth, predictions, out_dir, cfg, score_column, config_path)
+    elif predictions is not None or annotations is not None:
         if predictions is None or annotations is None:
             raise TrustmapError(
                 "give both --predictions and --annotations (or a --config that runs a detector)"
@@ -110,7 +157,7 @@ def audit(
     elif modeling is not None:
         raise TrustmapError("--modeling-predictions goes with --predictions and --annotations")
     elif cfg.runs_model:
-        result = audit_model(cfg, out_dir, config_path)
+        result = audit_model(cfg, out_dir, config_path, allow_outside)
     else:
         raise TrustmapError(
             "nothing to audit: give --predictions and --annotations, or a --config with 'detector' and 'data'"
@@ -404,3 +451,149 @@ def finetune(
     side = out_path.with_suffix(".json")
     write_text_atomic(side, json.dumps(report, indent=1, default=float) + "\n")
     click.echo(f"pt    {out_path}\njson  {side}")
+
+
+@main.command("detect-scene")
+@click.argument("scene", type=_path)
+@click.option(
+    "--model",
+    default="sample_fasterrcnn",
+    show_default=True,
+    help="torchvision detector name (Faster R-CNN, RetinaNet, FCOS or SSD family).",
+)
+@click.option("--weights", type=_path, help="Local weights; default: the packaged sample detector.")
+@click.option(
+    "--calibrator",
+    type=_path,
+    help="Calibrator JSON from `calibration fit` (or an audit's repair/); adds calibrated "
+    "confidences, and the style is graduated by them.",
+)
+@click.option(
+    "--truth",
+    type=_path,
+    help="Ground-truth boxes (CSV in pixels, or GPKG/GeoJSON in any CRS): also write the "
+    "scene's calibration audit.",
+)
+@click.option(
+    "--audit-out",
+    type=_path,
+    help="Audit folder with --truth (default: <out stem>_audit/ next to --out).",
+)
+@click.option(
+    "--bands",
+    help="Source bands fed as R,G,B, e.g. 3,2,1 (one number: grey). Default: from the scene's "
+    "colour metadata, else 3,2,1 for 4-band B,G,R,NIR scenes and 1,2,3 otherwise.",
+)
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Tile edge in pixels. Default: the model's input size (256 for the sample detector, "
+    "else 512).",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Pixels shared by neighbouring tiles; make it at least the largest object's size, "
+    "so the tile that owns an object sees it whole.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--score-thresh",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Per-tile score threshold (default: the model's own, 0.05 for torchvision).",
+)
+@click.option("--nms-iou", type=click.FloatRange(0.0, 1.0), default=None, help="Per-tile NMS IoU (default: the model's).")
+@click.option("--topk", type=click.IntRange(min=0), default=None, help="Detections per tile (default: the model's).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=None, help="Audit bootstrap replicates (0 = none).")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=_path,
+    help="GeoPackage to write (layer 'detections'); replaced only when complete.",
+)
+@user_errors
+def detect_scene_cmd(
+    scene: Path,
+    model: str,
+    weights: Path | None,
+    calibrator: Path | None,
+    truth: Path | None,
+    audit_out: Path | None,
+    bands: str | None,
+    tile_size: int | None,
+    overlap: int,
+    batch_size: int,
+    score_thresh: float | None,
+    nms_iou: float | None,
+    topk: int | None,
+    n_boot: int | None,
+    out_path: Path,
+) -> None:
+    """Run a detector over a GeoTIFF of any size, tile by tile, and write georeferenced boxes.
+
+    Tiles overlap; each detection is kept by the one tile whose core (its window split at
+    the middle of each overlap) holds the box centre, so objects on seams are neither lost
+    nor doubled and neighbours are not merged away. The GeoPackage holds one polygon per
+    detection in the scene's CRS with its class, raw and calibrated confidence, and the full
+    probability vector (JSON); QGIS opens it styled by confidence. With --truth the audit
+    of the scene is written too.
+
+    \b
+    Examples:
+      calibration detect-scene scene.tif --calibrator calibrator.json --out detections.gpkg
+      calibration detect-scene OSBS_029.tif --model sample_fasterrcnn --weights trees.pt \\
+          --truth OSBS_029.csv --out trees.gpkg
+    """
+    from calibration.adapters import load_detector
+    from calibration.adapters.torchvision_models import SAMPLE_WEIGHTS, read_checkpoint
+    from calibration.calibrators import Calibrator
+    from calibration.config import AuditConfig
+    from calibration.scene import SceneSettings, detect_scene, parse_bands
+
+    picked = parse_bands(bands)
+    det = load_detector(model, weights)
+    cal = Calibrator.load(calibrator) if calibrator is not None else None
+    _, meta = read_checkpoint(weights if weights is not None else SAMPLE_WEIGHTS)
+    categories = {int(c): str(c) for c in det.prob_category_ids}
+    if cal is not None:
+        categories |= {c: n for c, n in cal.categories.items() if c in categories}
+    for c in meta.get("categories") or []:
+        if isinstance(c, dict) and int(c.get("id", -1)) in categories:
+            categories[int(c["id"])] = str(c.get("name", c["id"]))
+    if tile_size is None:
+        tile_size = int(meta.get("image_size", 256 if model == "sample_fasterrcnn" else 512))
+    settings = SceneSettings(tile_size, overlap, batch_size, score_thresh, nms_iou, topk)
+    cfg = AuditConfig()
+    if n_boot is not None:
+        cfg = cfg.model_copy(update={"bootstrap": cfg.bootstrap.model_copy(update={"n": n_boot})})
+    res = detect_scene(
+        scene,
+        det,
+        out_path,
+        categories=categories,
+        settings=settings,
+        bands=picked,
+        calibrator=cal,
+        calibrator_path=calibrator,
+        truth=truth,
+        audit_out=audit_out,
+        audit_config=cfg,
+        inputs=[weights],
+    )
+    info = res.info
+    click.echo(
+        f"{info.detections} detections on {info.tiles} tiles ({info.tiles_skipped} all-nodata "
+        f"skipped), {res.plan.describe()}"
+    )
+    if res.audit is not None:
+        for f in res.audit.data["findings"]:
+            click.echo(f"- [{f['topic']}] {f['text']}")
+        click.echo("")
+        for kind, path in res.audit.files.items():
+            click.echo(f"{kind:<5} {path}")
+    click.echo(f"gpkg  {res.gpkg}")

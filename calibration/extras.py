@@ -46,7 +46,7 @@ def _post(cands: Any, cfg: AuditConfig) -> Detections:
     return cands.postprocess(p.score_thresh, p.nms_iou, p.topk)
 
 
-def _load_split(data: DataSection, folder: Path, default_split: str):
+def _load_split(data: DataSection, folder: Path, default_split: str, allow_outside: bool = False):
     """(ground truth, image records) of a data section; sample data is generated into ``folder``."""
     from calibration.adapters import images_from_coco
 
@@ -57,7 +57,7 @@ def _load_split(data: DataSection, folder: Path, default_split: str):
         ann = make_split(folder, s.split, s.n_images, size=s.size, seed=s.seed, domain=s.domain)
         return GroundTruth.from_coco_json(ann), images_from_coco(folder, ann)
     return GroundTruth.from_coco_json(data.coco.annotations), images_from_coco(
-        data.coco.images, data.coco.annotations
+        data.coco.images, data.coco.annotations, allow_outside
     )
 
 
@@ -106,11 +106,13 @@ def _mean(v):
     return float(np.mean(v)) if v else None
 
 
-def run_ood(detector, app: Detections, cfg: AuditConfig, folder: Path) -> dict[str, Any]:
+def run_ood(
+    detector, app: Detections, cfg: AuditConfig, folder: Path, allow_outside: bool = False
+) -> dict[str, Any]:
     from calibration.shift import ood_measures
 
     o = cfg.ood
-    gt_o, recs = _load_split(DataSection(sample=o.sample, coco=o.coco), folder, "test")
+    gt_o, recs = _load_split(DataSection(sample=o.sample, coco=o.coco), folder, "test", allow_outside)
     cands = detector.candidates(recs, batch_size=cfg.detector.batch_size)
     d = _post(cands, cfg)
     known = set(int(c) for c in detector.prob_category_ids)
@@ -126,7 +128,14 @@ def run_ood(detector, app: Detections, cfg: AuditConfig, folder: Path) -> dict[s
 
 
 def run_repair(
-    detector, records, gt, app: Detections, cfg: AuditConfig, folder: Path, shifted: dict | None
+    detector,
+    records,
+    gt,
+    app: Detections,
+    cfg: AuditConfig,
+    folder: Path,
+    shifted: dict | None,
+    allow_outside: bool = False,
 ) -> dict[str, Any]:
     """Fit every calibrator (and fine-tune the last layer) on the calibration split; judge all
     on the test split with intervals, and on the corrupted test images."""
@@ -135,7 +144,7 @@ def run_repair(
     rp = cfg.repair
     mcfg = cfg.metrics_config()
     m0 = mcfg.model_copy(update={"n_boot": 0})
-    gt_c, recs_c = _load_split(rp.calibration, folder / "data", "cal")
+    gt_c, recs_c = _load_split(rp.calibration, folder / "data", "cal", allow_outside)
     cands_c = detector.candidates(recs_c, batch_size=cfg.detector.batch_size)
     cal_dets = _post(cands_c, cfg)
     data = C.fit_data(cal_dets, gt_c, mcfg.iou_threshold, mcfg.match_mode)
@@ -287,7 +296,7 @@ def recommend(repairs: dict[str, Any], max_map_drop: float = 0.01) -> dict[str, 
 
 
 def run_extras(
-    detector, records, gt, app: Detections, cfg: AuditConfig, folder: Path
+    detector, records, gt, app: Detections, cfg: AuditConfig, folder: Path, allow_outside: bool = False
 ) -> dict[str, Any]:
     """The shift, OOD and repair sections the config asks for (each optional)."""
     out: dict[str, Any] = {}
@@ -295,7 +304,7 @@ def run_extras(
     if cfg.shift is not None:
         out["shift"], shifted = run_shift(detector, records, gt, app, cfg)
     if cfg.ood is not None:
-        out["ood"] = run_ood(detector, app, cfg, folder / "data_ood")
+        out["ood"] = run_ood(detector, app, cfg, folder / "data_ood", allow_outside)
     if cfg.repair is not None:
-        out["repair"] = run_repair(detector, records, gt, app, cfg, folder, shifted)
+        out["repair"] = run_repair(detector, records, gt, app, cfg, folder, shifted, allow_outside)
     return out

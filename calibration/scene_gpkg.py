@@ -1,0 +1,276 @@
+"""Scene detections as a GeoPackage that opens in QGIS styled by (calibrated) confidence.
+
+One polygon per detection in the scene's CRS (the pixel box's four corners through the
+geotransform, so rotated grids stay exact), with the class, the raw and the calibrated
+confidence, the full probability vector as JSON (class name -> probability, ``background``
+last for softmax heads), the tile that owned it and its pixel box. Rows are appended chunk
+by chunk while the scene is detected, so memory does not grow with the scene; the file is
+written under a staging name and renamed when complete (``tiles.io.atomic_path``).
+
+The style is a QGIS graduated renderer over ``calibrated`` (``score`` without a
+calibrator), stored as the default row of the GeoPackage's ``layer_styles`` table, which
+QGIS applies on load (see ``tiles.qgis`` for the table's rules).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.detections import Detections
+from tiles.errors import TrustmapError
+
+LAYER = "detections"
+STYLE_NAME = "trustmap confidence"
+#: Equal-interval classes of the graduated style, low (red) to high (green) confidence.
+RANGES: tuple[tuple[float, float, tuple[int, int, int]], ...] = (
+    (0.0, 0.2, (215, 25, 28)),
+    (0.2, 0.4, (253, 174, 97)),
+    (0.4, 0.6, (255, 255, 191)),
+    (0.6, 0.8, (166, 217, 106)),
+    (0.8, 1.0, (26, 150, 65)),
+)
+COLUMNS = ("label", "category_id", "score", "calibrated", "probs", "tile", "xmin", "ymin", "xmax", "ymax")
+
+
+class DetectionWriter:
+    """Append detections (scene pixel boxes) to a GeoPackage layer, then style it.
+
+    ``path`` is the staging file the caller renames into place.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        crs: Any,
+        transform: Any,
+        categories: dict[int, str],
+        prob_columns: Sequence[str],
+        calibrated: bool,
+    ):
+        import geopandas as gpd
+        import pandas as pd
+        import pyogrio
+
+        self.path = Path(path)
+        self.crs, self.transform = crs, transform
+        self.categories = {int(k): str(v) for k, v in categories.items()}
+        self.prob_columns = list(prob_columns)
+        self.calibrated = calibrated
+        self.count = 0
+        empty = gpd.GeoDataFrame(
+            {
+                "label": pd.Series([], dtype=str),
+                "category_id": pd.Series([], dtype=np.int64),
+                "score": pd.Series([], dtype=np.float64),
+                "calibrated": pd.Series([], dtype=np.float64),
+                "probs": pd.Series([], dtype=str),
+                "tile": pd.Series([], dtype=np.int64),
+                **{k: pd.Series([], dtype=np.float64) for k in ("xmin", "ymin", "xmax", "ymax")},
+            },
+            geometry=gpd.GeoSeries([], crs=crs),
+        )
+        pyogrio.write_dataframe(empty, self.path, layer=LAYER, driver="GPKG", geometry_type="Polygon")
+
+    def write(self, dets: Detections, calibrated: np.ndarray | None) -> None:
+        """Append one chunk (``image_id`` is the owning tile)."""
+        import geopandas as gpd
+        import pyogrio
+        import shapely
+
+        n = len(dets)
+        if n == 0:
+            return
+        x0, y0 = dets.bbox[:, 0], dets.bbox[:, 1]
+        x1, y1 = x0 + dets.bbox[:, 2], y0 + dets.bbox[:, 3]
+        t = self.transform
+        corners = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], 1)
+        mx = t.a * corners[..., 0] + t.b * corners[..., 1] + t.c
+        my = t.d * corners[..., 0] + t.e * corners[..., 1] + t.f
+        rings = np.concatenate([np.stack([mx, my], -1), np.stack([mx[:, :1], my[:, :1]], -1)], axis=1)
+        geoms = shapely.polygons(rings)
+        labels = [self.categories.get(int(c), str(int(c))) for c in dets.category_id]
+        frame = gpd.GeoDataFrame(
+            {
+                "label": labels,
+                "category_id": dets.category_id.astype(np.int64),
+                "score": dets.score,
+                "calibrated": calibrated if calibrated is not None else np.full(n, np.nan),
+                "probs": self._probs_json(dets),
+                "tile": dets.image_id.astype(np.int64),
+                "xmin": x0,
+                "ymin": y0,
+                "xmax": x1,
+                "ymax": y1,
+            },
+            geometry=geoms,
+            crs=self.crs,
+        )
+        pyogrio.write_dataframe(frame, self.path, layer=LAYER, driver="GPKG", append=True)
+        self.count += n
+
+    def _probs_json(self, dets: Detections) -> list[str | None]:
+        if dets.probs is None:
+            return [None] * len(dets)
+        names = self.prob_columns
+        p = np.round(dets.probs, 6)
+        return [json.dumps(dict(zip(names, row.tolist(), strict=True))) for row in p]
+
+    def finish(self, description: str) -> None:
+        """Store the graduated style as the layer's default in ``layer_styles``."""
+        attr = "calibrated" if self.calibrated else "score"
+        write_confidence_style(self.path, LAYER, attr, description)
+
+
+def prob_column_names(categories: dict[int, str], prob_category_ids: Sequence[int], softmax: bool) -> list[str]:
+    """Names of the probability vector's entries: class names, then ``background``."""
+    names = [categories.get(int(c), str(int(c))) for c in prob_category_ids]
+    return [*names, "background"] if softmax else names
+
+
+# --------------------------------------------------------------------------- style
+
+
+# QGIS's own layer_styles DDL (what QgsOgrProvider creates in a GeoPackage). QGIS selects the
+# row by f_table_schema = '' AND f_table_name AND f_geometry_column, ordered by useAsDefault,
+# update_time DESC; without update_time its query fails and no style is applied.
+_LAYER_STYLES_DDL = """
+CREATE TABLE IF NOT EXISTS "layer_styles" (
+  "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+  "f_table_catalog" TEXT(256), "f_table_schema" TEXT(256), "f_table_name" TEXT(256),
+  "f_geometry_column" TEXT(256), "styleName" TEXT(30), "styleQML" TEXT, "styleSLD" TEXT,
+  "useAsDefault" BOOLEAN, "description" TEXT, "owner" TEXT(30), "ui" TEXT(30),
+  "update_time" DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))
+"""
+_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+QGIS_XML_VERSION = "3.22.0"
+
+
+def write_confidence_style(gpkg: str | os.PathLike, layer: str, attr: str, description: str) -> None:
+    """Insert a graduated-by-``attr`` QGIS style as the layer's default ``layer_styles`` row.
+
+    The file is one this module just wrote, so the geometry column is read from
+    ``gpkg_geometry_columns`` and the table is registered in ``gpkg_contents`` (GDAL and
+    QGIS then list it as an attributes table).
+    """
+    from datetime import UTC, datetime
+
+    gpkg = Path(gpkg)
+    qml = style_document(graduated_nodes(attr))
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    con = sqlite3.connect(gpkg)
+    try:
+        with con:
+            row = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)).fetchone()
+            if row is None:
+                raise TrustmapError(f"no vector layer {layer!r}", gpkg)
+            geom = str(row[0])
+            con.execute(_LAYER_STYLES_DDL)
+            if not con.execute("SELECT 1 FROM gpkg_contents WHERE lower(table_name) = 'layer_styles'").fetchone():
+                con.execute(
+                    "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
+                    "last_change, srs_id) VALUES ('layer_styles', 'attributes', 'layer_styles', '', ?, 0)",
+                    (now,),
+                )
+            if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gpkg_ogr_contents'").fetchone():
+                con.execute("DELETE FROM gpkg_ogr_contents WHERE lower(table_name) = 'layer_styles'")
+                con.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES ('layer_styles', NULL)")
+            con.execute(
+                "UPDATE layer_styles SET useAsDefault = 0 WHERE f_table_name = ? AND f_geometry_column = ?",
+                (layer, geom),
+            )
+            con.execute(
+                "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
+                "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
+                "owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, '', 1, ?, '', NULL, ?)",
+                (layer, geom, STYLE_NAME, qml, description, now),
+            )
+    except sqlite3.DatabaseError as exc:
+        raise TrustmapError(f"cannot store the layer style ({exc})", gpkg) from None
+    finally:
+        con.close()
+
+
+def style_document(nodes: list[ET.Element]) -> str:
+    """A QGIS style (.qml) document around ``nodes``."""
+    root = ET.Element(
+        "qgis",
+        version=QGIS_XML_VERSION,
+        styleCategories="AllStyleCategories",
+        hasScaleBasedVisibilityFlag="0",
+        minScale="1e+08",
+        maxScale="0",
+    )
+    root.extend(nodes)
+    ET.indent(root)
+    return _DOCTYPE + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def graduated_nodes(attr: str) -> list[ET.Element]:
+    """``renderer-v2`` of type graduatedSymbol: outlined boxes coloured by ``attr``'s range."""
+    r = ET.Element(
+        "renderer-v2",
+        type="graduatedSymbol",
+        attr=attr,
+        graduatedMethod="GraduatedColor",
+        symbollevels="0",
+        forceraster="0",
+        enableorderby="0",
+        referencescale="-1",
+    )
+    ranges = ET.SubElement(r, "ranges")
+    symbols = ET.SubElement(r, "symbols")
+    for i, (lo, hi, rgb) in enumerate(RANGES):
+        ET.SubElement(ranges, "range", lower=f"{lo:.6f}", upper=f"{hi:.6f}", symbol=str(i), label=f"{lo:.1f} - {hi:.1f}", render="true")
+        symbols.append(_outline_symbol(str(i), rgb))
+    source = ET.SubElement(r, "source-symbol")
+    source.append(_outline_symbol("0", RANGES[-1][2]))
+    ramp = ET.SubElement(r, "colorramp", type="gradient", name="[source]")
+    ramp_opts = ET.SubElement(ramp, "Option", type="Map")
+    stops = ";".join(f"{(k + 0.5) / len(RANGES):.3f};{c[0]},{c[1]},{c[2]},255" for k, (_, _, c) in enumerate(RANGES[1:-1], start=1))
+    for k, v in (("color1", "{},{},{},255".format(*RANGES[0][2])), ("color2", "{},{},{},255".format(*RANGES[-1][2])), ("discrete", "0"), ("rampType", "gradient"), ("stops", stops)):
+        ET.SubElement(ramp_opts, "Option", type="QString", name=k, value=v)
+        ET.SubElement(ramp, "prop", k=k, v=v)
+    method = ET.SubElement(r, "classificationMethod", id="EqualInterval")
+    ET.SubElement(method, "symmetricMode", enabled="0", symmetrypoint="0", astride="0")
+    ET.SubElement(method, "labelFormat", format="%1 - %2", labelprecision="1", trimtrailingzeroes="0")
+    ET.SubElement(method, "parameters")
+    ET.SubElement(method, "extraInformation")
+    ET.SubElement(r, "rotation")
+    ET.SubElement(r, "sizescale")
+    tail = []
+    for tag, text in (("blendMode", "0"), ("featureBlendMode", "0"), ("layerOpacity", "1")):
+        el = ET.Element(tag)
+        el.text = text
+        tail.append(el)
+    return [r, *tail]
+
+
+def _outline_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
+    """A box outline in the range's colour with a faint fill, so the imagery stays visible."""
+    props = {
+        "color": "{},{},{},40".format(*rgb),
+        "style": "solid",
+        "outline_color": "{},{},{},255".format(*rgb),
+        "outline_style": "solid",
+        "outline_width": "0.6",
+        "outline_width_unit": "MM",
+        "joinstyle": "miter",
+        "offset": "0,0",
+        "offset_unit": "MM",
+    }
+    symbol = ET.Element("symbol", type="fill", name=name, alpha="1", clip_to_extent="1", force_rhr="0")
+    layer = ET.SubElement(symbol, "layer", attrib={"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
+    options = ET.SubElement(layer, "Option", type="Map")
+    for key, value in props.items():
+        ET.SubElement(options, "Option", type="QString", name=key, value=value)
+    for key, value in props.items():  # QGIS < 3.26 reads these, newer ones the Option map
+        ET.SubElement(layer, "prop", k=key, v=value)
+    return symbol
