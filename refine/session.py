@@ -63,7 +63,9 @@ OWNED = ("run.json", "inputs", "state", "labels", "work", "qgis", "changes.csv",
          "change_map.qml", "change_map.tif.aux.xml", "autocorrections.tif", "autocorrections.qml",
          "autocorrections.tif.aux.xml", "report.json", "report.html")  # fmt: skip
 COMMAND = "refine simulate"
-_LEGACY_STAGING = re.compile(r"^\..+\.part")  # staging of an older trustmap (no PID in the name)
+# Staging of older trustmaps, without a PID in the name: removed only where they made it.
+_LEGACY_PART = re.compile(r"^\..+\.part")  # .round_002.x.part, .labels_r3.tif.part
+_LEGACY_EXPORT = re.compile(r"^\.[^.].*\.export\.[a-z0-9_]{8}$")  # qgis/.refined.export.k2j4h5g6
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _scope: contextvars.ContextVar[list[RunDir] | None] = contextvars.ContextVar(
@@ -242,24 +244,25 @@ class RunDir:
         """Remove the staging that killed trustmap processes left in this run folder.
 
         Only hidden staging names (:mod:`tiles.io`'s ``.<name>.<pid>.<random>.part…`` and
-        ``.old``) whose PID is gone, and the PID-less ``.<name>….part`` of older trustmaps at
-        the top, in state/ and in labels/; only in the run's own folders, never following
-        links. Call it under the lock (no other command is then writing here).
+        ``.old``) whose PID is gone, and the PID-less names of older trustmaps where they
+        made them (``.<name>….part`` at the top, in state/ and labels/; ``.<name>.export.*``
+        in qgis/); only in the run's own folders, never following links. Call it under the
+        lock (no other command is then writing here).
         """
         removed: list[Path] = []
         tops = [self.root] + [
             p for name in OWNED if (p := self.root / name).is_dir() and not p.is_symlink()
         ]
-        legacy_dirs = {self.root, self.state, self.labels}
+        legacy = {self.root: _LEGACY_PART, self.state: _LEGACY_PART, self.labels: _LEGACY_PART,
+                  self.qgis: _LEGACY_EXPORT}  # fmt: skip
         for top in tops:
             for parent, dirs, files in os.walk(top, followlinks=False):
                 here = Path(parent)
                 for name in [*dirs, *files]:
                     entry = here / name
+                    old = legacy.get(here)
                     if _stale_staging(entry) or (
-                        here in legacy_dirs
-                        and not _STAGING.match(name)
-                        and _LEGACY_STAGING.match(name)
+                        old is not None and not _STAGING.match(name) and old.match(name)
                     ):
                         remove_path(entry)
                         removed.append(entry)

@@ -240,9 +240,11 @@ def test_staging_of_a_killed_process_is_removed_and_a_live_ones_kept(tmp_path, p
         p.write_text("keep")
     legacy = out / "labels" / ".labels_r1.tif.part"  # an older trustmap's publication staging
     legacy.write_text("old")
+    old_export = out / "qgis" / ".refined.export.k2j4h5g6"  # and its QGIS export staging
+    (old_export / "sub").mkdir(parents=True)
     run = RunDir.open(out, identity, resume=True)
     run.close()
-    assert not [p for p in dead if p.exists()] and not legacy.exists()
+    assert not [p for p in dead if p.exists()] and not legacy.exists() and not old_export.exists()
     assert all(p.exists() for p in kept)
     assert not list(out.rglob(f"*{stager.pid}*"))
 
