@@ -114,7 +114,13 @@ class RunDir:
         ensure_writable_dir(root)  # the lock lives in the folder: the only write before it
         run = cls(root)
         had_lock_file = (root / LOCK_FILE).exists()
-        run.lock = run._held.enter_context(exclusive(root, command))
+        try:
+            run.lock = run._held.enter_context(exclusive(root, command))
+        except BaseException:
+            if created:  # in use by whoever created it at the same moment: rmdir fails then
+                with contextlib.suppress(OSError):
+                    root.rmdir()
+            raise
         try:
             run._prepare(identity, resume, restart)
         except BaseException:
