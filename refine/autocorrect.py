@@ -87,7 +87,15 @@ def tally_reviewed(
     ``before`` the labels it saw, ``answers`` the expert's labels for the same pixels.
     """
     pred, conf = _argmax_conf(probs)
-    use = reviewed & (before >= 0) & (answers >= 0) & (pred >= 0) & (pred != before)
+    return tally_predictions(pred[reviewed], conf[reviewed], before[reviewed], answers[reviewed])
+
+
+def tally_predictions(
+    pred: np.ndarray, conf: np.ndarray, before: np.ndarray, answers: np.ndarray
+) -> ConfidenceTally:
+    """The tally of reviewed pixels given the model's class and confidence per pixel (what a
+    workspace keeps of a round's prediction, instead of the whole probability raster)."""
+    use = (before >= 0) & (answers >= 0) & (pred >= 0) & (pred != before)
     bins = np.minimum((conf[use] * BINS).astype(np.int64), BINS - 1)
     right = (pred[use] == answers[use]).astype(np.int64)
     return ConfidenceTally(

@@ -150,5 +150,165 @@ def _check_out(out_dir: Path, config, config_path: Path | None, *inputs) -> None
         )
 
 
+# --- the analyst's workspace -----------------------------------------------------------------------
+def _echo(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+_workspace_option = click.option(
+    "--workspace", "-w", "workspace", required=True, type=_path,
+    help="The workspace folder (made by `refine init`).",
+)  # fmt: skip
+_scene_option = click.option(
+    "--scene", "scene", type=_path, default=None,
+    help="The workspace's scene at a new path (when it has moved since `refine init`).",
+)  # fmt: skip
+
+
+def _open(workspace: Path, scene: Path | None = None):
+    from refine.workspace import Workspace
+
+    return Workspace.open(workspace, scene)
+
+
+@main.command()
+@click.argument("scene", type=_path)
+@click.option("--labels", "labels", multiple=True, required=True, type=_path,
+              help="Cheap labels: a raster on the scene grid or a vector file; repeat to fuse several.")
+@click.option("--classes", required=True, type=_path, help="Class schema YAML (codes, names, colours).")
+@_workspace_option
+@click.option("--config", "config_path", type=_path,
+              help="Settings (YAML, as for simulate); the defaults are the benchmark's choice.")
+@user_errors
+def init(scene: Path, labels: tuple[Path, ...], classes: Path, workspace: Path, config_path: Path | None) -> None:
+    """Create a review workspace for SCENE and its cheap labels (no ground truth needed).
+
+    \b
+    Then, round after round:
+      refine train  -w WS            # learn from the current labels
+      refine select -w WS --budget 2%   # build the review queue (open WS/review.qgs in QGIS)
+      refine import -w WS            # fold the analyst's corrections in
+      refine export -w WS -o OUT     # the refined labels, styled for QGIS, and a report
+    """
+    from refine.config import load_config
+    from refine.workspace import init_workspace
+
+    if not scene.exists():
+        raise TrustmapError("scene not found", scene)
+    for p in (*labels, classes):
+        if not p.exists():
+            raise TrustmapError("file not found", p)
+    config = load_config(config_path)
+    ws = init_workspace(workspace, scene, list(labels), classes, config, echo=_echo)
+    click.echo(f"workspace {ws.root} ready; next: refine train --workspace {ws.root}")
+
+
+@main.command()
+@_workspace_option
+@_scene_option
+@click.option("--fresh", is_flag=True, help="Train a new model instead of fine-tuning the latest.")
+@user_errors
+def train(workspace: Path, scene: Path | None, fresh: bool) -> None:
+    """Train (or fine-tune) the model on the workspace's current labels."""
+    from refine.workspace import train_workspace
+
+    info = train_workspace(_open(workspace, scene), echo=_echo, fresh=fresh)
+    click.echo(f"model {info['model']}: {info['path']}")
+
+
+@main.command()
+@_workspace_option
+@_scene_option
+@click.option("--budget", required=True,
+              help="How much to queue: a share of the scene (2%), an area (1.5ha, 5000m2), pixels (20000px) "
+                   "or a number of regions (50).")
+@click.option("--strategy", help="Region ranking (default: the workspace config's strategy.score).")
+@user_errors
+def select(workspace: Path, scene: Path | None, budget: str, strategy: str | None) -> None:
+    """Build the next review queue with the latest model, and write the QGIS project.
+
+    \b
+    In QGIS (open WS/review.qgs), for each polygon of `review queue`:
+      set corrected_class to the right class (code or name), or
+      tick `reviewed` if the label was right, or type `skip`;
+    and draw polygons with a `class` in `corrections (draw here)`. Save, then `refine import`.
+    """
+    from refine.review import parse_budget, select_queue
+
+    b = parse_budget(budget)
+    result = select_queue(_open(workspace, scene), b, strategy=strategy, echo=_echo)
+    click.echo(f"round {result.round}: {result.queued} regions, {result.suggestions} suggestions; {result.project}")
+
+
+@main.command("import")
+@_workspace_option
+@_scene_option
+@click.option("--author", help="Who made the edits (default: your user name; a `author` field wins).")
+@click.option("--all-reviewed", is_flag=True,
+              help="Every queued region left without a class counts as reviewed, its label right.")
+@click.option("--edits", type=_path, help="Also import polygons from this vector file (any CRS).")
+@click.option("--class-field", default="class", show_default=True, help="Class field of --edits.")
+@user_errors
+def import_(workspace: Path, scene: Path | None, author: str | None, all_reviewed: bool,
+            edits: Path | None, class_field: str) -> None:
+    """Fold the analyst's edits (queue answers, drawn corrections) into a new label version.
+
+    Safe to run any number of times: edits already imported are not applied again.
+    """
+    from refine.imports import import_edits
+
+    r = import_edits(_open(workspace, scene), author=author, all_reviewed=all_reviewed,
+                     edits_file=edits, class_field=class_field, echo=_echo)  # fmt: skip
+    click.echo(f"labels v{r.version}: {r.imported} corrections, {r.pixels_changed} px changed, "
+               f"{len(r.invalid)} edits refused")  # fmt: skip
+
+
+@main.command()
+@_workspace_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@user_errors
+def status(workspace: Path, as_json: bool) -> None:
+    """Rounds, budget spent, pixels changed per class, and the queue."""
+    import json as _json
+
+    from refine.workspace import format_status, workspace_status
+
+    st = workspace_status(_open(workspace))
+    click.echo(_json.dumps(st, indent=2, default=str) if as_json else format_status(st))
+
+
+@main.command()
+@_workspace_option
+@_scene_option
+@click.option("-o", "--output", "output", required=True, type=_path, help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@user_errors
+def export(workspace: Path, scene: Path | None, output: Path, overwrite: bool) -> None:
+    """Write the refined labels (styled COG, polygons, QGIS project), change map and report."""
+    from refine.export import export_workspace
+
+    out = export_workspace(_open(workspace, scene), output, overwrite=overwrite, echo=_echo)
+    for k, v in out.items():
+        click.echo(f"{k:<11} {v}")
+
+
+@main.command()
+@_workspace_option
+@_scene_option
+@click.option("--budget", required=True, help="As for `refine select`.")
+@click.option("--strategy", help="As for `refine select`.")
+@user_errors
+def run(workspace: Path, scene: Path | None, budget: str, strategy: str | None) -> None:
+    """One round in one command: train on the current labels, then select the queue."""
+    from refine.review import parse_budget, select_queue
+    from refine.workspace import train_workspace
+
+    b = parse_budget(budget)
+    ws = _open(workspace, scene)
+    train_workspace(ws, echo=_echo)
+    result = select_queue(ws, b, strategy=strategy, echo=_echo)
+    click.echo(f"round {result.round}: {result.queued} regions, {result.suggestions} suggestions; {result.project}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

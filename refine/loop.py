@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from refine.inputs import (  # noqa: F401
 )
 from refine.model import SceneImage, SegmentationModel
 from refine.oracle import ChangeRecord, Corrections, Expert, SimulatedExpert, apply_corrections
-from refine.regions import Regions, build_regions
+from refine.regions import Regions
 from refine.rounds import Proposal
 from refine.session import RunDir, write_record
 from refine.strategies import (  # noqa: F401
@@ -183,32 +182,9 @@ class Refinement:
         self._load_setup()
 
     def _build_regions(self, start: np.ndarray) -> Regions:
-        r = self.config.regions
-        cost = {"cost": r.cost}
-        if r.kind in ("slic", "felzenszwalb"):
-            bands, _ = self.scene.arrays()
-            return build_regions(
-                r.kind,
-                image=bands,
-                valid=self.valid,
-                region_size=r.size,
-                compactness=r.compactness,
-                **cost,
-            )
-        side = max(2, round(math.sqrt(r.size)))
-        if r.kind == "grid":
-            return build_regions(
-                "grid", shape=self.scene.shape, valid=self.valid, cell=side, **cost
-            )
-        if r.kind == "components":
-            idx = self.schema.code_to_index()[start]
-            return build_regions(
-                "components", labels=idx, valid=self.valid & (idx >= 0), split=side, **cost
-            )
-        return build_regions(
-            "polygons", shape=self.scene.shape, valid=self.valid, polygons=r.polygons, transform=self.scene.transform,
-            crs=self.scene.crs, **cost,
-        )  # fmt: skip
+        from refine.rounds import scene_regions
+
+        return scene_regions(self.config, self.schema, self.scene, self.valid, start)
 
     def _unit(self) -> str:
         return self.regions.cost_unit if self.regions is not None else "pixels"

@@ -17,12 +17,16 @@ Both go through the functions here, so they select the same regions from the sam
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from refine.autocorrect import candidate_mask, row_windows
+from refine.config import RefineConfig
+from refine.model import SceneImage
+from refine.regions import Regions, build_regions
 from refine.select import (
     Selection,
     class_balance_weights,
@@ -32,6 +36,7 @@ from refine.select import (
     select_random,
 )
 from refine.strategies import RoundContext, Strategy
+from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
 
 
@@ -52,6 +57,35 @@ class Proposal:
     @property
     def ids(self) -> np.ndarray:
         return self.selection.ids
+
+
+def scene_regions(
+    config: RefineConfig,
+    schema: ClassSchema,
+    scene: SceneImage,
+    valid: np.ndarray,
+    start: np.ndarray,
+) -> Regions:
+    """The review regions of a scene, as ``config.regions`` asks (built once per scene)."""
+    r = config.regions
+    cost = {"cost": r.cost}
+    if r.kind in ("slic", "felzenszwalb"):
+        bands, _ = scene.arrays()
+        return build_regions(
+            r.kind, image=bands, valid=valid, region_size=r.size, compactness=r.compactness, **cost
+        )
+    side = max(2, round(math.sqrt(r.size)))
+    if r.kind == "grid":
+        return build_regions("grid", shape=scene.shape, valid=valid, cell=side, **cost)
+    if r.kind == "components":
+        idx = schema.code_to_index()[start]
+        return build_regions(
+            "components", labels=idx, valid=valid & (idx >= 0), split=side, **cost
+        )
+    return build_regions(
+        "polygons", shape=scene.shape, valid=valid, polygons=r.polygons, transform=scene.transform,
+        crs=scene.crs, **cost,
+    )  # fmt: skip
 
 
 def rank_regions(strategy: Strategy, ctx: RoundContext) -> np.ndarray | None:

@@ -15,6 +15,7 @@ to prove that QGIS applies them. What QGIS 3.22 reads, and where:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -89,7 +90,9 @@ class ProjectLayer:
     ``schema`` styles it as a class map (paletted raster / categorized polygons on the
     ``code`` attribute); a raster without a schema is shown as RGB from bands 1-3 when it
     is 8-bit with three or more bands (a quick-look), otherwise with QGIS's default style.
-    ``layer`` names the table inside a vector file (required for vectors).
+    ``layer`` names the table inside a vector file (required for vectors). ``style_qml``
+    (a QML document, as :func:`style_document` writes) replaces the schema's style, for
+    layers that are not class maps (a review queue graduated by priority).
     """
 
     path: Path
@@ -97,13 +100,17 @@ class ProjectLayer:
     kind: Literal["raster", "vector"]
     schema: ClassSchema | None = None
     layer: str | None = None
+    style_qml: str | None = None
+    visible: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
         if self.kind not in ("raster", "vector"):
             raise ValueError(f"kind must be 'raster' or 'vector', not {self.kind!r}")
-        if self.kind == "vector" and (self.layer is None or self.schema is None):
-            raise ValueError("a vector ProjectLayer needs `layer` and `schema`")
+        if self.kind == "vector" and (
+            self.layer is None or (self.schema is None and self.style_qml is None)
+        ):
+            raise ValueError("a vector ProjectLayer needs `layer` and `schema` or `style_qml`")
 
 
 # --- the whole bundle ----------------------------------------------------------------------
@@ -208,7 +215,7 @@ def write_raster_style(tif_path: str | os.PathLike, schema: ClassSchema) -> tupl
     if current is None or any(current.get(k) != v for k, v in wanted.items()):
         _set_colormap(tif, wanted)
     aux = _write_category_names(tif, schema)
-    qml = write_text_atomic(tif.with_suffix(".qml"), _style_document(_raster_style_nodes(schema)))
+    qml = write_text_atomic(tif.with_suffix(".qml"), style_document(_raster_style_nodes(schema)))
     return qml, aux
 
 
@@ -308,15 +315,35 @@ def write_gpkg_style(gpkg_path: str | os.PathLike, layer: str, schema: ClassSche
     previous trustmap style for the layer is replaced; other styles stop being default.
     """
     gpkg = Path(gpkg_path)
-    qml = _style_document(_vector_style_nodes(schema))
-    if not gpkg.is_file():
+    qml = style_document(_vector_style_nodes(schema))
+    store_gpkg_style(gpkg, layer, qml, _STYLE_DESCRIPTION)
+    return write_text_atomic(gpkg.with_suffix(".qml"), qml)
+
+
+def store_gpkg_style(
+    gpkg_path: str | os.PathLike,
+    layer: str,
+    qml: str,
+    description: str,
+    con: sqlite3.Connection | None = None,
+) -> None:
+    """Make ``qml`` the default QGIS style of ``layer`` in its GeoPackage's ``layer_styles``.
+
+    With ``con`` (an open connection), the rows are written inside the caller's
+    transaction, so a style can be committed together with the features it styles.
+    """
+    gpkg = Path(gpkg_path)
+    if con is None and not gpkg.is_file():
         raise TrustmapError("GeoPackage not found", gpkg)
+    own = con is None
     try:
-        con = sqlite3.connect(gpkg)
+        if own:
+            con = sqlite3.connect(gpkg)
     except sqlite3.Error as exc:
         raise TrustmapError(f"cannot open GeoPackage ({exc})", gpkg) from None
+    assert con is not None
     try:
-        with con:
+        with con if own else contextlib.nullcontext():
             geom_column = _geometry_column(con, gpkg, layer)
             _ensure_layer_styles(con)
             con.execute(
@@ -333,13 +360,13 @@ def write_gpkg_style(gpkg_path: str | os.PathLike, layer: str, schema: ClassSche
                 "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
                 "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
                 "owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, '', 1, ?, '', NULL, ?)",
-                (layer, geom_column, STYLE_NAME, qml, _STYLE_DESCRIPTION, _now()),
+                (layer, geom_column, STYLE_NAME, qml, description, _now()),
             )
     except sqlite3.DatabaseError as exc:
         raise TrustmapError(f"cannot store the layer style ({exc})", gpkg) from None
     finally:
-        con.close()
-    return write_text_atomic(gpkg.with_suffix(".qml"), qml)
+        if own:
+            con.close()
 
 
 _STYLE_DESCRIPTION = "Class colours and names from the trustmap class schema"
@@ -436,7 +463,8 @@ def _fill_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
     return symbol
 
 
-def _style_document(nodes: list[ET.Element]) -> str:
+def style_document(nodes: list[ET.Element]) -> str:
+    """A QML document holding ``nodes`` (a renderer and its settings)."""
     root = ET.Element(
         "qgis", version=QGIS_XML_VERSION, styleCategories="AllStyleCategories",
         hasScaleBasedVisibilityFlag="0", minScale="1e+08", maxScale="0",
@@ -494,7 +522,7 @@ def write_project(
         node = ET.SubElement(
             tree, "layer-tree-layer", id=lid, name=layer.name, source=src,
             providerKey="ogr" if layer.kind == "vector" else "gdal",
-            checked="Qt::Checked", expanded="1",
+            checked="Qt::Checked" if layer.visible else "Qt::Unchecked", expanded="1",
         )  # fmt: skip
         ET.SubElement(node, "customproperties")
 
@@ -612,7 +640,10 @@ def _maplayer(layer: ProjectLayer, info: _LayerInfo, lid: str, source: str) -> E
     ET.SubElement(el, "datasource").text = source
     ET.SubElement(el, "layername").text = layer.name
     ET.SubElement(el, "srs").append(_spatialrefsys(info.crs))
-    if layer.kind == "vector":
+    if layer.style_qml is not None:
+        ET.SubElement(el, "provider", encoding="UTF-8").text = "ogr" if layer.kind == "vector" else "gdal"
+        el.extend(list(ET.fromstring(layer.style_qml.split("\n", 1)[1])))
+    elif layer.kind == "vector":
         ET.SubElement(el, "provider", encoding="UTF-8").text = "ogr"
         assert layer.schema is not None  # checked in ProjectLayer
         el.extend(_vector_style_nodes(layer.schema))
