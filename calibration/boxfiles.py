@@ -154,7 +154,7 @@ def _read_vector(path: Path, crs, transform, label_column: str, score_column: st
     from tiles.boxes import DENSIFY_SEGMENTS
 
     try:
-        gdf = gpd.read_file(path)
+        gdf = gpd.read_file(path, layer=_box_layer(path))
     except Exception as exc:  # pyogrio raises several unrelated types for unreadable files
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TrustmapError(f"not a readable vector file ({first})", path) from None
@@ -184,6 +184,22 @@ def _read_vector(path: Path, crs, transform, label_column: str, score_column: st
     return xyxy, gdf[label_column].astype(str).to_numpy(), scores, probs, names
 
 
+def _box_layer(path: Path) -> str | None:
+    """The layer to read: ``detections`` (what detect-scene writes) if present, else the
+    first layer with geometry (a GeoPackage also lists ``layer_styles``)."""
+    import pyogrio
+
+    try:
+        layers = pyogrio.list_layers(path)
+    except Exception:  # unreadable: read_file reports it
+        return None
+    names = [str(n) for n, _ in layers]
+    if "detections" in names:
+        return "detections"
+    geometric = [str(n) for n, g in layers if g]
+    return geometric[0] if geometric else None
+
+
 def _parse_probs(values: list, rows: list[str], path: Path) -> list[dict[str, float]] | None:
     """The ``probs`` JSON column; None when any row lacks it (then the audit uses scores only)."""
     out = []
@@ -191,7 +207,7 @@ def _parse_probs(values: list, rows: list[str], path: Path) -> list[dict[str, fl
         if v is None or (isinstance(v, float) and np.isnan(v)) or v == "":
             return None
         try:
-            d = json.loads(v)
+            d = v if isinstance(v, dict) else json.loads(v)  # GeoJSON readers may parse it already
         except (TypeError, ValueError):
             raise TrustmapError(f"{where}: 'probs' is not JSON ({str(v)[:40]!r})", path) from None
         if not isinstance(d, dict) or not all(isinstance(x, int | float) for x in d.values()):

@@ -361,6 +361,12 @@ def apply(predictions: Path, calibrator: Path, annotations: Path | None, out_pat
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--allow-outside-paths",
+    "allow_outside",
+    is_flag=True,
+    help="Let image file_name entries of the COCO files lead out of their images folder.",
+)
+@click.option(
     "--out",
     "out_path",
     required=True,
@@ -382,6 +388,7 @@ def finetune(
     train_box,
     patience,
     seed,
+    allow_outside,
     out_path,
 ) -> None:  # noqa: PLR0913
     """Fine-tune only the detector's classification layer on a calibration split, save the
@@ -402,7 +409,7 @@ def finetune(
         raise TrustmapError("the checkpoint is a PyTorch file: give a .pt file name", out_path)
     det = load_detector(model, weights)
     gt = GroundTruth.from_coco_json(annotations)
-    recs = images_from_coco(images, annotations)
+    recs = images_from_coco(images, annotations, allow_outside)
     mcfg = MetricsConfig(n_boot=0)
     settings = FinetuneSettings(
         epochs=epochs,
@@ -435,7 +442,7 @@ def finetune(
         )
     if test_images is not None:
         tgt = GroundTruth.from_coco_json(test_annotations)
-        trecs = images_from_coco(test_images, test_annotations)
+        trecs = images_from_coco(test_images, test_annotations, allow_outside)
         keys = ("dece", "ece", "ece_debiased", "mce", "laece", "nll", "brier", "map", "ap50")
         table = {}
         for name, d in (("before", det), ("after", res.detector)):

@@ -989,10 +989,15 @@ def _subtitle(data: Mapping[str, Any]) -> str:
     if inp["mode"] == "model":
         d = inp["detector"]
         src = f"detector {d['model']} ({d['weights']})"
+    elif inp["mode"] == "scene":
+        src = f"detector {inp['detector']['model']} over scene {inp['scene']}"
+    elif inp["mode"] == "scene files":
+        src = f"predictions {inp['predictions']} on scene {inp['scene']}"
     else:
         src = f"predictions {inp['predictions']}"
+    truth = inp.get("annotations") or inp.get("truth")
     return (
-        f"{src} · ground truth {inp['annotations']} · {ds['images']} images, {ds['objects']} objects, "
+        f"{src} · ground truth {truth} · {ds['images']} images, {ds['objects']} objects, "
         f"{len(ds['categories'])} classes · {data['created']}"
     )
 
@@ -1152,17 +1157,20 @@ def _extra_sections_md(data: Mapping[str, Any]) -> list[str]:
 def _input_rows(data: Mapping[str, Any]) -> list[list[str]]:
     inp = data["inputs"]
     rows = [["mode", inp["mode"]]]
-    for key in ("predictions", "annotations", "images", "config_path"):
+    for key in ("predictions", "annotations", "images", "scene", "truth", "detections_gpkg", "score_column", "bands", "calibrator", "config_path"):
         if inp.get(key):
             rows.append([key.replace("_", " "), str(inp[key])])
+    if inp.get("tiling"):
+        rows.append(["tiling", ", ".join(f"{k}={v}" for k, v in inp["tiling"].items())])
     if inp.get("detector"):
         d = inp["detector"]
-        rows += [
-            ["detector", d["model"]],
-            ["weights", d["weights"]],
-            ["head", d["head"]],
-            ["post-processing", ", ".join(f"{k}={v}" for k, v in d["postprocess"].items())],
-        ]
+        rows.append(["detector", d["model"]])
+        if "weights" in d:
+            rows.append(["weights", d["weights"]])
+        if "head" in d:
+            rows.append(["head", d["head"]])
+        if "postprocess" in d:
+            rows.append(["post-processing", ", ".join(f"{k}={v}" for k, v in d["postprocess"].items())])
     mc = inp["metrics_config"]
     rows.append(["matching", f"{mc['match_mode']}, IoU ≥ {mc['iou_threshold']:g}, class-aware"])
     rows.append(["versions", ", ".join(f"{k} {v}" for k, v in inp["versions"].items())])

@@ -596,3 +596,113 @@ def _vehicle(
     cv.paint(_rect(*front, 0.18 * length, 0.8 * width, ang), (25, 30, 40), alpha=0.8)  # windscreen
     cv.claim(poly, 1)
     objects.append((VEHICLE, poly))
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class SampleScene:
+    """A georeferenced mosaic of sample images and its truth boxes (scene pixels, xyxy)."""
+
+    path: Path
+    xyxy: np.ndarray
+    labels: np.ndarray  # category names
+    cell: int  # pixel size of one sample image in the mosaic
+
+
+def write_sample_scene(
+    path: str | Path,
+    cells: int = 4,
+    size: int = 256,
+    seed: int = 0,
+    domain: str = "temperate",
+    pool: int | None = None,
+    crs: str = "EPSG:32643",
+    pixel: float = 0.5,
+    origin: tuple[float, float] = (300_000.0, 2_000_000.0),
+    bands: str = "rgb",
+) -> SampleScene:
+    """Write a ``cells x cells`` mosaic of sample images as one GeoTIFF; return its truth.
+
+    Why a mosaic: the sample detector knows this imagery, so a scene built from it has
+    objects the detector finds, at known places, including every object that a tile grid's
+    seams cut through (the mosaic's pitch, ``size``, is not the grid's stride). ``pool``
+    distinct images are cycled (default: all distinct), so very large benchmark scenes cost
+    little to make; the file is written one row of images at a time. ``bands="bgrn"``
+    writes 4 bands B, G, R, NIR (NIR = mean of R and G) with no colour metadata, the layout
+    of trustmap's own scenes. Truth boxes are clipped to their image's cell; those left with
+    under half their area are dropped.
+    """
+    import rasterio
+    from affine import Affine
+
+    from tiles.io import atomic_path
+
+    if domain not in DOMAINS:
+        raise TrustmapError(f"unknown sample domain {domain!r}; choose from {sorted(DOMAINS)}")
+    if bands not in ("rgb", "bgrn"):
+        raise TrustmapError(f"bands must be 'rgb' or 'bgrn', got {bands!r}")
+    dom = DOMAINS[domain]
+    n_pool = cells * cells if pool is None else max(1, min(int(pool), cells * cells))
+    cache: dict[int, tuple[np.ndarray, list[tuple[int, np.ndarray]]]] = {}
+
+    def image(k: int):
+        if k not in cache:
+            rng = np.random.default_rng([seed, zlib.crc32(dom.name.encode()), zlib.crc32(b"scene"), k])
+            cache[k] = render_scene(rng, size, dom)
+        return cache[k]
+
+    side = cells * size
+    profile = dict(
+        driver="GTiff", width=side, height=side, count=3 if bands == "rgb" else 4, dtype="uint8",
+        crs=crs, transform=Affine(pixel, 0, origin[0], 0, -pixel, origin[1]), tiled=True,
+        blockxsize=256, blockysize=256, compress="deflate", interleave="pixel",
+    )  # fmt: skip
+    boxes, labels = [], []
+    names = {c["id"]: c["name"] for c in (*CATEGORIES, *UNSEEN_CATEGORIES)}
+    p = Path(path)
+    with atomic_path(p) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for r in range(cells):
+            strip = np.zeros((size, side, 3), np.uint8)
+            for c in range(cells):
+                k = (r * cells + c) % n_pool if pool is None else (r * 7 + c * 3) % n_pool
+                pixels, objects = image(k)
+                strip[:, c * size : (c + 1) * size] = pixels
+                for cat, poly in objects:
+                    x0, y0 = poly.min(axis=0)
+                    x1, y1 = poly.max(axis=0)
+                    cx0, cy0 = max(x0, 0.0), max(y0, 0.0)
+                    cx1, cy1 = min(x1, float(size)), min(y1, float(size))
+                    if cx1 - cx0 < 3 or cy1 - cy0 < 3 or (cx1 - cx0) * (cy1 - cy0) < 0.5 * (x1 - x0) * (y1 - y0):
+                        continue
+                    boxes.append([cx0 + c * size, cy0 + r * size, cx1 + c * size, cy1 + r * size])
+                    labels.append(names[cat])
+            data = strip.transpose(2, 0, 1)
+            if bands == "bgrn":
+                nir = ((data[0].astype(np.uint16) + data[1]) // 2).astype(np.uint8)
+                data = np.stack([data[2], data[1], data[0], nir])
+            dst.write(data, window=rasterio.windows.Window(0, r * size, side, size))
+    return SampleScene(p, np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, dtype=str), size)
+
+
+def write_truth_gpkg(scene: SampleScene, path: str | Path, crs: str | None = None) -> Path:
+    """The scene's truth boxes as polygons (column ``label``) in the scene's CRS or ``crs``."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
+
+    from tiles.io import atomic_path
+
+    with rasterio.open(scene.path) as src:
+        t, scene_crs = src.transform, src.crs
+    x0, y0, x1, y1 = scene.xyxy.T
+    mx0, my0 = t * (x0, y0)
+    mx1, my1 = t * (x1, y1)
+    geoms = shapely.box(np.minimum(mx0, mx1), np.minimum(my0, my1), np.maximum(mx0, mx1), np.maximum(my0, my1))
+    gdf = gpd.GeoDataFrame({"label": scene.labels}, geometry=geoms, crs=scene_crs)
+    if crs is not None:
+        gdf = gdf.to_crs(crs)
+    with atomic_path(Path(path)) as tmp:
+        gdf.to_file(tmp, layer="truth", driver="GPKG")
+    return Path(path)

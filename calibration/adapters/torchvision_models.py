@@ -326,26 +326,35 @@ def images_from_coco(
     return records
 
 
-def read_image(path: str | os.PathLike) -> Tensor:
+def read_image(path: str | os.PathLike, bands: Sequence[int] | None = None) -> Tensor:
     """An RGB float tensor (3, H, W) in [0, 1], as torchvision detectors expect.
 
-    GeoTIFFs are read with rasterio (first three bands; one band is repeated). 8-bit data is
-    divided by 255; other types get a per-band 2-98 % stretch over valid pixels, the usual
-    display stretch for 16-bit and float imagery. Other formats go through PIL.
+    GeoTIFFs are read with rasterio. Which bands are R, G, B comes from ``bands`` (1-based)
+    or ``tiles.quicklook.pick_rgb_bands``: band descriptions or colour interpretation, else
+    3, 2, 1 for a 4-band B, G, R, NIR scene (trustmap's own and most satellite products) and
+    1, 2, 3 otherwise; a 1- or 2-band image is fed as grey from band 1. 8-bit data is divided
+    by 255; other types get a per-band 2-98 % stretch over valid pixels, the usual display
+    stretch for 16-bit and float imagery. Other formats go through PIL.
     """
     p = Path(path)
     if p.suffix.lower() in (".tif", ".tiff"):
         import rasterio
         from rasterio.errors import RasterioIOError
 
+        from tiles.quicklook import pick_rgb_bands
+
         try:
             with rasterio.open(p) as src:
-                bands = list(range(1, min(src.count, 3) + 1))
-                data = src.read(bands, masked=True)
+                picked = tuple(bands) if bands is not None else pick_rgb_bands(src)
+                if len(picked) != 3 or not all(1 <= int(b) <= src.count for b in picked):
+                    raise TrustmapError(
+                        f"bands {list(picked)} are not 3 bands of this {src.count}-band image", p
+                    )
+                unique = list(dict.fromkeys(int(b) for b in picked))
+                read = src.read(unique, masked=True)
+                data = np.ma.stack([read[unique.index(int(b))] for b in picked])
         except RasterioIOError as exc:
             raise TrustmapError(f"cannot read image ({exc})", p) from None
-        if data.shape[0] < 3:
-            data = np.ma.concatenate([data] + [data[:1]] * (3 - data.shape[0]))
         if data.dtype == np.uint8:
             arr = data.filled(0).astype(np.float32) / 255.0
         else:
