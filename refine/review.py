@@ -326,17 +326,37 @@ def _tail() -> list[ET.Element]:
     return tail
 
 
+def reviewed_style() -> str:
+    """Thin grey outlines: regions already answered, kept in view for context."""
+    from tiles.qgis import style_document
+
+    renderer = ET.Element(
+        "renderer-v2", type="singleSymbol", symbollevels="0", enableorderby="0",
+        forceraster="0", referencescale="-1",
+    )  # fmt: skip
+    symbols = ET.SubElement(renderer, "symbols")
+    symbols.append(_line_symbol("0", "#d8d8d8", 0.3, dashed=True))
+    ET.SubElement(renderer, "rotation")
+    ET.SubElement(renderer, "sizescale")
+    return style_document([renderer, *_tail()])
+
+
 def write_review_project(ws: Workspace, labels: Path, scores: list[float]) -> Path:
-    """``review.qgs``: queue (top), corrections, labels, quick-look; the log off."""
+    """``review.qgs``: the queue still to answer on top (ranked, outlined by priority), the
+    corrections to draw in, what was already answered (grey), the current labels at half
+    opacity over the scene's quick-look; the correction log is there but switched off."""
     from tiles.qgis import ProjectLayer, write_project
 
     layers = [
-        ProjectLayer(ws.session, "review queue", "vector", layer=QUEUE, style_qml=queue_style(ws.schema, scores)),
+        ProjectLayer(ws.session, "review queue (to answer)", "vector", layer=QUEUE, subset="\"status\" = 'queued'",
+                     style_qml=queue_style(ws.schema, scores)),
         ProjectLayer(ws.session, "corrections (draw here)", "vector", layer=CORRECTIONS,
                      style_qml=corrections_style(ws.schema)),
+        ProjectLayer(ws.session, "review queue (answered)", "vector", layer=QUEUE, subset="\"status\" <> 'queued'",
+                     style_qml=reviewed_style()),
         ProjectLayer(ws.session, "imported corrections (log)", "vector", layer=LOG,
                      style_qml=corrections_style(ws.schema, "class_code"), visible=False),
-        ProjectLayer(labels, f"labels ({labels.stem})", "raster", schema=ws.schema),
+        ProjectLayer(labels, f"labels ({labels.stem})", "raster", schema=ws.schema, opacity=0.45),
         ProjectLayer(ws.quicklook, "scene quick-look", "raster"),
     ]  # fmt: skip
     s = ws.scene

@@ -102,6 +102,10 @@ class ProjectLayer:
     layer: str | None = None
     style_qml: str | None = None
     visible: bool = True
+    opacity: float = 1.0
+    """Layer opacity, 0-1: class maps at 0.5 let the imagery show through."""
+    subset: str | None = None
+    """A vector layer's filter (an OGR SQL ``WHERE`` clause, QGIS's "subset string")."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -617,7 +621,9 @@ def _relative_source(layer: ProjectLayer, project_dir: Path) -> str:
         src = rel if rel.startswith("../") else f"./{rel}"
     except ValueError:  # another drive on Windows: relative paths cannot reach it
         src = target.as_posix()
-    return f"{src}|layername={layer.layer}" if layer.kind == "vector" else src
+    if layer.kind != "vector":
+        return src
+    return f"{src}|layername={layer.layer}" + (f"|subset={layer.subset}" if layer.subset else "")
 
 
 def _maplayer(layer: ProjectLayer, info: _LayerInfo, lid: str, source: str) -> ET.Element:
@@ -650,6 +656,11 @@ def _maplayer(layer: ProjectLayer, info: _LayerInfo, lid: str, source: str) -> E
     else:
         ET.SubElement(el, "provider").text = "gdal"
         el.extend(_raster_style_nodes(layer.schema, rgb=info.rgb))
+    if layer.opacity != 1.0:
+        for node in el.iter("rasterrenderer"):
+            node.set("opacity", f"{layer.opacity:g}")
+        for node in el.iter("layerOpacity"):
+            node.text = f"{layer.opacity:g}"
     return el
 
 
