@@ -658,6 +658,7 @@ def write_sample_scene(
         driver="GTiff", width=side, height=side, count=3 if bands == "rgb" else 4, dtype="uint8",
         crs=crs, transform=Affine(pixel, 0, origin[0], 0, -pixel, origin[1]), tiled=True,
         blockxsize=256, blockysize=256, compress="deflate", interleave="pixel",
+        photometric="rgb" if bands == "rgb" else "minisblack",  # 4 bands: no colour metadata
     )  # fmt: skip
     boxes, labels = [], []
     names = {c["id"]: c["name"] for c in (*CATEGORIES, *UNSEEN_CATEGORIES)}
