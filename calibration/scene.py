@@ -47,6 +47,10 @@ from tiles.raster import open_raster, require_crs
 #: Longest side of the decimated read that sets the stretch of non-8-bit scenes.
 STRETCH_SAMPLE = 1024
 STRETCH_PERCENTILES = (2.0, 98.0)
+#: GDAL's block cache while tiles are read (MB). Its default, 5 % of the machine's memory,
+#: would fill with every block ever read and make memory grow with the scene; the overlap
+#: between tile rows only needs the blocks of about two tile rows.
+GDAL_CACHE_MB = 256
 
 
 # --------------------------------------------------------------------------- bands
@@ -300,7 +304,7 @@ def run_tiles(
         if show_progress
         else iter(grid)
     )
-    with rasterio.open(plan.path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), rasterio.open(plan.path) as src:
         batch: list[Tile] = []
         images: list[torch.Tensor] = []
         skipped = 0

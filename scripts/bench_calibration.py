@@ -21,6 +21,7 @@ Writes docs/bench/calibration.json, docs/bench/calibration.png and the
     python scripts/bench_calibration.py            # 1M detections
     python scripts/bench_calibration.py --quick    # 50k detections
     python scripts/bench_calibration.py --repair   # shift / OOD / repairs of the sample detector
+    python scripts/bench_calibration.py --scene    # detect-scene: speed, memory, SAHI
 """
 
 from __future__ import annotations
@@ -233,9 +234,26 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=100, help="--repair: test images per seed")
     ap.add_argument("--cal-images", type=int, default=100, help="--repair: calibration images")
     ap.add_argument("--shift-images", type=int, default=20, help="--repair: corrupted images")
+    ap.add_argument(
+        "--scene",
+        action="store_true",
+        help="detect-scene: throughput vs by hand, peak memory, SAHI comparison (see scene_main)",
+    )
+    ap.add_argument("--scene-size", type=int, default=2048, help="--scene: throughput/SAHI scene side")
+    ap.add_argument(
+        "--memory-sizes", type=int, nargs="*", default=[4096, 16384], help="--scene: memory scene sides"
+    )
+    ap.add_argument("--scratch", type=Path, default=None, help="--scene: folder for the big scenes")
+    ap.add_argument("--memory-child", nargs=2, metavar=("SCENE", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        _memory_child(*args.memory_child)
+        return
     if args.repair:
         repair_main(args)
+        return
+    if args.scene:
+        scene_main(args)
         return
     n_images, per_image = (500, 100) if args.quick else (10_000, 100)
     R = args.repeats
@@ -624,6 +642,332 @@ def _repair_doc(res: dict) -> None:
         "audit shows how much); and fine-tuning one linear layer cannot fix errors that depend on box position.",
     ]
     benchdoc.update_section("calibration-repair", "\n".join(lines))
+
+
+# ============================================================================= scenes
+
+
+def _scene_settings():
+    from calibration.scene import SceneSettings
+
+    return SceneSettings(tile_size=256, overlap=64, batch_size=4)
+
+
+def _by_hand(path: Path, det, settings) -> int:
+    """The peer: the same torchvision model over the same tiles, written the obvious way.
+
+    rasterio window reads of bands 1-3, /255, batches of the same size through the model's
+    own ``forward`` (its own post-processing), boxes shifted into scene pixels and kept in a
+    list. No ownership merge, no probabilities, no calibration, no file written.
+    """
+    import rasterio
+    import torch
+
+    from tiles.grid import TileGrid
+
+    out = []
+    with rasterio.open(path) as src, torch.no_grad():
+        grid = TileGrid(src.height, src.width, settings.tile_size, settings.overlap)
+        tiles = list(grid)
+        for i in range(0, len(tiles), settings.batch_size):
+            batch = tiles[i : i + settings.batch_size]
+            ims = [torch.from_numpy(src.read([1, 2, 3], window=t.window).astype(np.float32) / 255.0) for t in batch]
+            for t, o in zip(batch, det.model(ims), strict=True):
+                b = o["boxes"].numpy().copy()
+                b[:, [0, 2]] += t.window.col_off
+                b[:, [1, 3]] += t.window.row_off
+                out.append((b, o["scores"].numpy(), o["labels"].numpy()))
+    return sum(len(b) for b, _, _ in out)
+
+
+def _detect(path: Path, det, settings, gpkg: Path) -> int:
+    from calibration.samples import CATEGORIES
+    from calibration.scene import detect_scene
+
+    cats = {c["id"]: c["name"] for c in CATEGORIES}
+    return detect_scene(path, det, gpkg, categories=cats, settings=settings, show_progress=False).info.detections
+
+
+def _xyxy(d: Detections) -> np.ndarray:
+    return np.column_stack([d.bbox[:, :2], d.bbox[:, :2] + d.bbox[:, 2:]])
+
+
+def _sahi(path: Path, det, settings, names: dict[int, str]):
+    """SAHI's sliced prediction with the same model, slices and overlap; its own merge (GREEDYNMM, IOS 0.5)."""
+    import rasterio
+    from sahi.models.torchvision import TorchVisionDetectionModel
+    from sahi.predict import get_sliced_prediction
+
+    with rasterio.open(path) as src:
+        rgb = np.ascontiguousarray(src.read([1, 2, 3]).transpose(1, 2, 0))
+    model = TorchVisionDetectionModel(
+        model=det.model, confidence_threshold=det.defaults[0], category_mapping={str(k): v for k, v in names.items()},
+        device="cpu", load_at_init=True,
+    )  # fmt: skip
+    ratio_ = settings.overlap / settings.tile_size
+    rows = []
+    for key, standard, force in SAHI_RUNS:
+        t0 = time.perf_counter()
+        res = get_sliced_prediction(
+            rgb, model, slice_height=settings.tile_size, slice_width=settings.tile_size,
+            overlap_height_ratio=ratio_, overlap_width_ratio=ratio_, perform_standard_pred=standard,
+            postprocess_type="GREEDYNMM", postprocess_match_metric="IOS", postprocess_match_threshold=0.5,
+            force_postprocess_type=force, verbose=0, batch_size=settings.batch_size,
+        )  # fmt: skip
+        secs = time.perf_counter() - t0
+        preds = res.object_prediction_list
+        xyxy = np.array([p.bbox.to_xyxy() for p in preds], np.float64).reshape(-1, 4)
+        d = Detections(
+            image_id=np.ones(len(preds), np.int64),
+            bbox=np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]),
+            category_id=np.array([p.category.id for p in preds], np.int64),
+            score=np.array([p.score.value for p in preds], np.float64),
+        )
+        rows.append((key, secs, d))
+    return rows
+
+
+#: (key, full-image pass, keep GREEDYNMM/IOS even at a low threshold). At the model's score
+#: threshold (0.05) SAHI itself switches its default GREEDYNMM/IOS merge to NMS/IoU unless forced.
+SAHI_RUNS = (
+    ("sahi_greedynmm_ios", False, True),
+    ("sahi_auto_nms_iou", False, False),
+    ("sahi_defaults_full_image_pass", True, False),
+)
+SAHI_LABELS = {
+    "sahi_greedynmm_ios": "SAHI, slices, GREEDYNMM / IOS 0.5 (its documented default, forced)",
+    "sahi_auto_nms_iou": "SAHI, slices, NMS / IoU 0.5 (what it switches to at threshold 0.05)",
+    "sahi_defaults_full_image_pass": "SAHI defaults: slices + full-image pass, NMS / IoU 0.5",
+}
+
+
+def _compare(dets: Detections, truth_xyxy, truth_cat, seam, neighbours) -> dict:
+    """Counts against the truth: found / doubled objects at score >= 0.5, seam objects, close pairs."""
+    import torch
+    from torchvision.ops import box_iou
+
+    keep = dets.score >= 0.5
+    iou = box_iou(torch.tensor(truth_xyxy), torch.tensor(_xyxy(dets)[keep])).numpy()
+    hit = (iou >= 0.5) & (truth_cat[:, None] == dets.category_id[keep][None])
+    n = hit.sum(axis=1)
+    strong = dets.subset(dets.score >= 0.3)
+    dd = box_iou(torch.tensor(_xyxy(strong)), torch.tensor(_xyxy(strong))).numpy()
+    dup = np.triu(dd > 0.5, 1) & (strong.category_id[:, None] == strong.category_id[None])
+    both = [bool(n[i] >= 1 and n[j] >= 1) for i, j in neighbours]
+    return {
+        "detections": len(dets),
+        "detections_score_ge_0.5": int(keep.sum()),
+        "objects_found": int((n >= 1).sum()),
+        "objects_doubled": int((n > 1).sum()),
+        "same_class_pairs_iou_gt_0.5": int(dup.sum()),
+        "seam_objects_found": int((n[seam] >= 1).sum()),
+        "close_pairs_both_found": int(sum(both)),
+    }
+
+
+def _map(dets: Detections, gt: GroundTruth) -> dict:
+    m = M.compute_metrics(dets, gt, M.MetricsConfig(n_boot=0), validate=False)["metrics"]
+    return {k: m[k]["value"] for k in ("map", "ap50")}
+
+
+def _memory_child(path: str, out_json: str) -> None:
+    """One detect-scene run in a fresh process: resident memory before it and its peak during it.
+
+    The peak is sampled every 20 ms from a thread (psutil), so it is the run's own high-water
+    mark above what importing torch and loading the model already took; ``ru_maxrss`` (the
+    kernel's high-water mark of the whole process) is reported next to it.
+    """
+    import json
+    import threading
+
+    import psutil
+    import torch
+
+    from calibration.adapters import load_detector
+
+    torch.set_num_threads(1)
+    det = load_detector("sample_fasterrcnn")
+    proc = psutil.Process()
+    before = proc.memory_info().rss / 2**20
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss / 2**20)
+            done.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    gpkg = Path(out_json).with_suffix(".gpkg")
+    n = _detect(Path(path), det, _scene_settings(), gpkg)
+    secs = time.perf_counter() - t0
+    done.set()
+    th.join()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpkg_mb = gpkg.stat().st_size / 2**20
+    gpkg.unlink()
+    Path(out_json).write_text(json.dumps({"rss_before_mb": before, "peak_rss_mb": peak[0], "ru_maxrss_mb": maxrss,
+                                          "seconds": secs, "detections": n, "gpkg_mb": gpkg_mb}))  # fmt: skip
+
+
+def scene_main(args: argparse.Namespace) -> None:
+    """detect-scene: throughput vs the same model by hand, peak memory at two scene sizes,
+    and the merged result against SAHI's sliced prediction on a scene with known objects."""
+    import json
+    import subprocess
+    import tempfile
+
+    import torch
+
+    from calibration.adapters import load_detector
+    from calibration.samples import CATEGORIES, write_sample_scene
+    from calibration.scene import plan_scene
+    from tiles.grid import TileGrid
+
+    torch.set_num_threads(1)
+    det = load_detector("sample_fasterrcnn")
+    settings = _scene_settings()
+    names = {c["id"]: c["name"] for c in CATEGORIES}
+    by_name = {v: k for k, v in names.items()}
+    res: dict = {"settings": {"tile_size": settings.tile_size, "overlap": settings.overlap,
+                              "batch_size": settings.batch_size, "torch_threads": 1, "repeats": args.repeats}}  # fmt: skip
+    with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
+        root = Path(tmp)
+        # --- throughput ---------------------------------------------------------------
+        cells = args.scene_size // 256
+        scene = write_sample_scene(root / "throughput.tif", cells=cells)
+        n_tiles = len(TileGrid(cells * 256, cells * 256, settings.tile_size, settings.overlap))
+        _detect(scene.path, det, settings, root / "warm.gpkg")  # warm-up (allocator, caches)
+        ours_t, hand_t, ratios = [], [], []
+        for r in range(args.repeats):
+            order = ("ours", "hand") if r % 2 == 0 else ("hand", "ours")
+            got = {}
+            for who in order:
+                w0 = time.perf_counter()
+                if who == "ours":
+                    (root / "o.gpkg").unlink(missing_ok=True)
+                    _detect(scene.path, det, settings, root / "o.gpkg")
+                else:
+                    _by_hand(scene.path, det, settings)
+                got[who] = time.perf_counter() - w0
+            ours_t.append(got["ours"])
+            hand_t.append(got["hand"])
+            ratios.append(got["hand"] / got["ours"])
+            print(f"throughput run {r}: detect-scene {got['ours']:.1f} s, by hand {got['hand']:.1f} s, ratio {ratios[-1]:.3f}", flush=True)
+        res["throughput"] = {
+            "scene": f"{cells * 256}x{cells * 256}", "tiles": n_tiles,
+            "detect_scene_s": ours_t, "by_hand_s": hand_t, "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
+            "detect_scene_tiles_per_s": n_tiles / statistics.median(ours_t),
+            "by_hand_tiles_per_s": n_tiles / statistics.median(hand_t),
+        }  # fmt: skip
+
+        # --- SAHI -------------------------------------------------------------------------
+        plan = plan_scene(scene.path)
+        grid = TileGrid(plan.height, plan.width, settings.tile_size, settings.overlap)
+        truth_cat = np.array([by_name[x] for x in scene.labels], np.int64)
+        seam = np.zeros(len(scene.xyxy), bool)
+        for lo, _ in grid.col_cores[1:]:
+            seam |= (scene.xyxy[:, 0] < lo) & (scene.xyxy[:, 2] > lo)
+        for lo, _ in grid.row_cores[1:]:
+            seam |= (scene.xyxy[:, 1] < lo) & (scene.xyxy[:, 3] > lo)
+        from torchvision.ops import box_iou
+
+        tt = torch.tensor(scene.xyxy)
+        inter = box_iou(tt, tt).numpy()
+        neighbours = [(i, j) for i, j in zip(*np.nonzero(np.triu(inter > 0.0, 1)), strict=True) if truth_cat[i] == truth_cat[j]]
+        gt = GroundTruth.from_coco({
+            "images": [{"id": 1, "file_name": scene.path.name, "width": plan.width, "height": plan.height}],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": int(c), "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                             "area": float((b[2] - b[0]) * (b[3] - b[1])), "iscrowd": 0} for k, (b, c) in enumerate(zip(scene.xyxy, truth_cat, strict=True))],
+            "categories": list(CATEGORIES),
+        })  # fmt: skip
+        import geopandas as gpd
+
+        g = gpd.read_file(root / "o.gpkg", layer="detections")
+        ours = Detections(image_id=np.ones(len(g), np.int64), bbox=np.column_stack([g.xmin, g.ymin, g.xmax - g.xmin, g.ymax - g.ymin]),
+                          category_id=g.category_id.to_numpy(), score=g.score.to_numpy())  # fmt: skip
+        comp = {"objects": len(scene.xyxy), "seam_objects": int(seam.sum()), "touching_same_class_pairs": len(neighbours),
+                "trustmap": {**_compare(ours, scene.xyxy, truth_cat, seam, neighbours), **_map(ours, gt), "seconds": statistics.median(ours_t)}}  # fmt: skip
+        for key, secs, d in _sahi(scene.path, det, settings, names):
+            comp[key] = {**_compare(d, scene.xyxy, truth_cat, seam, neighbours), **_map(d, gt), "seconds": secs}
+            print(f"{key}: {comp[key]}", flush=True)
+        print(f"trustmap: {comp['trustmap']}", flush=True)
+        res["sahi"] = comp
+
+        # --- memory -----------------------------------------------------------------------
+        res["memory"] = []
+        for side in args.memory_sizes:
+            t0 = time.perf_counter()
+            big = write_sample_scene(root / f"mem_{side}.tif", cells=side // 256, pool=16)
+            made = time.perf_counter() - t0
+            out = root / f"mem_{side}.json"
+            subprocess.run([sys.executable, __file__, "--memory-child", str(big.path), str(out)], check=True)
+            row = json.loads(out.read_text()) | {"scene": f"{side}x{side}", "tiles": len(TileGrid(side, side, 256, 64)), "scene_made_s": made}
+            res["memory"].append(row)
+            print(f"memory {side}: {row}", flush=True)
+            big.path.unlink()
+    benchdoc.write_json(OUT / "calibration_scene.json", res)
+    _scene_doc(res)
+    print(f"wrote {OUT / 'calibration_scene.json'} and docs/benchmarks.md", flush=True)
+
+
+def _scene_doc(res: dict) -> None:
+    t, s, mem = res["throughput"], res["sahi"], res["memory"]
+    lines = [
+        "### Scenes: `calibration detect-scene`",
+        "",
+        f"Sample detector, tiles {res['settings']['tile_size']} px with {res['settings']['overlap']} px overlap, "
+        f"batches of {res['settings']['batch_size']}, 1 torch thread, CPU.",
+        "",
+        f"**Throughput** on a {t['scene']} mosaic ({t['tiles']} tiles): detect-scene (read, normalise, forward, "
+        "probability vectors, ownership merge, GeoPackage with style) against the same model over the same tiles "
+        "by hand (rasterio reads, the model's own `forward`, boxes in a list, nothing written), alternating, "
+        f"{len(t['ratios'])} runs. Median of the per-run ratios (by hand time / detect-scene time): "
+        f"**{t['median_ratio']:.2f}×** (runs: {', '.join(f'{r:.2f}' for r in t['ratios'])}; target ≥ 0.8×); "
+        f"{t['detect_scene_tiles_per_s']:.1f} vs {t['by_hand_tiles_per_s']:.1f} tiles/s.",
+        "",
+        "**Peak memory** of a fresh process running detect-scene on mosaics of 16 distinct sample images "
+        "(resident memory sampled every 20 ms; \"before\" is after importing torch and loading the model; "
+        "`ru_maxrss` is the kernel's high-water mark of the whole process):",
+        "",
+        "| scene | tiles | detections | GeoPackage | RSS before | peak RSS during the run | growth | ru_maxrss | run time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in mem:
+        lines.append(
+            f"| {m['scene']} | {m['tiles']:,} | {m['detections']:,} | {m['gpkg_mb']:.0f} MB | {m['rss_before_mb']:.0f} MB | "
+            f"{m['peak_rss_mb']:.0f} MB | {m['peak_rss_mb'] - m['rss_before_mb']:+.0f} MB | {m['ru_maxrss_mb']:.0f} MB | {m['seconds']:.0f} s |"
+        )
+    lines += [
+        "",
+        f"**Against SAHI** (`sahi {_version('sahi')}`, `get_sliced_prediction`, same model, 256 px slices, overlap "
+        f"ratio 0.25) on the {t['scene']} mosaic with its {s['objects']} "
+        f"known objects ({s['seam_objects']} cut by a core boundary, {s['touching_same_class_pairs']} touching "
+        "same-class pairs). Found = matched by a same-class detection with score ≥ 0.5 at IoU ≥ 0.5.",
+        "",
+        "| | detections | found | found twice | same-class pairs IoU > 0.5 (score ≥ 0.3) | seam objects found | touching pairs both found | mAP | AP50 | time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, label in (("trustmap", "detect-scene (ownership of box centres)"), *SAHI_LABELS.items()):
+        r = s[key]
+        lines.append(
+            f"| {label} | {r['detections']:,} | {r['objects_found']} | {r['objects_doubled']} | "
+            f"{r['same_class_pairs_iou_gt_0.5']} | {r['seam_objects_found']} / {s['seam_objects']} | "
+            f"{r['close_pairs_both_found']} / {s['touching_same_class_pairs']} | {r['map']:.3f} | {r['ap50']:.3f} | {r['seconds']:.1f} s |"
+        )
+    benchdoc.update_section("calibration-scene", "\n".join(lines))
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
 
 
 if __name__ == "__main__":
