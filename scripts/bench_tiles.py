@@ -13,6 +13,15 @@ Memory: peak RSS of a child process that stitches a 4-class float32 probability 
 (blend mode, tiles computed on the fly) at 8192² and 16384².
 
     python scripts/bench_tiles.py [--size 16384] [--repeats 3] [--workdir /tmp/trustmap-bench]
+
+Align (``--align``, its own section): `tiles align` of a vector label file against a plain
+``rasterio.features.rasterize`` of the same file onto the same grid. The file is the sample
+scene's truth vectorized (``--align-size`` pixels square; 2048² gives ~10k polygons of six
+classes); both sides read the GeoPackage and write a deflated uint8 GeoTIFF, trustmap also
+validates, repairs and checks coverage and overlaps. Ratio = trustmap time / plain time per
+interleaved repeat; the figure is the median of those ratios (target ≤ 1.5×).
+
+    python scripts/bench_tiles.py --align [--align-size 2048] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -34,11 +43,14 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import update_section, write_json  # noqa: E402
 
+from tiles.align import align_labels  # noqa: E402
+from tiles.classes import builtin_schema_path, load_schema  # noqa: E402
 from tiles.cut import cut_scene, stitch_index  # noqa: E402
 from tiles.grid import TileGrid  # noqa: E402
 from tiles.stitch import StitchWriter  # noqa: E402
 
 JSON_PATH = Path(__file__).resolve().parents[1] / "docs" / "bench" / "tiles.json"
+ALIGN_JSON_PATH = JSON_PATH.with_name("tiles_align.json")
 PROFILE = dict(
     driver="GTiff",
     dtype="uint16",
@@ -166,6 +178,88 @@ def throughput(scene: Path, work: Path, repeats: int):
     return times, cpu, exact
 
 
+def plain_rasterize(vector: Path, scene: Path, out: Path, ignore: int) -> None:
+    """What a user would write with rasterio alone: read, rasterize onto the grid, write."""
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    gdf = gpd.read_file(vector, engine="pyogrio")
+    with rasterio.open(scene) as s:
+        shape, transform, crs = (s.height, s.width), s.transform, s.crs
+    burnt = rasterize(
+        zip(gdf.geometry.to_crs(crs), gdf["code"].astype("uint8").tolist(), strict=True),
+        out_shape=shape, transform=transform, fill=ignore, dtype=np.uint8,
+    )  # fmt: skip
+    prof = dict(
+        driver="GTiff", width=shape[1], height=shape[0], count=1, dtype="uint8", crs=crs,
+        transform=transform, nodata=ignore, tiled=True, blockxsize=256, blockysize=256,
+        compress="deflate",
+    )  # fmt: skip
+    with rasterio.open(out, "w", **prof) as d:
+        d.write(burnt, 1)
+
+
+def bench_align(work: Path, size: int, repeats: int) -> dict:
+    """Interleaved repeats of `tiles align` (library call, no progress bar) and plain rasterize."""
+    from tiles.samples import make_sample
+    from tiles.vectorize import vectorize_mask, write_polygons
+
+    schema = load_schema(builtin_schema_path("landcover6"))
+    paths = make_sample(work / "sample", size=size, seed=0)
+    vector = work / "truth.gpkg"
+    gdf = vectorize_mask(paths.truth, schema, progress=False)
+    write_polygons(gdf, vector)
+    times: dict[str, list[float]] = {"align": [], "rasterize": []}
+    cpu: dict[str, list[float]] = {"align": [], "rasterize": []}
+    for rep in range(repeats):
+        for name in ("rasterize", "align") if rep % 2 else ("align", "rasterize"):
+            out = work / f"{name}.tif"
+            out.unlink(missing_ok=True)
+            t, c = time.perf_counter(), time.process_time()
+            if name == "align":
+                align_labels(vector, paths.scene, schema, out, progress=False)
+            else:
+                plain_rasterize(vector, paths.scene, out, schema.ignore)
+            times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+            print(f"  rep {rep} {name:9s} {times[name][-1]:.2f}s wall {cpu[name][-1]:.2f}s cpu", flush=True)
+    with rasterio.open(work / "align.tif") as a, rasterio.open(work / "rasterize.tif") as b:
+        same = bool(np.array_equal(a.read(1), b.read(1)))
+    ratios = [a / r for a, r in zip(times["align"], times["rasterize"], strict=True)]
+    cpu_ratios = [a / r for a, r in zip(cpu["align"], cpu["rasterize"], strict=True)]
+    return {
+        "vector": f"sample truth {size}x{size} vectorized: {len(gdf)} polygons, 6 classes",
+        "times_s": times,
+        "cpu_s": cpu,
+        "ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+        "median_cpu_ratio": statistics.median(cpu_ratios),
+        "same_pixels": same,
+    }
+
+
+def align_section(res: dict, repeats: int) -> str:
+    med = {k: statistics.median(v) for k, v in res["times_s"].items()}
+    mcpu = {k: statistics.median(v) for k, v in res["cpu_s"].items()}
+    met = "met" if res["median_ratio"] <= 1.5 else "**not met**"
+    return f"""## tiles: align of a vector label file against plain rasterize
+
+Labels: {res["vector"]}, aligned onto the sample scene's grid. `tiles align` (validation,
+repair, class lookup, coverage and overlap checks, windowed rasterize, atomic write) against
+a plain `rasterio.features.rasterize` of the same file onto the same grid (read with geopandas,
+written as a deflated GeoTIFF). {repeats} interleaved repeats; ratio = trustmap / plain per repeat.
+Identical pixels: **{res["same_pixels"]}**.
+
+| path | median wall | median CPU |
+|---|---|---|
+| plain rasterize | {med["rasterize"]:.2f} s | {mcpu["rasterize"]:.2f} s |
+| `tiles align` | {med["align"]:.2f} s | {mcpu["align"]:.2f} s |
+
+Median of the per-repeat ratios: **{res["median_ratio"]:.2f}×** wall (CPU {res["median_cpu_ratio"]:.2f}×);
+target ≤ 1.5×: {met}.
+"""
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,6 +269,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rss-sizes", type=int, nargs="*", default=[8192, 16384])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/trustmap-bench-tiles"))
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--align", action="store_true", help="Run the align benchmark only.")
+    ap.add_argument("--align-size", type=int, default=2048)
+    ap.add_argument("--no-doc", action="store_true", help="Print the section; leave docs/benchmarks.md as is.")
     ap.add_argument(
         "--rss-only",
         action="store_true",
@@ -191,6 +288,14 @@ def main() -> None:
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if args.align:
+        res = bench_align(work, args.align_size, args.repeats)
+        write_json(ALIGN_JSON_PATH, res)
+        md = align_section(res, args.repeats)
+        if not args.no_doc:
+            update_section("tiles-align", md)
+        print(md)
+        return
     if args.rss_only:
         prev = json.loads(JSON_PATH.read_text())
         times, cpu = prev["times_s"], prev["cpu_s"]

@@ -8,6 +8,14 @@ A :class:`LabelSource` is opened once: that is where everything that can be wron
 input is found and reported (CRS, overlap, class codes, geometry validity). After that,
 :meth:`LabelSource.read` is a pure function of a scene window, so a scene can be aligned
 window by window, in any order, on any worker.
+
+Why vector coverage and overlaps are measured on the grid, not on the geometries: a union of
+all features (for the covered share) and a pairwise relate of all touching features (for
+conflicting overlaps) cost ten times the rasterization itself on a vectorized land-cover map.
+:meth:`LabelSource.read_stats` counts, per window, the pixels under any feature and the pixels
+where features of different classes overlap (the forward and the reversed burn order differ
+there). That is what those checks were for, exactly at the resolution the labels are used at,
+and the counts add up over windows in any order.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -32,16 +40,24 @@ from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window, from_bounds, subdivide
+from rasterio.windows import bounds as window_bounds
+from rasterio.windows import transform as window_transform
 
 from tiles.classes import ClassSchema
-from tiles.console import progress as progress_bar
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, check_output_file
-from tiles.raster import open_raster, require_crs
-
-VECTOR_SUFFIXES = frozenset(
-    {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"}
+from tiles.profiles import class_mask_profile
+from tiles.progress import progress as progress_bar
+from tiles.raster import (
+    VECTOR_SUFFIXES as VECTOR_SUFFIXES,  # re-exported: refine imports it from here
 )
+from tiles.raster import (
+    dataset_path,
+    open_class_mask,
+    open_raster,
+    require_crs,
+)
+
 CLASS_FIELD_CANDIDATES = ("class", "code", "label", "name")
 # Scanning the label raster's codes up front costs one read of the part that overlaps the
 # scene; beyond this many pixels the codes are checked window by window in read() instead.
@@ -98,20 +114,16 @@ class SceneGrid:
 
     def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) of a window, in the scene CRS."""
-        c0, r0 = window.col_off, window.row_off
-        c1, r1 = c0 + window.width, r0 + window.height
-        xs, ys = zip(
-            *(self.transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c0, r1), (c1, r1))),
-            strict=True,
-        )
-        return min(xs), min(ys), max(xs), max(ys)
+        left, bottom, right, top = window_bounds(window, self.transform)
+        return float(left), float(bottom), float(right), float(top)
 
     @property
     def box(self) -> shapely.Polygon:
         return shapely.box(*self.bounds)
 
     def window_transform(self, window: Window) -> Affine:
-        return self.transform @ Affine.translation(window.col_off, window.row_off)
+        """The affine transform of ``window`` (rasterio's :func:`rasterio.windows.transform`)."""
+        return window_transform(window, self.transform)
 
     def profile(self) -> dict[str, Any]:
         return {
@@ -145,14 +157,18 @@ class LabelSource(ABC):
 
     kind: ClassVar[Literal["raster", "vector"]]
 
-    def __init__(self, path: Path, grid: SceneGrid, schema: ClassSchema, coverage: float):
+    def __init__(
+        self, path: Path | str, grid: SceneGrid, schema: ClassSchema, coverage: float | None
+    ) -> None:
         self.path = path
         self.grid = grid
         self.schema = schema
-        self.coverage = coverage  # fraction of the scene inside the labels' footprint
+        # Fraction of the scene inside the labels' footprint; None until measured (vectors:
+        # align_labels measures it on the grid).
+        self.coverage = coverage
         self.repaired = 0
         self.warnings: list[str] = []
-        if coverage < FULL_COVERAGE:
+        if coverage is not None and coverage < FULL_COVERAGE:
             self.warnings.append(f"labels cover {coverage:.1%} of the scene")
 
     @classmethod
@@ -164,20 +180,35 @@ class LabelSource(ABC):
         class_field: str | None = None,
         layer: str | None = None,
     ) -> LabelSource:
-        """Open a label raster or vector file (chosen by suffix) against ``scene``."""
-        path = Path(path)
-        if not path.exists():
+        """Open a label raster or vector file (chosen by suffix) against ``scene``.
+
+        ``path`` may be a GDAL path or URL (``/vsizip/…``, ``https://…``); its existence is
+        then left to the reader to report.
+        """
+        path = dataset_path(path)
+        if isinstance(path, Path) and not path.exists():
             raise TrustmapError("label file not found", path)
         grid = SceneGrid.of(scene)
-        if path.suffix.lower() in VECTOR_SUFFIXES:
+        if Path(str(path)).suffix.lower() in VECTOR_SUFFIXES:
             return VectorLabels.from_file(path, grid, schema, class_field=class_field, layer=layer)
         if class_field is not None or layer is not None:
-            raise TrustmapError("class_field and layer apply to vector labels, not rasters", path)
+            raise TrustmapError(
+                "--class-field and --layer apply to vector labels, not to a label raster", path
+            )
         return RasterLabels.from_file(path, grid, schema)
 
     @abstractmethod
     def read(self, window: Window) -> np.ndarray:
         """uint8 codes for ``window`` of the scene grid; ``ignore`` where unlabelled."""
+
+    def read_stats(self, window: Window) -> tuple[np.ndarray, int, int]:
+        """:meth:`read`, plus the window's pixels under the labels and pixels in conflict.
+
+        The base class counts every pixel as under the footprint (a raster's footprint is
+        known at open) and none in conflict; :class:`VectorLabels` measures both.
+        """
+        labels = self.read(window)
+        return labels, int(labels.size), 0
 
 
 class RasterLabels(LabelSource):
@@ -186,26 +217,15 @@ class RasterLabels(LabelSource):
     kind = "raster"
 
     def __init__(
-        self, path: Path, grid: SceneGrid, schema: ClassSchema, coverage: float, checked: bool
-    ):
+        self, path: Path | str, grid: SceneGrid, schema: ClassSchema, coverage: float, checked: bool
+    ) -> None:
         super().__init__(path, grid, schema, coverage)
         self.checked = checked  # all codes were scanned at open; read() need not check again
 
     @classmethod
-    def from_file(cls, path: Path, grid: SceneGrid, schema: ClassSchema) -> RasterLabels:
+    def from_file(cls, path: Path | str, grid: SceneGrid, schema: ClassSchema) -> RasterLabels:
         """Validate the raster against ``grid`` and ``schema``."""
-        with open_raster(path) as src:
-            require_crs(src, path)
-            if src.count != 1:
-                raise TrustmapError(
-                    f"has {src.count} bands; a label raster must be single-band (one class code per pixel)",
-                    path,
-                )
-            if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
-                raise TrustmapError(
-                    f"has {src.dtypes[0]} pixels; a label raster must hold integer class codes (uint8)",
-                    path,
-                )
+        with open_class_mask(path, role="label raster") as src:
             coverage = _raster_coverage(src, grid, path)
             checked = _check_raster_codes(src, grid, schema, path)
         return cls(path, grid, schema, coverage, checked)
@@ -214,7 +234,7 @@ class RasterLabels(LabelSource):
         return read_raster_labels(self.path, self.grid, window, self.schema, check=not self.checked)
 
 
-def _raster_coverage(src, grid: SceneGrid, path: Path) -> float:
+def _raster_coverage(src: rasterio.DatasetReader, grid: SceneGrid, path: Path | str) -> float:
     """Share of the scene area inside the raster's extent (densified, then reprojected)."""
     extent = shapely.box(*src.bounds)
     edge = max(extent.bounds[2] - extent.bounds[0], extent.bounds[3] - extent.bounds[1]) / 64
@@ -229,7 +249,9 @@ def _raster_coverage(src, grid: SceneGrid, path: Path) -> float:
     return float(inside / grid.box.area)
 
 
-def _check_raster_codes(src, grid: SceneGrid, schema: ClassSchema, path: Path) -> bool:
+def _check_raster_codes(
+    src: rasterio.DatasetReader, grid: SceneGrid, schema: ClassSchema, path: Path | str
+) -> bool:
     """Scan the codes of the part of ``src`` under the scene, if small; True when done."""
     left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
     under = from_bounds(left, bottom, right, top, src.transform)
@@ -250,7 +272,7 @@ def _check_raster_codes(src, grid: SceneGrid, schema: ClassSchema, path: Path) -
 
 
 def read_raster_labels(
-    path: Path, grid: SceneGrid, window: Window, schema: ClassSchema, check: bool = True
+    path: Path | str, grid: SceneGrid, window: Window, schema: ClassSchema, check: bool = True
 ) -> np.ndarray:
     """Nearest-neighbour codes of the label raster at ``path`` for one scene window.
 
@@ -284,24 +306,28 @@ class VectorLabels(LabelSource):
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         grid: SceneGrid,
         schema: ClassSchema,
-        coverage: float,
+        coverage: float | None,
         geoms: np.ndarray,
         codes: np.ndarray,
         class_field: str,
-    ):
+    ) -> None:
         super().__init__(path, grid, schema, coverage)
         self.geoms = geoms  # in the scene CRS, valid
         self.codes = codes
         self.class_field = class_field
         self.tree = shapely.STRtree(geoms)
+        # A fill value no feature burns, so that "under a feature" can be told from "ignore"
+        # (features may carry the ignore code); None if the schema uses all 256 codes.
+        free = sorted(set(range(256)) - set(schema.codes) - {schema.ignore})
+        self.fill: int | None = free[-1] if free else None
 
     @classmethod
     def from_file(
         cls,
-        path: Path,
+        path: Path | str,
         grid: SceneGrid,
         schema: ClassSchema,
         class_field: str | None = None,
@@ -326,31 +352,103 @@ class VectorLabels(LabelSource):
 
         codes = _codes_for_values(gdf[field_name], field_name, schema, path)
         geoms, repaired = _repair(gdf.geometry.to_numpy(), gdf.index.to_numpy(), path)
-        geoms = gpd.GeoSeries(geoms, crs=gdf.crs).to_crs(grid.crs).to_numpy()
-        # Reprojection can bend a valid ring into an invalid one; rasterize does not mind, but
-        # the coverage union does.
-        bent = ~shapely.is_valid(geoms)
-        geoms[bent] = shapely.make_valid(geoms[bent])
+        if CRS.from_user_input(gdf.crs) != grid.crs:
+            geoms = gpd.GeoSeries(geoms, crs=gdf.crs).to_crs(grid.crs).to_numpy()
+            # Reprojection can bend a valid ring into an invalid one; repair those too.
+            bent = ~shapely.is_valid(geoms)
+            geoms[bent] = shapely.make_valid(geoms[bent])
 
-        coverage, hits = _vector_coverage(geoms, grid, path)
-        source = cls(path, grid, schema, coverage, geoms, codes, field_name)
+        source = cls(path, grid, schema, None, geoms, codes, field_name)
+        if not _reaches(source.tree, geoms, grid.box):
+            raise _disjoint(path, grid, tuple(shapely.total_bounds(geoms)))
         source.repaired = repaired
         if repaired:
             warnings.append(
                 f"repaired {repaired} invalid geometr{'y' if repaired == 1 else 'ies'} with make_valid"
             )
-        overlaps = _conflicting_overlaps(geoms[hits], codes[hits])
-        if overlaps:
-            warnings.append(
-                f"{overlaps} pair(s) of features with different classes overlap; the later feature wins"
-            )
         source.warnings.extend(warnings)
         return source
+
+    def _hits(self, window: Window) -> np.ndarray:
+        box = shapely.box(*self.grid.window_bounds(window))
+        return np.sort(self.tree.query(box, predicate="intersects"))
 
     def read(self, window: Window) -> np.ndarray:
         return rasterize_labels(
             self.geoms, self.codes, self.tree, self.grid, window, self.schema.ignore
         )
+
+    def read_stats(self, window: Window) -> tuple[np.ndarray, int, int]:
+        """Codes of ``window``, pixels under a feature, and pixels where classes conflict.
+
+        A pixel is in conflict when burning the window's features in reverse order gives
+        another class than burning them in file order: features of different classes overlap
+        there, and the later one won. Same codes as :meth:`read`.
+        """
+        height, width = int(window.height), int(window.width)
+        ignore = self.schema.ignore
+        hits = self._hits(window)
+        if not len(hits):
+            return np.full((height, width), ignore, dtype=np.uint8), 0, 0
+        shapes = _as_geojson(self.geoms[hits])
+        codes = self.codes[hits].tolist()
+        fill = ignore if self.fill is None else self.fill
+        kw: dict[str, Any] = {
+            "out_shape": (height, width), "transform": self.grid.window_transform(window),
+            "fill": fill, "dtype": np.uint8,
+        }  # fmt: skip
+        burnt = rasterize(zip(shapes, codes, strict=True), **kw)
+        conflicts = 0
+        if len(set(codes)) > 1:
+            backwards = rasterize(zip(shapes[::-1], codes[::-1], strict=True), **kw)
+            conflicts = int(np.count_nonzero(burnt != backwards))
+        under = int(np.count_nonzero(burnt != fill)) if self.fill is not None else int(
+            np.count_nonzero(burnt != ignore)
+        )
+        if self.fill is not None:
+            burnt[burnt == fill] = ignore
+        return burnt, under, conflicts
+
+
+def _reaches(tree: shapely.STRtree, geoms: np.ndarray, scene: shapely.Polygon) -> bool:
+    """Does any feature share area with the scene? Bounding boxes first, geometry only if needed."""
+    hits = tree.query(scene)  # bounding boxes only: cheap
+    if not len(hits):
+        return False
+    x0, y0, x1, y1 = scene.bounds
+    b = shapely.bounds(geoms[hits])
+    if ((b[:, 0] > x0) & (b[:, 1] > y0) & (b[:, 2] < x1) & (b[:, 3] < y1)).any():
+        return True  # a feature lies strictly inside the scene
+    near = geoms[hits]
+    return bool((shapely.intersects(near, scene) & ~shapely.touches(near, scene)).any())
+
+
+def _as_geojson(geoms: np.ndarray) -> list[Any]:
+    """GeoJSON-like mappings for rasterize, built from coordinate arrays in one pass.
+
+    Shapely's ``__geo_interface__`` walks every coordinate in Python; for a vectorized land-
+    cover map that costs more than the rasterization itself. Polygons and MultiPolygons go
+    through :func:`shapely.to_ragged_array`; anything else (a repaired collection) falls back.
+    """
+    types = shapely.get_type_id(geoms)
+    if not len(geoms) or not np.isin(types, (3, 6)).all():
+        return [g.__geo_interface__ for g in geoms]
+    kind, coords, offsets = shapely.to_ragged_array(geoms)
+    points = coords.tolist()  # one call: far cheaper than one per ring
+    ends = offsets[0].tolist()
+    rings = [points[ends[k] : ends[k + 1]] for k in range(len(ends) - 1)]
+    ring_off = offsets[1].tolist()
+    if kind == shapely.GeometryType.POLYGON:
+        return [
+            {"type": "Polygon", "coordinates": rings[ring_off[i] : ring_off[i + 1]]}
+            for i in range(len(geoms))
+        ]
+    part_off = offsets[2].tolist()
+    polygons = [rings[ring_off[j] : ring_off[j + 1]] for j in range(len(ring_off) - 1)]
+    return [
+        {"type": "MultiPolygon", "coordinates": polygons[part_off[i] : part_off[i + 1]]}
+        for i in range(len(geoms))
+    ]
 
 
 def rasterize_labels(
@@ -367,7 +465,7 @@ def rasterize_labels(
     if not len(hits):
         return np.full((height, width), ignore, dtype=np.uint8)
     return rasterize(
-        zip(geoms[hits], codes[hits].tolist(), strict=True),
+        zip(_as_geojson(geoms[hits]), codes[hits].tolist(), strict=True),
         out_shape=(height, width),
         transform=grid.window_transform(window),
         fill=ignore,
@@ -375,25 +473,14 @@ def rasterize_labels(
     )
 
 
-def _vector_coverage(geoms: np.ndarray, grid: SceneGrid, path: Path) -> tuple[float, np.ndarray]:
-    """Share of the scene area under the features, and the indices of those reaching it."""
-    scene = grid.box
-    hits = shapely.STRtree(geoms).query(scene, predicate="intersects")
-    hits = hits[~shapely.touches(geoms[hits], scene)]
-    if not len(hits):
-        raise _disjoint(path, grid, tuple(shapely.total_bounds(geoms)))
-    under = shapely.union_all(shapely.intersection(geoms[hits], scene))
-    return float(under.area / scene.area), hits
-
-
-def _read_vector(path: Path, layer: str | None) -> gpd.GeoDataFrame:
+def _read_vector(path: Path | str, layer: str | None) -> gpd.GeoDataFrame:
     try:
         layers = [str(name) for name in pyogrio.list_layers(path)[:, 0]]
     except (pyogrio.errors.DataSourceError, OSError) as exc:
         raise TrustmapError(f"not a readable vector file ({exc})", path) from None
     if layer is None and len(layers) > 1:
         raise TrustmapError(
-            f"has {len(layers)} layers ({', '.join(layers)}); choose one with layer=", path
+            f"has {len(layers)} layers ({', '.join(layers)}); choose one with --layer", path
         )
     if layer is not None and layer not in layers:
         raise TrustmapError(f"has no layer {layer!r}; its layers are {', '.join(layers)}", path)
@@ -406,7 +493,7 @@ def _read_vector(path: Path, layer: str | None) -> gpd.GeoDataFrame:
     return gdf
 
 
-def _class_field(gdf: gpd.GeoDataFrame, requested: str | None, path: Path) -> str:
+def _class_field(gdf: gpd.GeoDataFrame, requested: str | None, path: Path | str) -> str:
     """The attribute holding the class, matched case-insensitively."""
     columns = [c for c in gdf.columns if c != gdf.geometry.name]
     lower = {c.lower(): c for c in columns}
@@ -415,18 +502,22 @@ def _class_field(gdf: gpd.GeoDataFrame, requested: str | None, path: Path) -> st
             return requested
         if requested.lower() in lower:
             return lower[requested.lower()]
-        raise TrustmapError(f"has no attribute {requested!r}; its attributes are {columns}", path)
+        raise TrustmapError(
+            f"has no attribute {requested!r} (--class-field); its attributes are {columns}", path
+        )
     for candidate in CLASS_FIELD_CANDIDATES:
         if candidate in lower:
             return lower[candidate]
     raise TrustmapError(
         f"has no class attribute: tried {', '.join(CLASS_FIELD_CANDIDATES)} (any case); its "
-        f"attributes are {columns}; name the one to use with class_field=",
+        f"attributes are {columns}; name the one to use with --class-field",
         path,
     )
 
 
-def _codes_for_values(values, field_name: str, schema: ClassSchema, path: Path) -> np.ndarray:
+def _codes_for_values(
+    values: Any, field_name: str, schema: ClassSchema, path: Path | str
+) -> np.ndarray:
     """Map attribute values (codes or class names) to codes, naming every value that is neither."""
     if values.isna().any():
         raise TrustmapError(
@@ -458,7 +549,7 @@ def _code_for(value: Any, schema: ClassSchema) -> int:
     return schema.code_for(value if isinstance(value, str) else int(value))
 
 
-def _repair(geoms: np.ndarray, ids: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
+def _repair(geoms: np.ndarray, ids: np.ndarray, path: Path | str) -> tuple[np.ndarray, int]:
     """make_valid every invalid geometry; a polygon that keeps no area is an error."""
     invalid = np.flatnonzero(~shapely.is_valid(geoms))
     out = geoms.copy()
@@ -480,18 +571,6 @@ def _repair(geoms: np.ndarray, ids: np.ndarray, path: Path) -> tuple[np.ndarray,
     return out, len(invalid)
 
 
-def _conflicting_overlaps(geoms: np.ndarray, codes: np.ndarray) -> int:
-    """How many pairs of features with different classes share interior area."""
-    if len(geoms) < 2:
-        return 0
-    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
-    pairs = (left < right) & (codes[left] != codes[right])
-    left, right = left[pairs], right[pairs]
-    if not len(left):
-        return 0
-    return int(shapely.relate_pattern(geoms[left], geoms[right], "2********").sum())
-
-
 # --- writing --------------------------------------------------------------------------------
 
 
@@ -502,12 +581,13 @@ class AlignReport:
     source: str
     kind: Literal["raster", "vector"]
     out: str
-    covered: float  # fraction of the scene inside the labels' footprint
+    covered: float  # fraction of the scene under the labels (raster: footprint; vector: pixels under a feature)
     counts: dict[int, int]  # pixels per code on the scene grid, ignore included
     labelled_fraction: float  # share of scene pixels that received a class (not ignore)
     repaired: int = 0
     class_field: str | None = None
     warnings: list[str] = field(default_factory=list)
+    conflict_pixels: int = 0  # vector labels: pixels where features of different classes overlap
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -520,6 +600,7 @@ class AlignReport:
             "repaired": self.repaired,
             "class_field": self.class_field,
             "warnings": list(self.warnings),
+            "conflict_pixels": self.conflict_pixels,
         }
 
     def summary(self, schema: ClassSchema) -> str:
@@ -537,56 +618,68 @@ class AlignReport:
 
 
 def align_labels(
-    label_path: str | os.PathLike,
-    scene_path: str | os.PathLike | Mapping[str, Any] | SceneGrid,
+    label_path: str | os.PathLike[str],
+    scene_path: str | os.PathLike[str] | Mapping[str, Any] | SceneGrid,
     schema: ClassSchema,
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike[str],
     class_field: str | None = None,
     layer: str | None = None,
     tile_size: int = 1024,
     progress: bool = True,
+    creation_options: Mapping[str, Any] | None = None,
 ) -> AlignReport:
     """Write ``label_path`` onto the scene grid as a tiled, deflated uint8 GeoTIFF with colours.
 
     Windows are written in turn, so memory stays at one ``tile_size`` window whatever the
-    scene's size, and the file appears at ``out_path`` only once complete.
+    scene's size, and the file appears at ``out_path`` only once complete. For vector labels
+    the covered share and the conflicting overlaps are counted on the grid as the windows
+    are burnt (see the module docstring). ``creation_options`` (GDAL GTiff options) override
+    the output layout.
     """
     if tile_size <= 0:
         raise TrustmapError(f"tile_size must be positive, got {tile_size}")
     scene_file = scene_path if isinstance(scene_path, str | os.PathLike) else None
-    check_output_file(out_path, [label_path, scene_file])
+    check_output_file(out_path, [label_path, scene_file], option="--output")
     source = LabelSource.open(label_path, scene_path, schema, class_field=class_field, layer=layer)
     grid = source.grid
-    profile = {
-        "driver": "GTiff",
-        "dtype": "uint8",
-        "count": 1,
-        "nodata": schema.ignore,
-        "tiled": True,
-        "blockxsize": 256,  # a tile_size that is a multiple of 256 writes whole blocks
-        "blockysize": 256,
-        "compress": "deflate",
-        "BIGTIFF": "IF_SAFER",
-        **grid.profile(),
-    }
+    profile = class_mask_profile(
+        width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform,
+        ignore=schema.ignore, **dict(creation_options or {}),
+    )  # fmt: skip
     counts = np.zeros(256, dtype=np.int64)  # bincount of uint8 codes
-    windows = subdivide(Window(0, 0, grid.width, grid.height), tile_size, tile_size)
+    under = conflicts = 0
+    windows: Iterable[Window] = subdivide(Window(0, 0, grid.width, grid.height), tile_size, tile_size)
     if progress:
-        windows = progress_bar(windows, desc="align", total=len(windows), unit="window")
+        windows = progress_bar(windows, desc="align", unit="window")
     with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write_colormap(1, schema.colormap())
         for window in windows:
-            labels = source.read(window)
+            labels, n_under, n_conflict = source.read_stats(window)
+            under += n_under
+            conflicts += n_conflict
             counts += np.bincount(labels.ravel(), minlength=256)
             dst.write(labels, 1, window=window)
+    warnings = list(source.warnings)
+    covered = source.coverage
+    if covered is None:  # measured on the grid
+        covered = under / (grid.width * grid.height)
+        source.coverage = covered
+        if covered < FULL_COVERAGE:
+            warnings.insert(0, f"labels cover {covered:.1%} of the scene")
+    if conflicts:
+        warnings.append(
+            f"{conflicts} pixel(s) lie under overlapping features of different classes; the "
+            "later feature wins there"
+        )
     return AlignReport(
         source=str(label_path),
         kind=source.kind,
         out=str(out_path),
-        covered=source.coverage,
+        covered=covered,
         counts={int(c): int(counts[c]) for c in np.flatnonzero(counts)},
         labelled_fraction=float(1.0 - counts[schema.ignore] / counts.sum()),
         repaired=source.repaired,
         class_field=getattr(source, "class_field", None),
-        warnings=list(source.warnings),
+        warnings=warnings,
+        conflict_pixels=conflicts,
     )

@@ -19,9 +19,8 @@ from typing import Any, Literal
 import numpy as np
 
 from tiles.errors import TrustmapError
-from tiles.raster import open_raster, require_crs
+from tiles.raster import VECTOR_SUFFIXES, open_raster, require_crs
 
-VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 CSV_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 #: Each box edge is split into this many segments before reprojection.
 DENSIFY_SEGMENTS = 8

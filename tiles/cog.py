@@ -9,7 +9,9 @@ invents codes that are not in the schema (averaging 1 and 3 gives 2, a different
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -21,7 +23,8 @@ from rasterio.windows import Window
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, ensure_writable_dir, staging_dir
-from tiles.raster import open_raster
+from tiles.profiles import class_mask_profile
+from tiles.raster import dataset_path, open_class_mask
 
 DEFAULT_BLOCKSIZE = 512
 
@@ -34,12 +37,14 @@ def translate_to_cog(
     blocksize: int = DEFAULT_BLOCKSIZE,
     compress: str = "deflate",
     predictor: bool = False,
+    creation_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Copy the raster ``src`` into a validated COG at ``dst`` (atomically).
 
     Overviews are always rebuilt with ``resampling`` (existing ones are ignored) so a class
     map never carries averaged overviews. The colour table, nodata and CRS travel with the
     copy. ``predictor`` helps continuous data (probabilities, reflectances), not class maps.
+    ``creation_options`` (the COG driver's, e.g. ``{"COMPRESS": "ZSTD"}``) go in last.
     """
     method = resampling if isinstance(resampling, str) else resampling.name
     dst = Path(dst)
@@ -52,6 +57,7 @@ def translate_to_cog(
     }
     if predictor:
         options["PREDICTOR"] = "YES"
+    options.update({str(k).upper(): v for k, v in (creation_options or {}).items()})
     with atomic_path(dst) as tmp:
         try:
             rasterio.shutil.copy(str(src), str(tmp), driver="COG", **options)
@@ -87,32 +93,12 @@ def write_class_cog(
     outside the schema are an error that names all of them and the file; nothing is
     written then.
     """
-    mask_path, dst = Path(mask_path), Path(dst)
-    with open_raster(mask_path) as src:
-        if src.count != 1:
-            raise TrustmapError(
-                f"a class mask must have one band, this raster has {src.count}", mask_path
-            )
-        dtype = np.dtype(src.dtypes[0])
-        if not np.issubdtype(dtype, np.integer):
-            raise TrustmapError(
-                f"a class mask must hold integer codes, this raster is {dtype.name}", mask_path
-            )
-        profile = {
-            "driver": "GTiff",
-            "width": src.width,
-            "height": src.height,
-            "count": 1,
-            "dtype": "uint8",
-            "crs": src.crs,
-            "transform": src.transform,
-            "nodata": schema.ignore,
-            "tiled": True,
-            "blockxsize": blocksize,
-            "blockysize": blocksize,
-            "compress": "deflate",
-            "BIGTIFF": "IF_SAFER",
-        }
+    mask_path, dst = dataset_path(mask_path), Path(dst)
+    with open_class_mask(mask_path, need_crs=False) as src:
+        profile = class_mask_profile(
+            width=src.width, height=src.height, crs=src.crs, transform=src.transform,
+            ignore=schema.ignore, blocksize=blocksize,
+        )  # fmt: skip
         src_nodata = src.nodata
         # Stage next to the output, not in /tmp: a scene-sized class map may not fit there.
         staging = ensure_writable_dir(dst.parent)
@@ -133,7 +119,7 @@ def write_class_cog(
             return translate_to_cog(staged, dst, resampling=Resampling.nearest, blocksize=blocksize)
 
 
-def _windows(width: int, height: int, step: int):
+def _windows(width: int, height: int, step: int) -> Iterator[Window]:
     """Row-major windows of ``step`` pixels, aligned to the staged file's block layout."""
     for row in range(0, height, step):
         for col in range(0, width, step):

@@ -1,4 +1,4 @@
-"""What every trustmap command shares: one-line errors, exit codes, signals and progress bars.
+"""What every trustmap command shares: one-line errors, exit codes and signals (progress: :mod:`tiles.progress`).
 
 Exit codes: 0 done; 1 a problem with an input, an output or a setting (one line on stderr,
 ``path: problem``), also an internal error (one line that says it is a bug); 2 a usage error
@@ -14,15 +14,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
-from tqdm.auto import tqdm
 
 from tiles.errors import TrustmapError
-
-T = TypeVar("T")
+from tiles.progress import (
+    progress as progress,  # re-exported: refine and calibration import it here
+)
 
 BUG_HINT = "this is a bug in trustmap, please report it; set TRUSTMAP_DEBUG=1 to see the traceback"
 
@@ -139,7 +139,3 @@ def _exit_now(code: int) -> None:
         os._exit(code)
     sys.exit(code)
 
-
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
-    """A tqdm bar on stderr, shown only on a terminal (quiet in CI and logs)."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, leave=False, dynamic_ncols=True)

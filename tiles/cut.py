@@ -9,8 +9,10 @@ polygon per tile with its window and core in scene pixels, which is all that
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -18,7 +20,6 @@ import rasterio
 from affine import Affine
 from shapely.geometry import box
 
-from tiles.console import progress
 from tiles.errors import TrustmapError
 from tiles.grid import MAX_STITCH_PIXELS, MAX_TILES, Tile, TileGrid, tile_count
 from tiles.io import (
@@ -26,10 +27,13 @@ from tiles.io import (
     check_output_dir,
     check_output_file,
     commit_bundle,
+    refuse_existing,
     refuse_inputs,
     resolve_inside,
 )
-from tiles.raster import open_raster, require_crs
+from tiles.profiles import gtiff_profile
+from tiles.progress import progress
+from tiles.raster import dataset_path, open_raster, require_crs
 from tiles.stitch import StitchMode, StitchWriter
 
 INDEX_LAYER = "tiles"
@@ -49,60 +53,58 @@ def read_window(ds: rasterio.DatasetReader, tile: Tile) -> np.ndarray:
     return ds.read(window=tile.window)
 
 
-def _tile_profile(ds: rasterio.DatasetReader, tile: Tile, grid: TileGrid) -> dict:
-    h, w = int(tile.window.height), int(tile.window.width)
-    profile = {
-        "driver": "GTiff",
-        "width": w,
-        "height": h,
-        "count": ds.count,
-        "dtype": ds.dtypes[0],
-        "crs": ds.crs,
-        "transform": grid.tile_transform(tile),
-        "nodata": ds.nodata,
-        "compress": "deflate",
-        "interleave": "band" if ds.count > 1 else "pixel",
-    }
-    if h >= 256 and w >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    return profile
+def _tile_profile(
+    ds: rasterio.DatasetReader, tile: Tile, grid: TileGrid, creation_options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A tile's own GTiff profile: the scene's bands, CRS and nodata on the tile's window."""
+    return gtiff_profile(
+        width=int(tile.window.width), height=int(tile.window.height), count=ds.count,
+        dtype=ds.dtypes[0], crs=ds.crs, transform=grid.tile_transform(tile), nodata=ds.nodata,
+        bigtiff=None, **creation_options,
+    )  # fmt: skip
 
 
 def cut_scene(
-    scene: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    scene: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     size: int = 512,
     overlap: int = 64,
     skip_nodata: bool = False,
     max_tiles: int = MAX_TILES,
+    creation_options: Mapping[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> CutResult:
     """Write every tile of ``scene`` under ``out_dir/tiles`` and an index at ``out_dir/index.gpkg``.
 
     ``tiles/`` and ``index.gpkg`` are one bundle: both are staged and committed together
     (:func:`tiles.io.commit_bundle`), so a failed cut leaves an earlier cut in ``out_dir``
-    exactly as it was, and other files there are kept.
+    exactly as it was, and other files there are kept. ``creation_options`` (GDAL GTiff
+    options, e.g. ``{"COMPRESS": "ZSTD"}``) override the tiles' layout. ``overwrite=False``
+    refuses to replace an earlier cut (the CLI's default).
     """
-    scene, out = Path(scene), Path(out_dir)
-    check_output_dir(out)
-    refuse_inputs(out / "tiles", [scene])
-    refuse_inputs(out / INDEX_LAYER_FILE, [scene])
+    scene, out = dataset_path(scene), Path(out_dir)
+    check_output_dir(out, option="--output")
+    refuse_inputs(out / "tiles", [scene], option="--output")
+    refuse_inputs(out / INDEX_LAYER_FILE, [scene], option="--output")
     if (out / "tiles").exists() and not (out / INDEX_LAYER_FILE).is_file():
         raise TrustmapError(
             f"holds a tiles/ folder without {INDEX_LAYER_FILE}, so not one that tiles cut wrote; "
-            "refusing to replace it (choose another --out)",
+            "refusing to replace it (choose another --output)",
             out,
         )
+    refuse_existing([out / INDEX_LAYER_FILE], overwrite)
     with open_raster(scene) as ds:
         require_crs(ds, scene)
         TileGrid(ds.height, ds.width, size, overlap)  # checks size and overlap, builds small lists
         n = tile_count(ds.height, ds.width, size, overlap)
         if n > max_tiles:
             raise TrustmapError(
-                f"--size {size} with --overlap {overlap} makes {n:,} tiles, more than the limit of "
+                f"--tile-size {size} with --overlap {overlap} makes {n:,} tiles, more than the limit of "
                 f"{max_tiles:,}; use larger tiles, or raise --max-tiles if you mean it",
                 scene,
             )
         grid = TileGrid.from_dataset(ds, size, overlap)
+        co = dict(creation_options or {})
         colormap = _colormap_or_none(ds)
         records = []
         skipped = 0
@@ -114,7 +116,7 @@ def cut_scene(
                     skipped += 1
                     continue
                 name = f"tile_r{tile.row:03d}_c{tile.col:03d}.tif"
-                with rasterio.open(tmp_tiles / name, "w", **_tile_profile(ds, tile, grid)) as dst:
+                with rasterio.open(tmp_tiles / name, "w", **_tile_profile(ds, tile, grid, co)) as dst:
                     dst.write(read_window(ds, tile))
                     dst.descriptions = ds.descriptions
                     dst.colorinterp = ds.colorinterp
@@ -141,7 +143,7 @@ def cut_scene(
     return CutResult(out / INDEX_LAYER_FILE, out / "tiles", len(records), skipped)
 
 
-def _colormap_or_none(ds: rasterio.DatasetReader) -> dict | None:
+def _colormap_or_none(ds: rasterio.DatasetReader) -> dict[int, tuple[int, ...]] | None:
     if ds.count != 1:
         return None
     try:
@@ -151,13 +153,15 @@ def _colormap_or_none(ds: rasterio.DatasetReader) -> dict | None:
 
 
 def stitch_index(
-    index_path: str | os.PathLike,
-    out_path: str | os.PathLike,
+    index_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
     mode: StitchMode = "core",
     cog: bool = False,
     max_pixels: int = MAX_STITCH_PIXELS,
     max_tiles: int = MAX_TILES,
     allow_outside: bool = False,
+    creation_options: Mapping[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Rebuild a scene from the tiles listed in a :func:`cut_scene` index.
 
@@ -209,7 +213,8 @@ def stitch_index(
             "(raise --max-tiles if you mean it)",
             index_path,
         )
-    check_output_file(out_path, [index_path, *(r[3] for r in rows)])
+    check_output_file(out_path, [index_path, *(r[3] for r in rows)], option="--output")
+    refuse_existing([out_path], overwrite)
     first_path = rows[0][3]
     with open_raster(first_path) as t0:
         scene_tf = t0.transform * Affine.translation(-rows[0][2], -rows[0][1])
@@ -222,7 +227,7 @@ def stitch_index(
     if unknown := sorted(t for t in by_index if not 0 <= t < len(grid)):
         raise TrustmapError(f"tile index lists tile(s) {unknown[:5]} outside its own grid", index_path)
     with StitchWriter(out_path, grid, meta["count"], meta["dtype"], mode=mode, nodata=meta["nodata"],
-                      cog=cog, colormap=meta["colormap"],
+                      cog=cog, colormap=meta["colormap"], creation_options=creation_options,
                       band_descriptions=meta["descriptions"] if any(meta["descriptions"]) else None) as w:
         for tile in progress(grid, desc="stitch", total=len(grid), unit="tile"):
             rec = by_index.get(tile.index)

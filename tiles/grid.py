@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
@@ -160,25 +159,6 @@ class TileGrid:
         if self.transform is None:
             raise TrustmapError("this tile grid has no geotransform")
         return window_transform(tile.window, self.transform)
-
-    def tiles(self, valid_mask_reader=None) -> Iterator[Tile]:
-        """Iterate tiles; with ``valid_mask_reader(window) -> bool array``, skip all-nodata ones."""
-        for t in self:
-            if valid_mask_reader is not None and not np.any(valid_mask_reader(t.window)):
-                continue
-            yield t
-
-    def tiles_touching(self, row_range: tuple[int, int], col_range: tuple[int, int]) -> list[Tile]:
-        """Tiles whose window intersects the pixel box [r0, r1) x [c0, c1)."""
-        out = []
-        for r, rs in enumerate(self.row_starts):
-            if rs >= row_range[1] or rs + self.tile_height <= row_range[0]:
-                continue
-            for c, cs in enumerate(self.col_starts):
-                if cs >= col_range[1] or cs + self.tile_width <= col_range[0]:
-                    continue
-                out.append(self.tile(r, c))
-        return out
 
     def __repr__(self) -> str:
         return (

@@ -68,6 +68,24 @@ def refuse_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | N
             )
 
 
+def refuse_existing(
+    paths: Iterable[str | os.PathLike[str]], overwrite: bool, option: str = "--output"
+) -> None:
+    """The overwrite policy of every command: existing output is replaced only with ``--overwrite``.
+
+    ``paths`` are the files (or marker files of a bundle) the command would replace; the first
+    that exists is named in the error. Links count as existing, even dangling ones.
+    """
+    if overwrite:
+        return
+    for p in paths:
+        path = Path(p)
+        if path.exists() or path.is_symlink():
+            raise TrustmapError(
+                f"{option} exists; pass --overwrite to replace it (or choose another {option})", path
+            )
+
+
 def _nearest_existing(path: Path) -> Path:
     p = Path(os.path.abspath(path))
     while not p.exists() and p != p.parent:

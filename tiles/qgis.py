@@ -40,11 +40,12 @@ from tiles.io import (
     bundle_stage,
     check_output_dir,
     commit_bundle,
+    refuse_existing,
     refuse_inputs,
     staging_dir,
     write_text_atomic,
 )
-from tiles.raster import open_raster, require_crs
+from tiles.raster import dataset_path, open_raster, require_crs
 
 #: The QGIS version our XML follows; older readers upgrade nothing, newer ones read it as is.
 QGIS_XML_VERSION = "3.22.0"
@@ -126,26 +127,30 @@ def export_qgis(
     name: str | None = None,
     min_area: float = 0.0,
     simplify: float | None = None,
+    overwrite: bool = True,
 ) -> QgisExport:
     """Write a class mask as a QGIS bundle: styled COG, styled polygons, project file.
 
     All files are staged in a hidden folder inside ``out_dir`` and moved into place only
     when every one of them is complete, so a failure (unknown codes, a multi-band mask,
-    a scene that cannot be read) leaves ``out_dir`` as it was.
+    a scene that cannot be read) leaves ``out_dir`` as it was. ``overwrite=False`` refuses
+    to replace an earlier bundle of the same name (the CLI's default). The mask and the scene
+    may be GDAL paths or URLs.
     """
     from tiles.vectorize import vectorize_mask, write_polygons
 
-    mask_path = Path(mask_path)
-    name = _check_name(name if name is not None else mask_path.stem)
+    mask_path = dataset_path(mask_path)
+    name = _check_name(name if name is not None else Path(str(mask_path)).stem)
     out_dir = Path(out_dir)
-    if (out_dir / f"{name}.tif").resolve() == mask_path.resolve():
+    if isinstance(mask_path, Path) and (out_dir / f"{name}.tif").resolve() == mask_path.resolve():
         raise TrustmapError(
             "the export would overwrite its own input mask; choose another output folder or name",
             mask_path,
         )
-    check_output_dir(out_dir)
+    check_output_dir(out_dir, option="--output")
     for member in bundle_names(name):
-        refuse_inputs(out_dir / member, [mask_path, scene_path])
+        refuse_inputs(out_dir / member, [mask_path, scene_path], option="--output")
+    refuse_existing([out_dir / f"{name}.qgs"], overwrite)  # the project: written last
     with open_raster(mask_path) as ds:
         require_crs(ds, mask_path)
         crs, bounds = ds.crs, tuple(ds.bounds)

@@ -10,9 +10,10 @@ into the small output shape (and uses overviews when the file has them).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -22,7 +23,8 @@ from rasterio.enums import ColorInterp, Resampling
 
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, check_output_file
-from tiles.raster import open_raster
+from tiles.profiles import gtiff_profile
+from tiles.raster import dataset_path, open_raster
 
 _NAMES = {
     "red": ("red", "r", "b4_red"),
@@ -64,6 +66,14 @@ def pick_rgb_bands(src: rasterio.DatasetReader) -> tuple[int, int, int]:
     if src.count >= 3:
         return 1, 2, 3
     return 1, 1, 1
+
+
+def default_png(scene_path: str | os.PathLike[str]) -> Path:
+    """``<stem>.quicklook.png`` beside a local scene; a remote scene needs an explicit name."""
+    scene = dataset_path(scene_path)
+    if not isinstance(scene, Path):
+        raise TrustmapError("is not a local file, so there is no folder beside it: give --png", scene)
+    return scene.with_name(f"{scene.stem}.quicklook.png")
 
 
 def _check_bands(bands: Sequence[int], count: int, path: str) -> tuple[int, int, int]:
@@ -128,16 +138,18 @@ def write_quicklook(
     out_tif: str | os.PathLike | None = None,
     bands: Sequence[int] | None = None,
     max_size: int = 2048,
+    creation_options: Mapping[str, Any] | None = None,
 ) -> Quicklook:
     """Write a stretched RGB PNG (nodata transparent) and/or a georeferenced 3-band uint8 GeoTIFF.
 
     The GeoTIFF keeps the scene's CRS and extent at the decimated resolution, with nodata=0
     (valid pixels are lifted to at least 1), so QGIS can use it as a light background layer.
     With neither output given, the PNG goes next to the scene as ``<stem>.quicklook.png``.
+    ``creation_options`` (GDAL GTiff options) override the GeoTIFF's layout.
     """
-    scene_path = Path(scene_path)
+    scene_path = dataset_path(scene_path)
     if out_png is None and out_tif is None:
-        out_png = scene_path.with_name(f"{scene_path.stem}.quicklook.png")
+        out_png = default_png(scene_path)
     for opt, out in (("--png", out_png), ("--tif", out_tif)):
         if out is not None:
             check_output_file(out, [scene_path], option=opt)
@@ -156,23 +168,11 @@ def write_quicklook(
         tif = Path(out_tif)
         h, w = valid.shape
         data = np.where(valid[None], np.maximum(rgb.transpose(2, 0, 1), 1), 0).astype(np.uint8)
-        profile = dict(
-            driver="GTiff",
-            width=w,
-            height=h,
-            count=3,
-            dtype="uint8",
-            crs=crs,
-            transform=transform,
-            nodata=0,
-            photometric="RGB",
-            tiled=True,
-            blockxsize=256,
-            blockysize=256,
-            compress="deflate",
-            predictor=2,
-            interleave="pixel",
-        )
+        profile = gtiff_profile(
+            width=w, height=h, count=3, dtype="uint8", crs=crs, transform=transform, nodata=0,
+            tiled=True, predictor=2, interleave="pixel", bigtiff=None, photometric="RGB",
+            **dict(creation_options or {}),
+        )  # fmt: skip
         with atomic_path(tif) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
             dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]

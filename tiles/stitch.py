@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from tiles.errors import TrustmapError
 from tiles.grid import Tile, TileGrid
 from tiles.io import atomic_path
+from tiles.profiles import gtiff_profile
 
 StitchMode = Literal["core", "blend"]
 
@@ -87,7 +88,8 @@ class StitchWriter:
         colormap: dict | None = None,
         band_descriptions: Iterable[str] | None = None,
         ramp: int | None = None,
-    ):
+        creation_options: Mapping[str, Any] | None = None,
+    ) -> None:
         if mode not in ("core", "blend"):
             raise TrustmapError(f"unknown stitch mode {mode!r}; use 'core' or 'blend'")
         if blocksize % 16:
@@ -122,24 +124,18 @@ class StitchWriter:
         self._overview_resampling = overview_resampling or (
             Resampling.nearest if (self._is_int or mode == "core") else Resampling.average
         )
-        self._profile = {
-            "driver": "GTiff",
-            "width": grid.width,
-            "height": grid.height,
-            "count": self.count,
-            "dtype": self.dtype.name,
-            "crs": crs if crs is not None else grid.crs,
-            "transform": transform if transform is not None else grid.transform,
-            "nodata": nodata,
-            "tiled": True,
-            "blockxsize": self.block,
-            "blockysize": self.block,
-            "compress": compress,
-            "interleave": "band" if self.count > 1 else "pixel",
-            "BIGTIFF": "IF_SAFER",
-        }
-        if compress in ("deflate", "lzw", "zstd"):
-            self._profile["predictor"] = 2 if self._is_int else 3
+        # Always tiled, even below one block: blocks are what the writer accumulates.
+        self._profile = gtiff_profile(
+            width=grid.width, height=grid.height, count=self.count, dtype=self.dtype,
+            crs=crs if crs is not None else grid.crs,
+            transform=transform if transform is not None else grid.transform,
+            nodata=nodata, blocksize=self.block, tiled=True, compress=compress,
+            predictor=(2 if self._is_int else 3) if compress in ("deflate", "lzw", "zstd") else None,
+        )  # fmt: skip
+        # With cog, the creation options are the COG driver's (applied by the final copy).
+        self._creation_options = dict(creation_options or {})
+        if not cog:
+            self._profile.update(self._creation_options)
         self._colormap = colormap
         self._descriptions = list(band_descriptions) if band_descriptions else None
         self._atomic = None
@@ -193,7 +189,8 @@ class StitchWriter:
         if self.cog:
             from tiles.cog import translate_to_cog
 
-            translate_to_cog(self._gtiff, self._tmp, resampling=self._overview_resampling)
+            translate_to_cog(self._gtiff, self._tmp, resampling=self._overview_resampling,
+                             creation_options=self._creation_options)  # fmt: skip
             self._gtiff.unlink()
 
     # --- writing ---------------------------------------------------------------------------
@@ -302,7 +299,7 @@ def stitch_tiles(
     **writer_kwargs,
 ) -> Path:
     """Stitch ``read_tile(tile)`` (None = skip) for every tile of ``grid`` into ``path``."""
-    from tiles.console import progress
+    from tiles.progress import progress
 
     with StitchWriter(path, grid, count, dtype, **writer_kwargs) as writer:
         tiles: Iterable[Tile] = grid

@@ -32,10 +32,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from tiles.classes import ClassSchema
-from tiles.console import progress as progress_bar
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, check_output_file
-from tiles.raster import open_raster, require_crs
+from tiles.progress import progress as progress_bar
+from tiles.raster import open_class_mask
 
 COLUMNS = ["code", "name", "area", "geometry"]  # the GeoPackage layer's fields
 
@@ -186,16 +186,7 @@ def vectorize_mask(
         raise TrustmapError(f"window_size must be positive, got {window_size}")
     if simplify is not None and simplify < 0:
         raise TrustmapError(f"simplify tolerance must be >= 0, got {simplify}")
-    with open_raster(mask_path) as src:
-        require_crs(src, mask_path)
-        if src.count != 1:
-            raise TrustmapError(
-                f"has {src.count} bands; a class mask must be single-band", mask_path
-            )
-        if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
-            raise TrustmapError(
-                f"has {src.dtypes[0]} pixels; a class mask holds integer codes", mask_path
-            )
+    with open_class_mask(mask_path) as src:
         crs, transform = src.crs, src.transform
         windows = subdivide(Window(0, 0, src.width, src.height), window_size, window_size)
         if progress:
@@ -232,13 +223,17 @@ def vectorize_mask(
 
 
 def check_polygons_path(
-    out_path: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()
+    out_path: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+    option: str = "--output",
 ) -> Path:
     """Check, before the work, that polygons can be written to ``out_path`` (a new .gpkg)."""
     out = Path(out_path)
     if out.suffix.lower() != ".gpkg":
-        raise TrustmapError("polygons are written as a GeoPackage; use a .gpkg file name", out)
-    return check_output_file(out, inputs)
+        raise TrustmapError(
+            f"{option}: polygons are written as a GeoPackage; use a .gpkg file name", out
+        )
+    return check_output_file(out, inputs, option=option)
 
 
 def write_polygons(

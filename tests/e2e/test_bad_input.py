@@ -307,7 +307,7 @@ CASES = [
     C("cut-overlap-ge-size", "tiles", "cut {d}/scene.tif --out {d}/o --size 16 --overlap 16", "larger than the overlap"),
     C("cut-overlap-negative", "tiles", "cut {d}/scene.tif --out {d}/o --size 16 --overlap -1", "--overlap", code=2),
     C("cut-size-zero", "tiles", "cut {d}/scene.tif --out {d}/o --size 0", "--size", code=2),
-    C("cut-out-is-file", "tiles", "cut {d}/scene.tif --out {d}/notes.txt", "notes.txt: --out exists and is not a directory"),
+    C("cut-out-is-file", "tiles", "cut {d}/scene.tif --out {d}/notes.txt", "notes.txt: --output exists and is not a directory"),
     C("cut-scene-in-out-tiles", "tiles", "cut {d}/cut/tiles/tile_r000_c000.tif --out {d}/cut", "contains the input"),
     C("cut-scene-is-index", "tiles", "cut {d}/cut/index.gpkg --out {d}/cut", "index.gpkg"),
     C("cut-foreign-tiles-dir", "tiles", "cut {d}/scene.tif --out {d}/f", "not one that tiles cut wrote",
@@ -316,7 +316,13 @@ CASES = [
     C("cut-truncated", "tiles", "cut {d}/truncated.tif --out {d}/o", "truncated.tif"),
     C("cut-nocrs", "tiles", "cut {d}/nocrs.tif --out {d}/o", "nocrs.tif: has no CRS"),
     C("cut-missing", "tiles", "cut {d}/missing.tif --out {d}/o", "missing.tif: file not found"),
-    C("cut-all-nodata-into-earlier-cut", "tiles", "cut {d}/nodata.tif --out {d}/cut --skip-nodata", "nothing to cut"),
+    C("cut-all-nodata-into-earlier-cut", "tiles", "cut {d}/nodata.tif -o {d}/cut --skip-nodata --overwrite", "nothing to cut"),
+    C("cut-earlier-cut-without-overwrite", "tiles", "cut {d}/scene.tif -o {d}/cut", "index.gpkg: --output exists; pass --overwrite"),
+    C("cut-tile-size-zero", "tiles", "cut {d}/scene.tif -o {d}/o --tile-size 0", "--tile-size", code=2),
+    C("cut-size-and-tile-size-disagree", "tiles", "cut {d}/scene.tif -o {d}/o --tile-size 16 --size 32", "--size and --tile-size", code=2),
+    C("cut-co-unknown", "tiles", "cut {d}/scene.tif -o {d}/o --co FOO=1", "--co FOO=1"),
+    C("cut-co-no-equals", "tiles", "cut {d}/scene.tif -o {d}/o --co DEFLATE", "KEY=VALUE", code=2),
+    C("cut-no-output", "tiles", "cut {d}/scene.tif", "Missing option '-o' / '--output'", code=2),
     C("cut-size-text", "tiles", "cut {d}/scene.tif --out {d}/o --size big", "--size", code=2),
     # --- tiles stitch: the index is untrusted ----------------------------------------------------------
     C("stitch-out-is-index", "tiles", "stitch {d}/cut/index.gpkg --out {d}/cut/index.gpkg", "is the input"),
@@ -365,6 +371,11 @@ CASES = [
     C("stitch-tile-truncated", "tiles", "stitch {d}/cut/index.gpkg --out {d}/o.tif", "tile_r000_c000.tif",
       setup=lambda d: (d / "cut/tiles/tile_r000_c000.tif").write_bytes((d / "truncated.tif").read_bytes())),
     C("stitch-bad-mode", "tiles", "stitch {d}/cut/index.gpkg --out {d}/o.tif --mode mean", "--mode", code=2),
+    C("stitch-jpg-suffix", "tiles", "stitch {d}/cut/index.gpkg -o {d}/o.jpg", "o.jpg: --output is a JPEG name"),
+    C("stitch-no-suffix", "tiles", "stitch {d}/cut/index.gpkg -o {d}/o", "--output is not a GeoTIFF name"),
+    C("stitch-co-bad-value", "tiles", "stitch {d}/cut/index.gpkg -o {d}/o.tif --co COMPRESS=BOGUS", "COMPRESS"),
+    C("stitch-existing-output", "tiles", "stitch {d}/cut/index.gpkg -o {d}/mask.tif", "mask.tif: --output exists; pass --overwrite"),
+    C("stitch-out-and-output-disagree", "tiles", "stitch {d}/cut/index.gpkg -o {d}/a.tif --out {d}/b.tif", "--out and -o/--output", code=2),
     # --- tiles align -------------------------------------------------------------------------------------
     C("align-out-is-scene", "tiles", ALIGN + " --out {d}/scene.tif", "is the input"),
     C("align-out-is-labels", "tiles", ALIGN + " --out {d}/labels.gpkg", "is the input"),
@@ -378,6 +389,13 @@ CASES = [
     C("align-scene-truncated", "tiles", "align {d}/labels.gpkg --scene {d}/truncated.tif --classes {d}/classes.yaml --out {d}/o.tif", "truncated.tif"),
     C("align-scene-nocrs", "tiles", "align {d}/labels.gpkg --scene {d}/nocrs.tif --classes {d}/classes.yaml --out {d}/o.tif", "nocrs.tif: has no CRS"),
     C("align-layer-missing", "tiles", ALIGN + " --out {d}/o.tif --layer nope", "nope"),
+    C("align-positional-scene-missing", "tiles", "align {d}/labels.gpkg --classes {d}/classes.yaml -o {d}/o.tif", "Missing argument 'SCENE'", code=2),
+    C("align-scene-twice", "tiles", "align {d}/labels.gpkg {d}/scene.tif --scene {d}/mask.tif --classes {d}/classes.yaml -o {d}/o.tif", "--scene and", code=2),
+    C("align-existing-output", "tiles", "align {d}/labels.gpkg {d}/scene.tif --classes {d}/classes.yaml -o {d}/mask.tif", "mask.tif: --output exists; pass --overwrite"),
+    C("align-jpg-output", "tiles", "align {d}/labels.gpkg {d}/scene.tif --classes {d}/classes.yaml -o {d}/o.jpg", "--output is a JPEG name"),
+    C("align-field-on-raster", "tiles", "align {d}/mask.tif {d}/scene.tif --classes {d}/classes.yaml -o {d}/o.tif --class-field x", "--class-field and --layer apply to vector labels"),
+    C("align-field-unknown", "tiles", ALIGN + " -o {d}/o.tif --class-field nope", "has no attribute 'nope' (--class-field)"),
+    C("align-url-unreachable", "tiles", "align {d}/labels.gpkg https://127.0.0.1:9/s.tif --classes {d}/classes.yaml -o {d}/o.tif", "https://127.0.0.1:9/s.tif: cannot open"),
     # --- class schemas (through align) ---------------------------------------------------------------------
     *[
         C(f"schema-{name}", "tiles", "align {d}/labels.gpkg --scene {d}/scene.tif --classes {d}/bad.yaml --out {d}/o.tif",
@@ -410,6 +428,7 @@ CASES = [
     # --- tiles vectorize -------------------------------------------------------------------------------------
     C("vectorize-out-proc", "tiles", VEC + " --out /proc/x.gpkg", "/proc/x.gpkg"),
     C("vectorize-out-not-gpkg", "tiles", VEC + " --out {d}/o.shp", "use a .gpkg file name"),
+    C("vectorize-existing-output", "tiles", VEC + " -o {d}/labels.gpkg", "labels.gpkg: --output"),
     C("vectorize-out-is-classes", "tiles", "vectorize {d}/mask.tif --classes {d}/c.gpkg --out {d}/c.gpkg", "is the input",
       setup=lambda d: shutil.copy(d / "classes.yaml", d / "c.gpkg")),
     C("vectorize-out-dir", "tiles", VEC + " --out {d}/d.gpkg", "is a directory", setup=lambda d: (d / "d.gpkg").mkdir()),
@@ -433,7 +452,11 @@ CASES = [
     C("export-out-holds-classes-as-style", "tiles", "export-qgis {d}/mask.tif --classes {d}/q/mask.qml --out {d}/q",
       "is the input", setup=lambda d: (d / "q").mkdir() or shutil.copy(d / "classes.yaml", d / "q" / "mask.qml")),
     C("export-mask-unknown-codes-keeps-earlier-bundle", "tiles",
-      "export-qgis {d}/badcodes.tif --classes {d}/classes.yaml --out {d}/qgis", "77", setup=_earlier_export),
+      "export-qgis {d}/badcodes.tif --classes {d}/classes.yaml --out {d}/qgis --overwrite", "77", setup=_earlier_export),
+    C("export-earlier-bundle-without-overwrite", "tiles",
+      "export-qgis {d}/badcodes.tif --classes {d}/classes.yaml -o {d}/qgis", "badcodes.qgs: --output exists; pass --overwrite",
+      setup=_earlier_export),
+    C("export-positional-scene-truncated", "tiles", EXP + " {d}/truncated.tif -o {d}/q", "truncated.tif"),
     C("export-mask-two-bands", "tiles", "export-qgis {d}/twoband.tif --classes {d}/classes.yaml --out {d}/q", "twoband.tif"),
     C("export-bad-classes", "tiles", "export-qgis {d}/mask.tif --classes {d}/bad.yaml --out {d}/q", "bad.yaml",
       setup=_schema('classes: [{code: 1, name: "a\\x00", color: "#000000"}]')),
@@ -458,6 +481,9 @@ CASES = [
     C("sample-out-is-file", "tiles", "sample --out {d}/notes.txt --size 256", "notes.txt"),
     C("sample-out-proc", "tiles", "sample --out /proc/x --size 256", "/proc/x"),
     C("sample-size-small", "tiles", "sample --out {d}/s --size 10", "--size", code=2),
+    C("quicklook-png-not-png", "tiles", "quicklook {d}/scene.tif --png {d}/notes.txt", "--png must name a .png file"),
+    C("quicklook-co-without-tif", "tiles", "quicklook {d}/scene.tif --png {d}/q.png --co COMPRESS=LZW", "--co applies to the --tif", code=2),
+    C("quicklook-remote-needs-png", "tiles", "quicklook /vsicurl/https://127.0.0.1:9/s.tif", "give --png"),
     # --- calibration audit ------------------------------------------------------------------------------------------
     C("audit-out-proc", "calibration", AUD + " --out /proc/x", "/proc/x"),
     C("audit-out-holds-inputs", "calibration",
@@ -683,8 +709,9 @@ def _staging(d: Path) -> list[Path]:
 
 
 def _start_cut(d: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "tiles"), "cut", str(d / "big.tif"), "--out", str(d / "cut"), "--size", "64",
-                             "--overlap", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen([str(BIN / "tiles"), "cut", str(d / "big.tif"), "-o", str(d / "cut"), "--tile-size", "64",
+                             "--overlap", "0", "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
 
 
 def _wait_for_staging(proc: subprocess.Popen, d: Path, timeout: float = 60) -> None:
@@ -716,7 +743,7 @@ def test_sigkill_staging_is_removed_by_the_next_run(ws: Path) -> None:
     proc.kill()
     proc.wait()
     assert _staging(ws), "the kill should have left staging behind"
-    result = CliRunner().invoke(_cli("tiles"), ["cut", str(ws / "scene.tif"), "--out", str(ws / "cut"), "--size", "32",
-                                                "--overlap", "8"])  # fmt: skip
+    result = CliRunner().invoke(_cli("tiles"), ["cut", str(ws / "scene.tif"), "-o", str(ws / "cut"), "--tile-size", "32",
+                                                "--overlap", "8", "--overwrite"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert _staging(ws) == []

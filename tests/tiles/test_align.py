@@ -15,6 +15,7 @@ from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from rasterio.features import rasterize
 from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
@@ -468,9 +469,40 @@ def test_overlapping_features_of_different_classes_are_reported(
     )
     path = tmp_path / "overlap.gpkg"
     gpd.GeoDataFrame({"class": ["water", "road"]}, geometry=[a, b], crs="EPSG:32618").to_file(path)
+    shape = (scene_profile["height"], scene_profile["width"])
+
+    def burnt(geom):
+        return rasterize([(geom, 1)], out_shape=shape, transform=scene_profile["transform"]) > 0
+
+    both = int((burnt(a) & burnt(b)).sum())
+    assert both > 0
+    # small windows: the count adds up over windows whatever the tiling
+    for tile_size in (1024, 16):
+        report = align_labels(path, scene_profile, schema, tmp_path / f"o{tile_size}.tif",
+                              tile_size=tile_size, progress=False)  # fmt: skip
+        assert report.conflict_pixels == both
+        assert (
+            f"{both} pixel(s) lie under overlapping features of different classes; the later "
+            "feature wins there" in report.warnings
+        )
     source = LabelSource.open(path, scene_profile, schema)
-    assert (
-        "1 pair(s) of features with different classes overlap; the later feature wins"
-        in source.warnings
-    )
     assert source.read(Window(0, 0, 64, 48))[15, 15] == 6
+
+
+def test_same_class_overlaps_are_not_conflicts(schema, scene_profile, corner, tmp_path):
+    x0, y0, _ = corner
+    boxes = [shapely.box(x0, y0 - 600, x0 + 600, y0), shapely.box(x0 + 300, y0 - 900, x0 + 900, y0 - 300)]
+    path = tmp_path / "same.gpkg"
+    gpd.GeoDataFrame({"class": ["water", "water"]}, geometry=boxes, crs="EPSG:32618").to_file(path)
+    report = align_labels(path, scene_profile, schema, tmp_path / "o.tif", progress=False)
+    assert report.conflict_pixels == 0 and not any("overlapping" in w for w in report.warnings)
+
+
+def test_features_with_the_ignore_code_count_as_covered(schema, scene_profile, tmp_path):
+    """Coverage is "under a feature", not "got a class": an explicit ignore polygon covers."""
+    t = scene_profile["transform"]
+    whole = shapely.box(*rasterio.transform.array_bounds(scene_profile["height"], scene_profile["width"], t))
+    path = tmp_path / "ignore.gpkg"
+    gpd.GeoDataFrame({"code": [schema.ignore]}, geometry=[whole], crs="EPSG:32618").to_file(path)
+    report = align_labels(path, scene_profile, schema, tmp_path / "o.tif", progress=False)
+    assert report.covered == pytest.approx(1.0) and report.labelled_fraction == 0.0

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tiles.classes import FORMULA_STARTS, ClassSchema, load_schema
 from tiles.errors import TrustmapError
-from tiles.qgis import _raster_style_nodes, _style_document, _vector_style_nodes
+from tiles.qgis import _raster_style_nodes, _vector_style_nodes, style_document
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])  # fmt: skip
@@ -59,7 +59,7 @@ yaml_texts = st.one_of(
 
 def _check_loaded(schema: ClassSchema) -> None:
     for nodes in (_raster_style_nodes(schema), _vector_style_nodes(schema)):
-        ET.fromstring(_style_document(nodes).encode("utf-8"))  # the .qml is well-formed XML
+        ET.fromstring(style_document(nodes).encode("utf-8"))  # the .qml is well-formed XML
     for name in schema.names:
         assert name.lstrip()[:1] not in FORMULA_STARTS
         el = ET.Element("Category")

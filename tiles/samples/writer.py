@@ -18,6 +18,7 @@ from rasterio.windows import Window
 from tiles.classes import ClassSchema, builtin_schema_path, load_schema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, ensure_writable_dir
+from tiles.progress import progress
 from tiles.samples.layout import _layout
 from tiles.samples.render import _render_strip
 from tiles.samples.spectra import BAND_NAMES, CLASS_CODES, IGNORE, NODATA, REFLECTANCE_SCALE
@@ -124,7 +125,8 @@ def _write_rasters(scene: Path, truth: Path, size: int, seed: int, schema: Class
         lab.set_band_description(1, "class")
         names = ", ".join(f"{c.code}={c.name}" for c in schema.classes)
         lab.update_tags(TRUSTMAP_SAMPLE=tag, CLASSES=names)
-        for r0, r1, bands, labels in _strips(size, seed):
+        strips = progress(_strips(size, seed), desc="sample", total=-(-size // STRIP), unit="strip")
+        for r0, r1, bands, labels in strips:
             win = Window(0, r0, size, r1 - r0)
             dst.write(bands, window=win)
             lab.write(labels, 1, window=win)
