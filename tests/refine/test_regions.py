@@ -8,6 +8,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from scipy import ndimage as ndi
 from shapely.geometry import box
 
@@ -250,3 +253,36 @@ def test_slic_mean_area_is_near_the_request_on_the_4band_sample(tmp_path) -> Non
     for size in (200, 400):  # at 900 px it is +46 %: larger requests merge more (noted)
         r = Rg.build_regions("slic", image=image, valid=valid, region_size=size, show_progress=False)
         assert 0.65 * size <= r.area.mean() <= 1.35 * size, (size, r.area.mean())
+
+
+# --- slivers at tile seams ---------------------------------------------------------------------
+def test_tilewise_slic_leaves_no_slivers_at_the_seams(real_data) -> None:
+    import rasterio
+
+    from refine.regions import tilewise_superpixels
+
+    with rasterio.open(real_data / "dubai" / "t2_007_scene.tif") as ds:  # 544 rows: two tile rows
+        img, valid = ds.read(), ds.dataset_mask() > 0
+    ids = tilewise_superpixels(img, "slic", valid=valid, region_size=400, show_progress=False)
+    area = np.bincount(ids[ids >= 0])
+    assert area.min() >= 400 // 8 and (ids >= 0).sum() == valid.sum()
+    assert set(np.unique(ids[ids >= 0]).tolist()) == set(range(area.size))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    labels=hnp.arrays(np.int32, st.tuples(st.integers(2, 24), st.integers(2, 24)), elements=st.integers(-1, 6)),
+    min_size=st.integers(1, 12),
+)
+def test_merging_small_regions_keeps_every_pixel_and_only_merges_neighbours(labels, min_size) -> None:
+    from refine.regions import merge_small_regions
+
+    out = merge_small_regions(labels, min_size)
+    np.testing.assert_array_equal(out >= 0, labels >= 0)  # coverage: nothing gained or lost
+    for old in np.unique(labels[labels >= 0]):  # a region moves whole, into one region
+        assert np.unique(out[labels == old]).size == 1
+    for new in np.unique(out[out >= 0]):  # what was merged was a small region's neighbour
+        olds = np.unique(labels[out == new])
+        if olds.size > 1:
+            sizes = [(labels == o).sum() for o in olds]
+            assert min(sizes) < min_size
