@@ -139,7 +139,7 @@ def _fmt_bounds(b: tuple[float, float, float, float]) -> str:
 
 
 def _disjoint(
-    path: Path, grid: SceneGrid, label_bounds: tuple[float, float, float, float]
+    path: Path | str, grid: SceneGrid, label_bounds: tuple[float, float, float, float]
 ) -> TrustmapError:
     return TrustmapError(
         f"does not overlap the scene: the labels span {_fmt_bounds(label_bounds)}, the scene "

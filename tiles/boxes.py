@@ -80,7 +80,9 @@ def read_boxes(
     return BoxTable(rpath.name, width, height, xyxy, labels, crs, transform)
 
 
-def _read_csv(path: Path, image_name: str, label_column: str, image_column: str):
+def _read_csv(
+    path: Path, image_name: str, label_column: str, image_column: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import pandas as pd
 
     try:
@@ -111,7 +113,9 @@ def _read_csv(path: Path, image_name: str, label_column: str, image_column: str)
     return coords, labels, [f"line {r}" for r in rows]
 
 
-def _read_vector(path: Path, crs, transform, label_column: str):
+def _read_vector(
+    path: Path, crs: Any, transform: Any, label_column: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import geopandas as gpd
     import shapely
 
@@ -159,7 +163,10 @@ def _read_vector(path: Path, crs, transform, label_column: str):
     return xyxy, gdf[label_column].astype(str).to_numpy(), names
 
 
-def _fit_to_image(xyxy, labels, rows, width, height, mode, path):
+def _fit_to_image(
+    xyxy: np.ndarray, labels: np.ndarray, rows: Sequence[str], width: int, height: int,
+    mode: str, path: Path,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     x0, y0, x1, y1 = xyxy.T
     bad = np.flatnonzero((x1 <= x0) | (y1 <= y0))
     if bad.size:
@@ -201,7 +208,8 @@ def to_coco(
         names = sorted({str(lab) for t in tables for lab in t.labels})
         categories = {i + 1: n for i, n in enumerate(names)}
     by_name = {n: c for c, n in categories.items()}
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for k, t in enumerate(tables):
         img_id = first_image_id + k
         images.append(

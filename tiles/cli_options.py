@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -109,7 +109,7 @@ def output_option(
         opt = click.option(
             "-o", "--output", dest, type=_PATH, default=None, help=help + (" [required]" if required else "")
         )
-        return opt(inner)  # type: ignore[no-any-return]
+        return cast(F, opt(inner))
 
     return decorator
 
@@ -153,10 +153,10 @@ def configure_logging(verbosity: int) -> None:
             logger.addHandler(handler)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (click's CliRunner swaps it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def validation_error(
     return TrustmapError(f"key '{key}': {msg}" if key else msg, source)
 
 
-def _message(err: dict[str, Any], model: type[BaseModel]) -> str:
+def _message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind in _MESSAGES:

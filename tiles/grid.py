@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from affine import Affine
 from rasterio.windows import Window
@@ -96,8 +97,8 @@ class TileGrid:
         size: int = 512,
         overlap: int = 0,
         transform: Affine | None = None,
-        crs=None,
-    ):
+        crs: Any = None,
+    ) -> None:
         if height <= 0 or width <= 0:
             raise TrustmapError(f"scene has no pixels ({width}x{height})")
         if size <= 0:
@@ -119,7 +120,7 @@ class TileGrid:
         self.tile_width = min(self.size, self.width)
 
     @classmethod
-    def from_dataset(cls, dataset, size: int = 512, overlap: int = 0) -> TileGrid:
+    def from_dataset(cls, dataset: Any, size: int = 512, overlap: int = 0) -> TileGrid:
         """A grid over an open rasterio dataset, keeping its georeferencing."""
         return cls(dataset.height, dataset.width, size, overlap, dataset.transform, dataset.crs)
 

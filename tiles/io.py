@@ -33,6 +33,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tiles.errors import TrustmapError
 
@@ -203,7 +204,7 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale(parent: str | os.PathLike, name: str) -> list[Path]:
     """Remove staging for output ``name`` in ``parent`` left by processes that are gone."""
-    removed = []
+    removed: list[Path] = []
     parent = Path(parent)
     try:
         entries = list(parent.iterdir())
@@ -429,7 +430,7 @@ def deferred_signals() -> Iterator[None]:
     def hold(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    previous = {}
+    previous: dict[int, Any] = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, hold)
@@ -438,14 +439,14 @@ def deferred_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for sig in dict.fromkeys(caught):
-            handler = previous.get(sig)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(caught):
+            handler = previous.get(signum)
             if callable(handler):
-                handler(sig, None)  # e.g. raises KeyboardInterrupt / Terminated now
+                handler(signum, None)  # e.g. raises KeyboardInterrupt / Terminated now
             elif handler in (signal.SIG_DFL, None):
-                os.kill(os.getpid(), sig)
+                os.kill(os.getpid(), signum)
 
 
 def write_text_atomic(dst: str | os.PathLike, text: str) -> Path:

@@ -46,7 +46,7 @@ def gtiff_profile(
     count: int,
     dtype: str | np.dtype[Any],
     crs: Any,
-    transform: Affine,
+    transform: Affine | None,
     nodata: float | None = None,
     blocksize: int = BLOCKSIZE,
     tiled: bool | None = None,

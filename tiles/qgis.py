@@ -587,7 +587,9 @@ def _layer_info(layer: ProjectLayer) -> _LayerInfo:
         bounds = None
     return _LayerInfo(
         pyproj.CRS.from_user_input(info["crs"]),
-        tuple(float(b) for b in bounds) if bounds is not None else None,
+        (float(bounds[0]), float(bounds[1]), float(bounds[2]), float(bounds[3]))
+        if bounds is not None
+        else None,
         geometry=str(info.get("geometry_type") or "Unknown"),
     )
 

@@ -85,7 +85,7 @@ def _check_bands(bands: Sequence[int], count: int, path: str) -> tuple[int, int,
     bad = [b for b in picked if not 1 <= b <= count]
     if bad:
         raise TrustmapError(f"band(s) {bad} do not exist; the raster has bands 1..{count}", path)
-    return picked  # type: ignore[return-value]
+    return picked[0], picked[1], picked[2]
 
 
 def stretch(

@@ -24,10 +24,12 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -73,19 +75,19 @@ class StitchWriter:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         grid: TileGrid,
         count: int,
-        dtype: str | np.dtype,
-        crs=None,
-        transform=None,
+        dtype: str | np.dtype[Any],
+        crs: Any = None,
+        transform: Affine | None = None,
         mode: StitchMode = "blend",
         nodata: float | None = None,
         blocksize: int = 512,
         compress: str = "deflate",
         cog: bool = False,
         overview_resampling: Resampling | None = None,
-        colormap: dict | None = None,
+        colormap: dict[int, tuple[int, ...]] | None = None,
         band_descriptions: Iterable[str] | None = None,
         ramp: int | None = None,
         creation_options: Mapping[str, Any] | None = None,
@@ -117,7 +119,7 @@ class StitchWriter:
         self._pending = np.array(
             [[len(lr) * len(lc) for lc in self._links_c] for lr in self._links_r], dtype=np.int32
         )
-        self._acc: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._acc: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._done: set[int] = set()
         self._weights: dict[tuple, np.ndarray] = {}
         self.peak_blocks = 0
@@ -138,8 +140,8 @@ class StitchWriter:
             self._profile.update(self._creation_options)
         self._colormap = colormap
         self._descriptions = list(band_descriptions) if band_descriptions else None
-        self._atomic = None
-        self._ds = None
+        self._atomic: Any = None  # the atomic_path context, entered in __enter__
+        self._ds: Any = None  # the open rasterio dataset
 
     # --- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> StitchWriter:
@@ -158,7 +160,12 @@ class StitchWriter:
                 self._ds.set_band_description(i, d)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             if exc_type is None:
                 self._finish()
@@ -245,6 +252,7 @@ class StitchWriter:
                         acc[dst] = src
                         wsum[dst[1:]] = 1
                     else:
+                        assert weights is not None  # blend mode with data
                         wt = weights[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
                         acc[dst] += src * wt
                         wsum[dst[1:]] += wt
@@ -294,9 +302,9 @@ def stitch_tiles(
     grid: TileGrid,
     read_tile: Callable[[Tile], np.ndarray | None],
     count: int,
-    dtype,
+    dtype: str | np.dtype[Any],
     progress_desc: str | None = "stitch",
-    **writer_kwargs,
+    **writer_kwargs: Any,
 ) -> Path:
     """Stitch ``read_tile(tile)`` (None = skip) for every tile of ``grid`` into ``path``."""
     from tiles.progress import progress

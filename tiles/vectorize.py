@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -154,7 +155,7 @@ def _to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geoms, apply)
 
 
-def polygon_areas(geoms: np.ndarray, crs) -> np.ndarray:
+def polygon_areas(geoms: np.ndarray, crs: Any) -> np.ndarray:
     """Areas in map units² (m² for metric CRSs); geodesic m² for a geographic CRS."""
     crs = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
     if not crs.is_geographic:

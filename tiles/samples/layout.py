@@ -152,15 +152,15 @@ def _layout(size: int, seed: int) -> _Layout:
     n_obj = (1 << _PARCEL_BITS) + len(geoms) + 1
     # Missing-data wedge along one edge, as where a scene's footprint ends.
     edge = int(rng.integers(4))
-    w1 = rng.uniform(0.05, 0.14) * size
-    a, b, c = [
+    w1 = float(rng.uniform(0.05, 0.14)) * size
+    la, lb, lc = [
         (1.0, -w1 / size, 0.0),
         (-1.0, w1 / size, size - w1),
         (-w1 / size, 1.0, 0.0),
         (w1 / size, -1.0, size - w1),
     ][edge]
     if rng.random() < 0.5:  # widen towards the other end instead
-        a, b, c = [
+        la, lb, lc = [
             (1.0, w1 / size, -w1),
             (-1.0, -w1 / size, size),
             (w1 / size, 1.0, -w1),
@@ -181,5 +181,5 @@ def _layout(size: int, seed: int) -> _Layout:
         v_ax=np.array(objs.ax, dtype=np.float32),
         v_ay=np.array(objs.ay, dtype=np.float32),
         obj_var=rng.uniform(-1, 1, size=(n_obj, 6)).astype(np.float32).T.copy(),
-        nodata_line=(a, b, c),
+        nodata_line=(la, lb, lc),
     )

@@ -33,7 +33,7 @@ class _Objects:
 
     def add(
         self,
-        geom,
+        geom: shapely.Geometry,
         mat: Mat,
         height: float = 0.0,
         kind: int = _PLAIN,
@@ -289,8 +289,7 @@ def _village(
     ca, cb = rng.uniform(9, 13), rng.uniform(10, 14)
     na, nb = int(rng.integers(6, 11)), int(rng.integers(4, 7))
     n = int(1.8 * radius / min(ca, cb)) + 2
-    ia, ib = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1))
-    ia, ib = ia.ravel(), ib.ravel()
+    ia, ib = (m.ravel() for m in np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1)))
     a, b = ia * ca, ib * cb
     c, s = np.cos(theta), np.sin(theta)
     bend_a, bend_b = rng.uniform(-0.2, 0.2, 2) / radius  # villages grow organically, not on a grid
@@ -338,7 +337,7 @@ class _Town:
     roads: list[_Road]  # lanes and layout streets
 
 
-def _village_site(line: shapely.LineString, water, size: int) -> float:
+def _village_site(line: shapely.LineString, water: shapely.Geometry, size: int) -> float:
     """Where along ``line`` the first village goes: inside the scene's core, clear of water.
 
     This is what guarantees built-up pixels in every scene, however small.
@@ -464,7 +463,7 @@ def _settlements(
         if yard.intersects(water) or any(yard.intersects(g) for g, _ in grounds):
             continue
         grounds.append((yard, Mat.PAVED if rng.random() < 0.6 else Mat.SOIL_LIGHT))
-        k = rng.integers(1, 5)
+        k = int(rng.integers(1, 5))
         sx = (
             x
             + np.cos(th) * rng.uniform(-0.25, 0.25, k) * w

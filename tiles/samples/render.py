@@ -36,7 +36,10 @@ from tiles.samples.terrain import _PARCEL_BITS, _crown_shading, _parcels
 HALO = 16  # extra rows each side of a strip: room for shadows (<= 12 m) and the optics blur
 
 
-def _vectors(L: _Layout, r0: int, r1: int, mat, oid, micro, height, bund) -> None:
+def _vectors(
+    L: _Layout, r0: int, r1: int, mat: np.ndarray, oid: np.ndarray, micro: np.ndarray,
+    height: np.ndarray, bund: np.ndarray,
+) -> None:  # fmt: skip
     """Burn the vector objects (in paint order) over the parcels, in place."""
     s = L.size
     idx = np.sort(L.tree.query(shapely.box(0, r0, s, r1)))

@@ -8,7 +8,7 @@ coordinates by hashing, so any strip renders without the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
@@ -124,7 +124,9 @@ def _estates(rng: np.random.Generator, size: int) -> _Estates:
     )
 
 
-def _crown_shading(ox: np.ndarray, oy: np.ndarray, rad: np.ndarray, height: np.ndarray):
+def _crown_shading(
+    ox: np.ndarray, oy: np.ndarray, rad: np.ndarray, height: np.ndarray | np.floating[Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """Dome-shaped crowns: lit on the sun side, darker at the rim; height falls off to the rim."""
     d2 = np.minimum((ox * ox + oy * oy) / (rad * rad), 1.0)
     micro = 0.35 * (ox * _SUN_XY[0] + oy * _SUN_XY[1]) / rad - 0.25 * d2
@@ -206,22 +208,22 @@ def _parcels(L: _Layout, est: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray,
             continue
         ri, ci = np.nonzero(sel)
         kk = key[sel]
-        sp = (7.0 + 5.0 * _u01(_mix(kk))) if spacing is None else np.float32(spacing)
+        sp: Any = (7.0 + 5.0 * _u01(_mix(kk))) if spacing is None else np.float32(spacing)
         x0, y0 = xs[0, ci], ys[ri, 0]
         u0 = x0 * c[sel] + y0 * sn[sel]
         v0 = y0 * c[sel] - x0 * sn[sel]
         a = np.mod(u0, sp) - sp / 2
         b = np.mod(v0, sp) - sp / 2
-        rad = (
+        crown_r: Any = (
             sp * (0.3 + 0.15 * _u01(_mix(kk ^ np.uint32(5))))
             if spacing is None
             else np.float32(1.9)
         )
-        inside = a * a + b * b < rad * rad
+        inside = a * a + b * b < crown_r * crown_r
         ox = a * c[sel] - b * sn[sel]
         oy = a * sn[sel] + b * c[sel]
         m_, h_px = _crown_shading(
-            ox, oy, np.broadcast_to(rad, ox.shape), np.float32(8.0 if spacing is None else 14.0)
+            ox, oy, np.broadcast_to(crown_r, ox.shape), np.float32(8.0 if spacing is None else 14.0)
         )
         ground = np.where((kk & np.uint32(1)) == 0, Mat.CROP_DRY, Mat.SOIL_RED).astype(np.uint8)
         if spacing is None:
