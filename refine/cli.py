@@ -88,7 +88,8 @@ def simulate(
         config = config.with_overrides(strategy={"score": strategy})
     # Before the heavy imports and any work: --out may not hold an input.
     _check_out(out_dir, config, config_path, scene, labels, truth, classes, heldout_scene, heldout_truth)
-    from refine.loop import SimulationInputs, run_simulation
+    from refine.inputs import SimulationInputs
+    from refine.simulation import run_simulation
 
     if scene is None:
         given = [name for name, v in (("--labels", labels), ("--truth", truth), ("--heldout-scene", heldout_scene),

@@ -56,9 +56,9 @@ def export_workspace(
     changed = labels != start
     change_map = np.where(changed, lut[np.clip(provenance, 0, lut.size - 1)], 0).astype(np.uint8)
     change_map[changed & (change_map == 0)] = min(version.version, 255)
-    from refine.loop import _round_schema
+    from refine.rounds import round_schema
 
-    rounds_schema = _round_schema(max(version.version, 1))
+    rounds_schema = round_schema(max(version.version, 1))
     with bundle_stage(out_dir) as stage:
         refined = stage / "refined_labels.tif"
         with rasterio.open(version.path) as src, rasterio.open(refined, "w", **src.profile) as dst:

@@ -247,7 +247,7 @@ def curves_figure(report: dict[str, Any]) -> str:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from refine.loop import curve
+    from refine.evaluation import curve
 
     setup = {"budget": report["budget"], "labels": report["cheap"]["start"]}
     rounds, final = report["rounds"], report["final_model"]

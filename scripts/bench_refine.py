@@ -1,6 +1,6 @@
 """Benchmark label refinement on real aerial scenes with realistic cheap labels.
 
-Every run is the real loop (``refine.loop.run_simulation``) with trustmap's *default*
+Every run is the real loop (``refine.simulation.run_simulation``) with trustmap's *default*
 settings, except the budget (10 % of the area, over ``--rounds`` rounds) and what the
 flags below change. Crossed:
 
@@ -112,7 +112,7 @@ def _oracle_rank(ctx) -> np.ndarray:
 
 
 def register_peers(truth: np.ndarray) -> None:
-    from refine.loop import register_strategy
+    from refine.strategies import register_strategy
 
     register_strategy("cleanlab", _cleanlab_rank, description="cleanlab, pooled", replace=True)
     register_strategy(
@@ -130,7 +130,7 @@ def read(path: Path) -> tuple[np.ndarray, dict]:
 
 
 def write_cheap(path: Path, codes: np.ndarray, profile: dict, schema) -> Path:
-    from refine.loop import _label_profile, write_labels
+    from refine.inputs import _label_profile, write_labels
 
     if not path.exists():
         write_labels(path, codes, _label_profile(dict(profile), schema), schema, "cheap labels (bench)")
@@ -204,10 +204,11 @@ def _run_job(payload: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(payload["threads"])
     from refine.config import RefineConfig
+    from refine.inputs import SimulationInputs
     from refine.label_noise import EditNoise, simulate_edits
-    from refine.loop import SimulationInputs, run_simulation
     from refine.model import SceneImage, SegmentationModel
     from refine.noise import noise_rate
+    from refine.simulation import run_simulation
     from tiles.classes import load_schema
 
     data, work = Path(payload["data"]), Path(payload["work"])

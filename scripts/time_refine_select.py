@@ -204,7 +204,7 @@ def main() -> None:
 
     from refine.autocorrect import candidate_mask, propose_corrections, row_windows
     from refine.config import RefineConfig
-    from refine.loop import net_gain_rank
+    from refine.strategies import net_gain_rank
 
     t1, c1 = time.perf_counter(), time.process_time()
     ctx = SimpleNamespace(probs=lambda: probs, label_index=labels, regions=regions, config=RefineConfig())

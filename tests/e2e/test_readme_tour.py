@@ -32,6 +32,7 @@ SIZE_SUBSTITUTIONS = [
     ("refine simulate --scene", "refine simulate --config {tmp}/refine_mine_small.yaml --scene"),
     ("--config configs/calibration/demo.yaml", "--config {tmp}/calibration_demo_small.yaml"),
     ("calibration audit --predictions", "calibration audit --bootstrap 20 --predictions"),
+    ("refine init work/", "refine init --config {tmp}/refine_mine_small.yaml work/"),
 ]
 
 # What the refine and calibration demo configs are shrunk to (every other key as in the demo).
@@ -166,6 +167,8 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
         assert (work / run / "report.html").stat().st_size > 0, log
     for run in ("audit_demo", "audit"):
         assert (work / run / "audit.html").stat().st_size > 0, log
+    # 7: a workspace with its first queue, and an export that opens in QGIS
+    assert (work / "review" / "review.qgs").is_file() and (work / "review_out" / "refined_review.qgs").is_file()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from refine import loop
+from refine import rounds as refine_rounds
 from refine.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("refine")
     config, out = base / "small.yaml", base / "run"
     config.write_text(SMALL, encoding="utf-8")
-    real_round = loop.Refinement.run_round
+    real_round = refine_rounds.Refinement.run_round
 
     def interrupted(self):
         if len(self.records) == 1:
@@ -46,7 +46,7 @@ def run(tmp_path_factory) -> Path:
         return real_round(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop.Refinement, "run_round", interrupted)
+        mp.setattr(refine_rounds.Refinement, "run_round", interrupted)
         res = _simulate("--config", str(config), "--out", str(out))
     assert res.exit_code == 130, res.output
     assert (out / "state" / "round_001" / "record.json").exists()

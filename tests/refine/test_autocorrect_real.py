@@ -15,8 +15,9 @@ import pytest
 import rasterio
 
 from refine.config import RefineConfig
+from refine.inputs import SimulationInputs, _label_profile, write_labels
 from refine.label_noise import EditNoise, simulate_edits
-from refine.loop import SimulationInputs, _label_profile, run_simulation, write_labels
+from refine.simulation import run_simulation
 from tiles.classes import load_schema
 
 DUBAI = Path(__file__).resolve().parents[1] / "data" / "dubai"

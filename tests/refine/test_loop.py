@@ -16,15 +16,10 @@ import rasterio
 from affine import Affine
 
 from refine.config import RefineConfig
-from refine.loop import (
-    STRATEGIES,
-    RoundContext,
-    SimulationInputs,
-    register_strategy,
-    run_simulation,
-    write_labels,
-)
+from refine.inputs import SimulationInputs, write_labels
 from refine.noise import CrowdConfig, simulate_crowd
+from refine.simulation import run_simulation
+from refine.strategies import STRATEGIES, RoundContext, register_strategy
 from tiles.classes import load_schema
 from tiles.errors import TrustmapError
 from tiles.samples import make_sample
@@ -267,7 +262,7 @@ def test_vector_labels_are_rasterised_onto_the_scene(data, tmp_path, landcover6_
     import geopandas as gpd
     import shapely
 
-    from refine.loop import read_labels
+    from refine.inputs import read_labels
     from refine.model import SceneImage
 
     scene = SceneImage(data.scene)

@@ -233,13 +233,13 @@ def test_selection_errors() -> None:
         Sel.select_regions("bald", np.ones(2), np.ones(2), 1)
 
 
-# --- the net-gain look-ahead (refine.loop.net_gain_rank) ------------------------------------------
+# --- the net-gain look-ahead (refine.strategies.net_gain_rank) ------------------------------------------
 def _net_gain(probs, labels, region_ids, relabel, cost=None):
     from types import SimpleNamespace
 
     from refine.config import RefineConfig
-    from refine.loop import net_gain_rank
     from refine.regions import regions_from_labels
+    from refine.strategies import net_gain_rank
 
     regions = regions_from_labels(region_ids, "grid", "pixels")
     if cost is not None:

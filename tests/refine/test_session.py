@@ -19,9 +19,10 @@ from click.testing import CliRunner
 
 from refine.cli import main
 from refine.config import RefineConfig
-from refine.loop import SimulationInputs, run_simulation, write_labels
+from refine.inputs import SimulationInputs, write_labels
 from refine.noise import CrowdConfig, simulate_crowd
 from refine.session import RunDir
+from refine.simulation import run_simulation
 from tiles.classes import load_schema
 from tiles.errors import TrustmapError
 from tiles.samples import make_sample
