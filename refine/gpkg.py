@@ -81,6 +81,7 @@ def create_layers(
         pyogrio.write_dataframe(
             frame, path, layer=name, driver="GPKG", geometry_type=geometry_type,
             append=i > 0, layer_options={"SPATIAL_INDEX": "NO"},
+            dataset_options=None if i else {"VERSION": "1.2"},  # QGIS 3.22's GDAL reads 1.2 without a warning
         )  # fmt: skip
 
 
