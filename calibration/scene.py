@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.windows import Window
 
 from calibration.detections import Detections, GroundTruth
@@ -47,10 +47,10 @@ from tiles.raster import open_raster, require_crs
 #: Longest side of the decimated read that sets the stretch of non-8-bit scenes.
 STRETCH_SAMPLE = 1024
 STRETCH_PERCENTILES = (2.0, 98.0)
-#: GDAL's block cache while tiles are read (MB). Its default, 5 % of the machine's memory,
-#: would fill with every block ever read and make memory grow with the scene; the overlap
-#: between tile rows only needs the blocks of about two tile rows.
-GDAL_CACHE_MB = 256
+#: Bounds of GDAL's block cache while tiles are read (MB). Its default, 5 % of the machine's
+#: memory, fills with every block ever read, so memory would grow with the scene; reading
+#: tiles row by row only revisits the blocks of the current and the previous tile row.
+GDAL_CACHE_MIN_MB, GDAL_CACHE_MAX_MB = 16, 512
 
 
 # --------------------------------------------------------------------------- bands
@@ -69,6 +69,9 @@ class ScenePlan:
     how: str  # "given", "colour metadata / band order" (pick_rgb_bands)
     lo: tuple[float, ...] | None = None  # per fed band; None: 8-bit, divided by 255
     hi: tuple[float, ...] | None = None
+    masked: bool = True  # the scene has nodata or a mask; False: every pixel is valid
+    row_bytes: int = 0  # bytes of one pixel row of the fed bands, as GDAL caches them
+    block_height: int = 256
 
     def describe(self) -> str:
         scale = "/255" if self.lo is None else "2-98 % stretch over the scene"
@@ -120,9 +123,21 @@ def plan_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
                 raise TrustmapError(f"band(s) {bad} do not exist; the scene has bands 1..{src.count}", p)
             how = "given"
         lo = hi = None
-        if src.dtypes[picked[0] - 1] != "uint8" or any(src.dtypes[b - 1] != "uint8" for b in picked):
+        if any(src.dtypes[b - 1] != "uint8" for b in picked):
             lo, hi = _scene_stretch(src, picked)
-        return ScenePlan(p, src.width, src.height, src.crs, src.transform, picked, how, lo, hi)  # type: ignore[arg-type]
+        masked = any(MaskFlags.all_valid not in flags for flags in src.mask_flag_enums)
+        # all bands: a pixel-interleaved file caches whole pixels even when three bands are read
+        row_bytes = src.width * sum(np.dtype(t).itemsize for t in src.dtypes)
+        return ScenePlan(p, src.width, src.height, src.crs, src.transform, picked, how, lo, hi,  # type: ignore[arg-type]
+                         masked, row_bytes, int(src.block_shapes[0][0]))  # fmt: skip
+
+
+def gdal_cache_bytes(plan: ScenePlan, tile_size: int) -> int:
+    """Block cache for row-major tile reads: two tile rows of blocks (the current one and the
+    overlap rows of the previous one), within the bounds above."""
+    rows = 2 * (min(tile_size, plan.height) + plan.block_height)
+    want = plan.row_bytes * rows
+    return int(min(max(want, GDAL_CACHE_MIN_MB * 2**20), GDAL_CACHE_MAX_MB * 2**20))
 
 
 def _scene_stretch(src: rasterio.DatasetReader, bands: tuple[int, int, int]):
@@ -149,7 +164,7 @@ def read_tile(src: rasterio.DatasetReader, window: Window, plan: ScenePlan) -> t
     """
     unique = list(dict.fromkeys(plan.bands))
     raw = src.read(unique, window=window)
-    valid = src.dataset_mask(window=window) > 0
+    valid = src.dataset_mask(window=window) > 0 if plan.masked else np.ones(raw.shape[1:], bool)
     layer = {b: raw[k] for k, b in enumerate(unique)}
     data = np.stack([layer[b] for b in plan.bands]).astype(np.float32)
     if plan.lo is None:
@@ -304,7 +319,7 @@ def run_tiles(
         if show_progress
         else iter(grid)
     )
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), rasterio.open(plan.path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(plan, settings.tile_size)), rasterio.open(plan.path) as src:
         batch: list[Tile] = []
         images: list[torch.Tensor] = []
         skipped = 0

@@ -48,7 +48,7 @@ class DetectionWriter:
     every batch of tiles would cost more than detecting them, while the buffer bounds memory.
     """
 
-    flush_rows = 20_000
+    flush_rows = 5_000
 
     def __init__(
         self,
