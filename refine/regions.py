@@ -332,7 +332,10 @@ def tilewise_superpixels(
     core are kept and renumbered after the ids used so far. With ``overlap > 0`` segments
     see context beyond the core, but those crossing the core edge are cut and may leave
     small slivers; ``overlap=0`` (default) makes tile edges plain segment boundaries, which
-    is harmless for review units because SLIC is local anyway.
+    is harmless for review units because SLIC is local anyway. Edge tiles are shifted inward
+    (:class:`tiles.TileGrid`), so their windows overlap their neighbours' anyway; the parts of
+    segments cut off at a core's edge are merged into a neighbour in the same core
+    (:func:`merge_small_regions`).
 
     ``compactness`` is in units of the RMS band distance of the [0, 1]-normalised bands (2-98 %
     stretch per band), for any band count and dtype; skimage's Lab conversion of 3-band input
@@ -357,6 +360,10 @@ def tilewise_superpixels(
         raise TrustmapError(f"unknown superpixel method {method!r}")
     ranges = band_ranges(image, valid)
     grid = TileGrid(h, w, size=tile_size, overlap=overlap)
+    # SLIC itself merges segments under half the mean size (skimage's min_size_factor), so a
+    # smaller one is a cut; Felzenszwalb's own floor is min_size. Merged within the core, so
+    # each tile's regions stay a pure function of that tile.
+    floor = max(2, region_size // 2 if method == "slic" else (min_size or max(1, region_size // 4)))
     out = np.full((h, w), -1, np.int32)
     offset = 0
     tiles = (
@@ -399,11 +406,13 @@ def tilewise_superpixels(
             continue
         _, inverse = np.unique(core[keep], return_inverse=True)
         ids = np.full(core.shape, -1, np.int32)
-        ids[keep] = inverse.astype(np.int32) + offset
-        offset += int(inverse.max()) + 1
+        ids[keep] = inverse.astype(np.int32)
+        if len(grid) > 1:  # segments cut at the core's edge leave slivers 1-5 px thick
+            ids, _ = compact_ids(merge_small_regions(ids, floor))
+        top = int(ids.max())
+        ids[ids >= 0] += offset
+        offset += top + 1
         out[tile.core.toslices()] = ids
-    if len(grid) > 1:  # segments cut at a core edge leave slivers a few pixels thick
-        out, _ = compact_ids(merge_small_regions(out, max(2, region_size // 8)))
     return out
 
 
