@@ -83,7 +83,10 @@ class DetectionWriter:
             },
             geometry=gpd.GeoSeries([], crs=crs),
         )
-        pyogrio.write_dataframe(empty, self.path, layer=LAYER, driver="GPKG", geometry_type="Polygon")
+        pyogrio.write_dataframe(
+            empty, self.path, layer=LAYER, driver="GPKG", geometry_type="Polygon",
+            dataset_options={"VERSION": "1.2"},  # QGIS 3.22's GDAL reads 1.2 without a warning
+        )  # fmt: skip
 
     def write(self, dets: Detections, calibrated: np.ndarray | None) -> None:
         """Queue one chunk (``image_id`` is the owning tile); written once enough are queued."""

@@ -26,6 +26,18 @@ fi
 if [ -f calibration/cli.py ] && [ -f configs/calibration/demo.yaml ]; then
   echo "== calibration: audit of the sample detector"
   calibration audit --config configs/calibration/demo.yaml --out "$OUT/calibration"
+  echo "== calibration: the sample detector over the sample scene, tile by tile, with the audit's calibrator"
+  # the post-hoc calibrator the audit recommends shipping (isotonic if it recommends none)
+  CAL="$(python - "$OUT/calibration" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+rec = json.loads((out / "audit.json").read_text()).get("repair", {}).get("recommendation", {})
+ship = rec.get("ship")
+path = out / "repair" / f"calibrator_{ship}.json"
+print(path if ship and path.exists() else out / "repair" / "calibrator_isotonic.json")
+PY
+)"
+  calibration detect-scene "$OUT/sample/scene.tif" --calibrator "$CAL" --out "$OUT/scene_detections.gpkg"
 fi
 
 echo
@@ -35,4 +47,5 @@ echo "  tiles + index            $OUT/tiles/index.gpkg"
 echo "  QGIS project (truth)     $OUT/qgis_truth/*.qgs"
 [ -d "$OUT/refine" ] && echo "  refine report            $OUT/refine/report.html (refined mask for QGIS in $OUT/refine/qgis/)"
 [ -d "$OUT/calibration" ] && echo "  calibration audit        $OUT/calibration/audit.html"
+[ -f "$OUT/scene_detections.gpkg" ] && echo "  scene detections (QGIS)  $OUT/scene_detections.gpkg (styled by calibrated confidence)"
 exit 0
