@@ -30,7 +30,7 @@ def export_workspace(
     echo = echo or (lambda _: None)
     out_dir = Path(out_dir)
     if out_dir.resolve() == ws.root.resolve() or ws.root.resolve() in out_dir.resolve().parents:
-        raise TrustmapError("export into its own workspace; choose a folder outside it", out_dir)
+        raise TrustmapError("an export cannot go inside its workspace; choose a folder outside it", out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise TrustmapError("output folder exists and is not empty; pass --overwrite to replace it", out_dir)
     with ws.connect() as con:
