@@ -323,6 +323,9 @@ class VectorLabels(LabelSource):
         # (features may carry the ignore code); None if the schema uses all 256 codes.
         free = sorted(set(range(256)) - set(schema.codes) - {schema.ignore})
         self.fill: int | None = free[-1] if free else None
+        self._lattice: bool | None = None
+        # index burn -> codes: 0 (no feature) is ignore, i + 1 is feature i's code
+        self.lut = np.concatenate([[schema.ignore], codes]).astype(np.uint8)
 
     @classmethod
     def from_file(
@@ -408,6 +411,81 @@ class VectorLabels(LabelSource):
         if self.fill is not None:
             burnt[burnt == fill] = ignore
         return burnt, under, conflicts
+
+
+    # --- the one-pass route for polygons on the pixel lattice -------------------------------
+    def on_lattice(self) -> bool:
+        """Are all features rectilinear polygons with every vertex on a pixel corner?
+
+        Labels vectorized from a raster on this grid are. Then a feature covers exactly as
+        many pixel centres as its area in pixels (no centre lies on an edge), so the pixels a
+        feature won in one file-order burn tell whether a later feature covered any of it.
+        """
+        if self._lattice is None:
+            self._lattice = _on_lattice(self.geoms, self.grid.transform)
+        return self._lattice
+
+    def read_index(self, window: Window) -> np.ndarray:
+        """Which feature each pixel of ``window`` shows (later features win): 0 for none,
+        ``i + 1`` for feature ``i`` (uint32). A pure function of the window, like :meth:`read`."""
+        height, width = int(window.height), int(window.width)
+        hits = self._hits(window)
+        if not len(hits):
+            return np.zeros((height, width), dtype=np.uint32)
+        return rasterize(
+            zip(_as_geojson(self.geoms[hits]), (hits + 1).tolist(), strict=True),
+            out_shape=(height, width), transform=self.grid.window_transform(window),
+            fill=0, dtype=np.uint32,
+        )  # fmt: skip
+
+    def pixel_counts(self) -> np.ndarray:
+        """Pixels each feature covers inside the scene, from its area (exact on the lattice)."""
+        x0, y0, x1, y1 = self.grid.bounds
+        geoms = self.geoms
+        b = shapely.bounds(geoms)
+        outside = (b[:, 0] < x0) | (b[:, 1] < y0) | (b[:, 2] > x1) | (b[:, 3] > y1)
+        if outside.any():
+            geoms = geoms.copy()
+            geoms[outside] = shapely.clip_by_rect(geoms[outside], x0, y0, x1, y1)
+        pixel = abs(self.grid.transform.a * self.grid.transform.e)
+        return np.rint(shapely.area(geoms) / pixel).astype(np.int64)
+
+
+def _on_lattice(geoms: np.ndarray, transform: Affine) -> bool:
+    """Rectilinear (Multi)Polygons whose vertices all sit on pixel corners of ``transform``."""
+    if transform.b != 0 or transform.d != 0 or not len(geoms):
+        return False
+    if not np.isin(shapely.get_type_id(geoms), (3, 6)).all():
+        return False
+    _, coords, offsets = shapely.to_ragged_array(geoms)
+    col = (coords[:, 0] - transform.c) / transform.a
+    row = (coords[:, 1] - transform.f) / transform.e
+    if not (np.allclose(col, np.rint(col), rtol=0, atol=1e-6) and np.allclose(row, np.rint(row), rtol=0, atol=1e-6)):
+        return False
+    col, row = np.rint(col), np.rint(row)
+    edge = np.ones(len(coords) - 1, dtype=bool)
+    edge[offsets[0][1:-1] - 1] = False  # no edge from one ring's last vertex to the next ring
+    straight = (np.diff(col) == 0) | (np.diff(row) == 0)
+    return bool(straight[edge].all())
+
+
+def _recount_conflicts(source: VectorLabels, won: np.ndarray, tile_size: int) -> int:
+    """Conflict pixels, from a one-pass burn's per-feature wins (index 0: no feature).
+
+    A feature that won fewer pixels than it covers was overlapped by a later one; only the
+    windows such features reach can hold conflicts, and those are counted exactly with
+    :meth:`VectorLabels.read_stats`.
+    """
+    losers = np.flatnonzero(won[1:] < source.pixel_counts())
+    if not len(losers):
+        return 0
+    grid = source.grid
+    boxes = shapely.STRtree(source.geoms[losers])
+    total = 0
+    for window in subdivide(Window(0, 0, grid.width, grid.height), tile_size, tile_size):
+        if len(boxes.query(shapely.box(*grid.window_bounds(window)))):
+            total += source.read_stats(window)[2]
+    return total
 
 
 def _reaches(tree: shapely.STRtree, geoms: np.ndarray, scene: shapely.Polygon) -> bool:
@@ -651,14 +729,29 @@ def align_labels(
     windows: Iterable[Window] = subdivide(Window(0, 0, grid.width, grid.height), tile_size, tile_size)
     if progress:
         windows = progress_bar(windows, desc="align", unit="window")
+    # Vector labels on the pixel lattice need one burn per window (who won each pixel); the
+    # features that lost pixels are found from their areas, and only the windows they reach
+    # are burnt again to count conflicts. Other labels count conflicts as they go.
+    one_pass = isinstance(source, VectorLabels) and source.on_lattice()
+    won = np.zeros(len(source.geoms) + 1 if isinstance(source, VectorLabels) else 0, np.int64)
     with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write_colormap(1, schema.colormap())
         for window in windows:
-            labels, n_under, n_conflict = source.read_stats(window)
-            under += n_under
-            conflicts += n_conflict
+            if one_pass:
+                assert isinstance(source, VectorLabels)
+                index = source.read_index(window)
+                won += np.bincount(index.ravel(), minlength=len(won))
+                labels = source.lut[index]
+                under += int(np.count_nonzero(index))
+            else:
+                labels, n_under, n_conflict = source.read_stats(window)
+                under += n_under
+                conflicts += n_conflict
             counts += np.bincount(labels.ravel(), minlength=256)
             dst.write(labels, 1, window=window)
+        if one_pass:
+            assert isinstance(source, VectorLabels)
+            conflicts = _recount_conflicts(source, won, tile_size)
     warnings = list(source.warnings)
     covered = source.coverage
     if covered is None:  # measured on the grid

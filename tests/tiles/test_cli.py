@@ -329,3 +329,41 @@ def test_coverage_and_conflicts_do_not_depend_on_the_windows(features, tile):
     first_last_differ = whole[2]
     assert first_last_differ <= int((classes_under >= 2).sum())
     assert whole[1] == int((classes_under >= 1).sum())
+
+
+@st.composite
+def lattice_features(draw):
+    """Rectilinear polygons with vertices on pixel corners (as vectorized masks are)."""
+    c0, r0 = draw(st.integers(-5, 45)), draw(st.integers(-5, 45))
+    w, h = draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    geom = shapely.box(c0, r0, c0 + w, r0 + h)
+    if w > 2 and h > 2 and draw(st.booleans()):
+        geom = geom.difference(shapely.box(c0 + 1, r0 + 1, c0 + w - 1, r0 + h - 1))  # a ring
+    return geom, draw(st.sampled_from([1, 2, 6]))
+
+
+@given(st.lists(lattice_features(), min_size=1, max_size=7), st.sampled_from([8, 64]))
+@settings(max_examples=30, deadline=None)
+def test_one_pass_route_counts_the_conflicts_of_the_two_pass_route(tmp_path_factory, features, tile):
+    """On the pixel lattice, align burns once and finds overlaps from areas: same numbers."""
+    import geopandas as gpd
+    from rasterio.windows import Window
+
+    from tiles.align import SceneGrid, VectorLabels, align_labels
+    from tiles.classes import load_schema
+
+    schema = load_schema(LANDCOVER)
+    tf = rasterio.transform.from_origin(300_000, 4_500_000, 2, 2)
+    grid = SceneGrid("EPSG:32618", tf, 40, 40)
+    geoms = [shapely.affinity.affine_transform(g, [tf.a, tf.b, tf.d, tf.e, tf.c, tf.f]) for g, _ in features]
+    codes = [c for _, c in features]
+    path = tmp_path_factory.mktemp("lattice") / "f.gpkg"
+    gpd.GeoDataFrame({"code": codes}, geometry=geoms, crs="EPSG:32618").to_file(path)
+    report = align_labels(path, grid, schema, path.with_suffix(".tif"), tile_size=tile, progress=False)
+    src = VectorLabels("mem", grid, schema, None, np.array(geoms, dtype=object), np.array(codes, np.uint8), "code")
+    assert src.on_lattice()
+    labels, under, conflicts = src.read_stats(Window(0, 0, 40, 40))
+    assert report.conflict_pixels == conflicts
+    assert report.covered == pytest.approx(under / 1600)
+    with rasterio.open(path.with_suffix(".tif")) as ds:
+        assert np.array_equal(ds.read(1), labels)
