@@ -19,11 +19,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tiles.classes import builtin_schema_path
 from tiles.config import read_yaml, validate
 from tiles.errors import TrustmapError
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CLASSES = ROOT / "configs" / "classes" / "landcover6.yaml"
+DEFAULT_CLASSES = builtin_schema_path("landcover6")
+"""The built-in land-cover schema, found in the installed package (never via the source tree)."""
 
 ARCHS = (
     "Unet",

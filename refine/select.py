@@ -363,21 +363,3 @@ def select_random(
     return Selection(
         ids, costs[ids], np.full(ids.size, np.nan), float(budget), float(costs[ids].sum())
     )
-
-
-STRATEGIES = ("greedy", "random")
-
-
-def select_regions(
-    strategy: str, values: np.ndarray | None, costs: np.ndarray, budget: float, **kw: Any
-) -> Selection:
-    """Dispatch by name: ``greedy`` (:func:`select_greedy`) or ``random`` (:func:`select_random`)."""
-    if strategy == "greedy":
-        if values is None:
-            raise TrustmapError("greedy selection needs region values")
-        return select_greedy(values, costs, budget, **kw)
-    if strategy == "random":
-        return select_random(costs, budget, reviewed=kw.get("reviewed"), seed=kw.get("seed", 0))
-    raise TrustmapError(
-        f"unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
-    )

@@ -175,10 +175,8 @@ def load_schema(path: str | os.PathLike) -> ClassSchema:
 
 
 def builtin_schema_path(name: str = "landcover6") -> Path:
-    """Path of a schema shipped with trustmap (``configs/classes`` in a checkout, package data otherwise)."""
-    checkout = Path(__file__).resolve().parents[1] / "configs" / "classes" / f"{name}.yaml"
-    if checkout.exists():
-        return checkout
+    """Path of a schema shipped with trustmap, as package data (``tiles/schemas``: in a checkout,
+    links to ``configs/classes/``, so there is one copy of each; a wheel holds the files)."""
     packaged = Path(__file__).resolve().parent / "schemas" / f"{name}.yaml"
     if packaged.exists():
         return packaged

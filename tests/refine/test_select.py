@@ -212,8 +212,7 @@ def test_spatial_diversity_still_spends_the_whole_budget() -> None:
 def test_random_baseline() -> None:
     costs = np.arange(1, 21, dtype=float)
     a = Sel.select_random(costs, 30, seed=4)
-    b = Sel.select_regions("random", None, costs, 30, seed=4)
-    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.ids, Sel.select_random(costs, 30, seed=4).ids)
     assert a.spent <= 30 and len(set(a.ids.tolist())) == a.ids.size and np.isnan(a.scores).all()
     assert (costs[np.setdiff1d(np.arange(20), a.ids)] > 30 - a.spent).all()
     assert a.ids.tolist() != Sel.select_random(costs, 30, seed=5).ids.tolist()
@@ -229,8 +228,6 @@ def test_selection_errors() -> None:
         Sel.select_greedy(np.ones(2), np.ones(2), 1, objective="best")
     with pytest.raises(TrustmapError, match="weights"):
         Sel.select_greedy(np.ones(2), np.ones(2), 1, weights=np.ones(3))
-    with pytest.raises(TrustmapError, match="strategy"):
-        Sel.select_regions("bald", np.ones(2), np.ones(2), 1)
 
 
 # --- the net-gain look-ahead (refine.strategies.net_gain_rank) ------------------------------------------
