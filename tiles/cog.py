@@ -24,6 +24,7 @@ from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, ensure_writable_dir, staging_dir
 from tiles.profiles import class_mask_profile
+from tiles.progress import progress
 from tiles.raster import dataset_path, open_class_mask
 
 DEFAULT_BLOCKSIZE = 512
@@ -108,7 +109,9 @@ def write_class_cog(
             allowed = np.array([*schema.codes, schema.ignore], dtype=np.int64)
             with rasterio.open(staged, "w", **profile) as out:
                 out.write_colormap(1, schema.colormap())
-                for window in _windows(src.width, src.height, blocksize):
+                blocks = -(-src.width // blocksize) * -(-src.height // blocksize)
+                for window in progress(_windows(src.width, src.height, blocksize), desc="class COG",
+                                       total=blocks, unit="block"):  # fmt: skip
                     block = src.read(1, window=window)
                     if src_nodata is not None and src_nodata != schema.ignore:
                         block = np.where(block == src_nodata, schema.ignore, block)

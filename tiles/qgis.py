@@ -45,6 +45,7 @@ from tiles.io import (
     staging_dir,
     write_text_atomic,
 )
+from tiles.progress import Progress
 from tiles.raster import dataset_path, open_raster, require_crs
 
 #: The QGIS version our XML follows; older readers upgrade nothing, newer ones read it as is.
@@ -157,12 +158,16 @@ def export_qgis(
     if scene_path is not None:  # fail before writing anything, naming the user's file
         with open_raster(scene_path) as ds:
             require_crs(ds, scene_path)
-    with bundle_stage(out_dir) as stage:
+    steps = 5 if scene_path is not None else 4
+    with bundle_stage(out_dir) as stage, Progress(total=steps, desc="export-qgis", unit="step") as bar:
         tif = write_class_cog(mask_path, stage / f"{name}.tif", schema)
+        bar.update()
         polygons = vectorize_mask(tif, schema, min_area=min_area, simplify=simplify)
+        bar.update()
         gpkg = write_polygons(polygons, stage / f"{name}_polygons.gpkg", layer="polygons")
         gpkg_qml = write_gpkg_style(gpkg, "polygons", schema)
         tif_qml, tif_aux = write_raster_style(tif, schema)
+        bar.update()
         layers = [
             ProjectLayer(gpkg, f"{name} polygons", "vector", schema=schema, layer="polygons"),
             ProjectLayer(tif, f"{name} classes", "raster", schema=schema),
@@ -174,7 +179,9 @@ def export_qgis(
             quicklook = stage / f"{name}_quicklook.tif"
             write_quicklook(scene_path, out_tif=quicklook)
             layers.append(ProjectLayer(quicklook, "scene quick-look", "raster"))
+            bar.update()
         project = write_project(stage / f"{name}.qgs", layers, crs=crs, extent=bounds, title=name)
+        bar.update()
         # One commit for the whole bundle (a folder exchange where possible); in the
         # file-by-file fallback the project goes last: it must never point at missing files.
         commit_bundle(stage, out_dir, last=[project.name])

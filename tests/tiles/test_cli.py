@@ -334,8 +334,8 @@ def test_coverage_and_conflicts_do_not_depend_on_the_windows(features, tile):
 @st.composite
 def lattice_features(draw):
     """Rectilinear polygons with vertices on pixel corners (as vectorized masks are)."""
-    c0, r0 = draw(st.integers(-5, 45)), draw(st.integers(-5, 45))
-    w, h = draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    c0, r0 = draw(st.integers(-4, 38)), draw(st.integers(-4, 38))  # each reaches the 40 x 40 scene
+    w, h = draw(st.integers(5, 20)), draw(st.integers(5, 20))
     geom = shapely.box(c0, r0, c0 + w, r0 + h)
     if w > 2 and h > 2 and draw(st.booleans()):
         geom = geom.difference(shapely.box(c0 + 1, r0 + 1, c0 + w - 1, r0 + h - 1))  # a ring
