@@ -26,8 +26,8 @@ TOUR_HEADING = "## A tour"
 
 # (README text, what the test runs instead): smaller scene, tiles, refine runs and audit.
 SIZE_SUBSTITUTIONS = [
-    ("tiles sample --out work/sample --size 2048", "tiles sample --out work/sample --size 512"),
-    ("--size 512 --overlap 64", "--size 256 --overlap 32"),
+    ("tiles sample -o work/sample --size 2048", "tiles sample -o work/sample --size 512"),
+    ("--tile-size 512 --overlap 64", "--tile-size 256 --overlap 32"),
     ("--config configs/refine/demo.yaml", "--config {tmp}/refine_demo_small.yaml"),
     ("refine simulate --scene", "refine simulate --config {tmp}/refine_mine_small.yaml --scene"),
     ("--config configs/calibration/demo.yaml", "--config {tmp}/calibration_demo_small.yaml"),
