@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tiles.cli_options import output_option, overwrite_option, verbosity_options, version_option
 from tiles.console import user_errors
 from tiles.errors import TrustmapError
 
@@ -13,14 +14,23 @@ _path = click.Path(path_type=Path)  # existence is checked by trustmap for clear
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="trustmap")
+@version_option()
+@verbosity_options
 def main() -> None:
     """Find and fix wrong land-cover labels under an annotation budget.
 
     \b
-    Typical use:
-      refine simulate --config configs/refine/demo.yaml --out demo_out/refine
-      refine simulate --scene S.tif --labels CHEAP.tif --truth GT.tif --classes classes.yaml --out run1
+    With your own cheap labels, you are the expert (a workspace, reviewed in QGIS):
+      refine init SCENE.tif --labels CHEAP.tif --classes classes.yaml --workspace WS
+      refine run --workspace WS --budget 2%     # train, then queue 2 % of the scene
+      (open WS/review.qgs in QGIS, answer the queue, save)
+      refine import --workspace WS              # then run again, round after round
+      refine export --workspace WS -o OUT       # refined labels, styled for QGIS; a report
+
+    \b
+    To measure how much review helps, against a truth (a simulated expert):
+      refine simulate --config configs/refine/demo.yaml -o demo_out/refine
+      refine simulate --scene S.tif --labels CHEAP.tif --truth GT.tif --classes classes.yaml -o run1
     """
 
 
@@ -28,7 +38,7 @@ def main() -> None:
 @click.option(
     "--config", "config_path", type=_path, help="Run settings (YAML); see configs/refine/demo.yaml."
 )
-@click.option("--out", "out_dir", required=True, type=_path, help="Output directory of the run.")
+@output_option("Output directory of the run.", dest="out_dir")
 @click.option(
     "--scene", type=_path, help="Your scene (GeoTIFF). Without it, the sample scene is generated."
 )
@@ -54,9 +64,10 @@ def main() -> None:
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue an interrupted run in --out from its last complete round.",
+    help="Continue an interrupted run in -o from its last complete round.",
 )
-@click.option("--restart", is_flag=True, help="Delete the earlier run in --out and start over.")
+@click.option("--restart", is_flag=True, help="Delete the earlier run in -o and start over.")
+@overwrite_option
 @click.option("--no-export", is_flag=True, help="Skip the QGIS bundle (qgis/).")
 @user_errors
 def simulate(
@@ -71,18 +82,20 @@ def simulate(
     strategy: str | None,
     resume: bool,
     restart: bool,
+    overwrite: bool,
     no_export: bool,
 ) -> None:
     """Simulate rounds of model-guided expert review and report how much the labels improve.
 
     \b
     The expert is simulated from the ground truth, which is used for answers and scoring
-    only, never for training. Writes into --out: labels/labels_r*.tif (one per round),
+    only, never for training. Writes into -o: labels/labels_r*.tif (one per round),
     changes.csv and change_map.tif (what changed, when), qgis/ (refined mask, polygons and a
     QGIS project), report.html and report.json.
     """
     from refine.config import load_config
 
+    restart = restart or overwrite  # one policy for every CLI: replace existing output only when asked
     config = load_config(config_path)
     if strategy:
         config = config.with_overrides(strategy={"score": strategy})
@@ -119,7 +132,7 @@ def simulate(
     try:
         result = run_simulation(
             config, out_dir, inputs, config_source=config_path, resume=resume, restart=restart,
-            export=not no_export, echo=lambda msg: click.echo(msg, err=True),
+            export=not no_export, echo=_echo,
         )  # fmt: skip
     except Exception:
         # A new run that fails before its first round is committed leaves nothing behind.
@@ -153,7 +166,10 @@ def _check_out(out_dir: Path, config, config_path: Path | None, *inputs) -> None
 
 # --- the analyst's workspace -----------------------------------------------------------------------
 def _echo(msg: str) -> None:
-    click.echo(msg, err=True)
+    from tiles.progress import quiet
+
+    if not quiet():
+        click.echo(msg, err=True)
 
 
 _workspace_option = click.option(
@@ -281,8 +297,8 @@ def status(workspace: Path, as_json: bool) -> None:
 @main.command()
 @_workspace_option
 @_scene_option
-@click.option("-o", "--output", "output", required=True, type=_path, help="Output folder.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@output_option("Output folder.")
+@overwrite_option
 @user_errors
 def export(workspace: Path, scene: Path | None, output: Path, overwrite: bool) -> None:
     """Write the refined labels (styled COG, polygons, QGIS project), change map and report."""
