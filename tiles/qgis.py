@@ -46,7 +46,7 @@ from tiles.io import (
     write_text_atomic,
 )
 from tiles.progress import Progress
-from tiles.raster import dataset_path, open_raster, require_crs
+from tiles.raster import dataset_path, open_class_mask, open_raster, require_crs
 
 #: The QGIS version our XML follows; older readers upgrade nothing, newer ones read it as is.
 QGIS_XML_VERSION = "3.22.0"
@@ -223,9 +223,7 @@ def write_raster_style(tif_path: str | os.PathLike, schema: ClassSchema) -> tupl
     paletted renderer. Values that are not classes (the ignore code) stay transparent.
     """
     tif = Path(tif_path)
-    with open_raster(tif, verify=False) as ds:
-        if ds.count != 1:
-            raise TrustmapError(f"a class map must have one band, this raster has {ds.count}", tif)
+    with open_class_mask(tif, verify=False, role="class map", need_crs=False) as ds:
         current = _colormap_or_none(ds)
     wanted = schema.colormap()
     if current is None or any(current.get(k) != v for k, v in wanted.items()):

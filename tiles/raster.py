@@ -201,12 +201,12 @@ def open_class_mask(
             require_crs(ds, path)
         if ds.count != 1:
             raise TrustmapError(
-                f"has {ds.count} bands; a {role} must be single-band (one class code per pixel)",
+                f"a {role} must have one band, this raster has {ds.count} (one class code per pixel)",
                 path,
             )
         if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
             raise TrustmapError(
-                f"has {ds.dtypes[0]} pixels; a {role} must hold integer class codes (uint8)", path
+                f"a {role} must hold integer class codes (uint8), this raster is {ds.dtypes[0]}", path
             )
         if grid is not None:
             check_same_grid(ds, grid, path, role)

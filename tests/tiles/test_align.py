@@ -230,8 +230,10 @@ def test_large_rasters_have_their_codes_checked_window_by_window(
 
 
 @pytest.mark.parametrize(
-    ("bands", "dtype", "message"), [(2, np.uint8, "has 2 bands"), (1, np.float32, "float32 pixels")]
-)
+    ("bands", "dtype", "message"),
+    [(2, np.uint8, "bad.tif: a label raster must have one band, this raster has 2"),
+     (1, np.float32, "bad.tif: a label raster must hold integer class codes .*, this raster is float32")],
+)  # fmt: skip
 def test_label_raster_must_be_one_band_of_integers(
     schema, make_raster, scene_profile, shape, bands, dtype, message
 ):

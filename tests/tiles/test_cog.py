@@ -101,8 +101,8 @@ def test_unknown_codes_are_all_named_and_nothing_is_written(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
-        (np.ones((2, 20, 20), np.uint8), "m.tif: has 2 bands; a class mask must be single-band"),
-        (np.ones((20, 20), np.float32), "m.tif: has float32 pixels; a class mask must hold integer"),
+        (np.ones((2, 20, 20), np.uint8), r"m.tif: a class mask must have one band, this raster has 2 \(one class code per pixel\)"),
+        (np.ones((20, 20), np.float32), r"m.tif: a class mask must hold integer class codes \(uint8\), this raster is float32"),
     ],
 )
 def test_mask_shape_and_type_errors(tmp_path: Path, data: np.ndarray, problem: str) -> None:
