@@ -10,7 +10,7 @@ The API, all click decorators unless noted:
 - :func:`overwrite_option`: ``--overwrite``; pair it with :func:`tiles.io.refuse_existing`;
 - :func:`classes_option`, :func:`seed_option`, :func:`config_option`;
 - :func:`verbosity_options`: ``-v/--verbose`` and ``-q/--quiet`` (counted), for the group;
-  they call :func:`configure_logging`;
+  they call :func:`configure_logging` on the loggers the CLI names;
 - :func:`version_option`: ``--version``, also printing GDAL, rasterio and torch versions;
 - :func:`creation_options`: ``--co KEY=VALUE`` (repeatable) as a dict for raster outputs;
 - :func:`renamed_option`: keep an old option name working, hidden, under a new one;
@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -136,7 +136,7 @@ def config_option(required: bool = False, help: str = "Run configuration (YAML).
     return click.option("--config", "config_path", required=required, type=_PATH, help=help)
 
 
-def configure_logging(verbosity: int) -> None:
+def configure_logging(verbosity: int, loggers: Sequence[str] = PACKAGE_LOGGERS) -> None:
     """Log to stderr at INFO (progress lines), DEBUG with ``-v``, WARNING with ``-q``, ERROR with ``-qq``.
 
     One handler on the package loggers (not the root), so libraries we call keep their own
@@ -144,7 +144,7 @@ def configure_logging(verbosity: int) -> None:
     changes the level.
     """
     level = max(logging.DEBUG, min(logging.CRITICAL, logging.INFO - 10 * verbosity))
-    for name in PACKAGE_LOGGERS:
+    for name in loggers:
         logger = logging.getLogger(name)
         logger.setLevel(level)
         if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
@@ -165,24 +165,31 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> int:
-    ctx.meta[f"trustmap.{param.name}"] = value
-    verbose = ctx.meta.get("trustmap.verbose", 0)
-    quiet = ctx.meta.get("trustmap.quiet", 0)
-    configure_logging(int(verbose) - int(quiet))
-    return value
+def verbosity_options(loggers: Sequence[str] = PACKAGE_LOGGERS) -> Callable[[F], F]:
+    """``-v/--verbose`` and ``-q/--quiet``, counted, for the ``loggers`` the CLI owns.
 
+    ``tiles`` passes ``("tiles",)``; a CLI that calls into tiles passes its own package too
+    (``("tiles", "refine")``), so that tiles' progress lines show. ``-q`` also hides bars.
+    """
 
-def verbosity_options(f: F) -> F:
-    """``-v/--verbose`` and ``-q/--quiet``, counted; ``-q`` also hides progress bars."""
-    f = click.option(
-        "-q", "--quiet", count=True, expose_value=False, callback=_set_verbosity,
-        help="Log less: -q warnings only (no progress), -qq errors only.",
-    )(f)  # fmt: skip
-    return click.option(
-        "-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
-        help="Log more (debug messages).",
-    )(f)  # fmt: skip
+    def set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> int:
+        ctx.meta[f"trustmap.{param.name}"] = value
+        verbose = ctx.meta.get("trustmap.verbose", 0)
+        quiet = ctx.meta.get("trustmap.quiet", 0)
+        configure_logging(int(verbose) - int(quiet), loggers)
+        return value
+
+    def decorator(f: F) -> F:
+        f = click.option(
+            "-q", "--quiet", count=True, expose_value=False, callback=set_verbosity,
+            help="Log less: -q warnings only (no progress), -qq errors only.",
+        )(f)  # fmt: skip
+        return click.option(
+            "-v", "--verbose", count=True, expose_value=False, callback=set_verbosity,
+            help="Log more (debug messages).",
+        )(f)  # fmt: skip
+
+    return decorator
 
 
 def versions(package: str = "trustmap") -> str:
