@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +294,6 @@ class SceneRunInfo:
     tiles_skipped: int = 0  # all-nodata tiles, never run
     detections: int = 0
     grid: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_tiles(
