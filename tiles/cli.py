@@ -37,7 +37,7 @@ Dataset = Path | str  # a local path, or a GDAL path / URL kept as text
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @version_option()
-@verbosity_options(("tiles",))
+@verbosity_options(loggers=("tiles",))
 def main() -> None:
     """Geospatial tiling for trustmap: everything here works on any raster size and CRS.
 

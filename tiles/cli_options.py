@@ -165,11 +165,12 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def verbosity_options(loggers: Sequence[str] = PACKAGE_LOGGERS) -> Callable[[F], F]:
-    """``-v/--verbose`` and ``-q/--quiet``, counted, for the ``loggers`` the CLI owns.
+def verbosity_options(f: F | None = None, *, loggers: Sequence[str] = PACKAGE_LOGGERS) -> Any:
+    """``-v/--verbose`` and ``-q/--quiet``, counted, setting the ``loggers`` the CLI owns.
 
-    ``tiles`` passes ``("tiles",)``; a CLI that calls into tiles passes its own package too
-    (``("tiles", "refine")``), so that tiles' progress lines show. ``-q`` also hides bars.
+    Use bare (``@verbosity_options``: all three packages) or with the loggers
+    (``@verbosity_options(loggers=("tiles",))``, as ``tiles`` does, so that running it
+    in-process leaves refine's and calibration's logging alone). ``-q`` also hides bars.
     """
 
     def set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -189,7 +190,7 @@ def verbosity_options(loggers: Sequence[str] = PACKAGE_LOGGERS) -> Callable[[F],
             help="Log more (debug messages).",
         )(f)  # fmt: skip
 
-    return decorator
+    return decorator(f) if f is not None else decorator
 
 
 def versions(package: str = "trustmap") -> str:

@@ -368,3 +368,13 @@ def test_one_pass_route_counts_the_conflicts_of_the_two_pass_route(tmp_path_fact
     assert report.covered == pytest.approx(under / 1600)
     with rasterio.open(path.with_suffix(".tif")) as ds:
         assert np.array_equal(ds.read(1), labels)
+
+
+def test_verbosity_options_bare_sets_all_three_packages():
+    @click.command()
+    @cli_options.verbosity_options
+    def cmd() -> None:
+        click.echo("ok")
+
+    assert CliRunner().invoke(cmd, ["-q"]).exit_code == 0
+    assert {logging.getLogger(n).level for n in cli_options.PACKAGE_LOGGERS} == {logging.WARNING}
