@@ -188,7 +188,7 @@ def stitch(index: Path, output: Path, mode: str, cog: bool, max_pixels: int, max
 
 @main.command()
 @click.argument("labels", type=DATASET)
-@click.argument("scene", type=DATASET, required=False)
+@click.argument("scene", type=DATASET, required=False, metavar="SCENE")  # required; optional only for --scene
 @renamed_option("--scene", "the SCENE argument", "scene", type=DATASET)
 @classes_option()
 @output_option(help="Output label GeoTIFF (uint8).")
