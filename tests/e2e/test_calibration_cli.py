@@ -392,3 +392,32 @@ def test_empty_predictions_file_through_the_cli(pair, tmp_path):
         "--predictions", empty, "--annotations", gt, "--bootstrap", "10", "--out", tmp_path / "o"
     )
     assert "no detections" in res.output
+
+
+def test_allow_outside_paths_is_the_flag_the_error_names(tmp_path: Path) -> None:
+    """A COCO file_name leading out of the images folder is refused, and the message's
+    advice, --allow-outside-paths, exists on `calibration audit` and lets a trusted file in."""
+    import yaml
+
+    from calibration.samples import make_split
+
+    ann = make_split(tmp_path / "elsewhere", "test", 2, size=96, seed=3)
+    coco = json.loads(ann.read_text())
+    for im in coco["images"]:
+        im["file_name"] = f"../elsewhere/{im['file_name']}"
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    cfg = {"detector": {"model": "sample_fasterrcnn"}, "data": {"coco": {"annotations": "gt.json", "images": "imgs"}},
+           "bootstrap": {"n": 0}, "sweeps": {"score_threshold": [], "nms_iou": [], "topk": []}}  # fmt: skip
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["audit", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "audit")]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1
+    assert "points outside" in refused.stderr and "--allow-outside-paths" in refused.stderr
+    assert not (tmp_path / "audit").exists()
+    help_text = CliRunner().invoke(main, ["audit", "--help"]).output
+    assert "--allow-outside-paths" in help_text
+    allowed = CliRunner().invoke(main, [*args, "--allow-outside-paths"])
+    assert allowed.exit_code == 0, allowed.output + allowed.stderr
+    data = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert data["dataset"]["images"] == 2
