@@ -112,6 +112,17 @@ def _check_polygon(geom: BaseGeometry | None, scene_box: BaseGeometry) -> str | 
     return None
 
 
+def _polygon_pixels(
+    geom: BaseGeometry | None, ws: Workspace, scene_box: BaseGeometry, valid: np.ndarray
+) -> tuple[np.ndarray, str | None]:
+    """(the pixels a drawn polygon relabels, None) or (empty, why it cannot be burnt in)."""
+    problem = _check_polygon(geom, scene_box)
+    if problem is not None:
+        return np.zeros(0, np.int64), problem
+    pix = _burn(geom, ws, valid)
+    return pix, None if pix.size else "it covers no pixel centre of the scene"
+
+
 def import_edits(
     ws: Workspace,
     *,
@@ -237,10 +248,7 @@ def _import(
             continue
         if geom is not None and layer_crs is not None and layer_crs != s.crs:
             geom = _reproject(geom, layer_crs, s.crs)
-        problem = _check_polygon(geom, scene_box)
-        pix = _burn(geom, ws, valid) if problem is None else None
-        if problem is None and not pix.size:
-            problem = "it covers no pixel centre of the scene"
+        pix, problem = _polygon_pixels(geom, ws, scene_box, valid)
         if problem:
             invalid.append(f"{name}: {problem}")
             marks.append((CORRECTIONS, f"invalid: {problem}", fid))
@@ -251,10 +259,7 @@ def _import(
     # 3. Polygons from a file (already in the scene's CRS).
     for name, code, problem, geom in file_edits:
         if problem is None:
-            problem = _check_polygon(geom, scene_box)
-        pix = _burn(geom, ws, valid) if problem is None else None
-        if problem is None and not pix.size:
-            problem = "it covers no pixel centre of the scene"
+            pix, problem = _polygon_pixels(geom, ws, scene_box, valid)
         if problem:
             invalid.append(f"{name}: {problem}")
             continue

@@ -19,7 +19,9 @@ and lives in the benchmark (``scripts/bench_refine.py``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -171,4 +173,21 @@ def simulate_edits(truth: np.ndarray, schema: ClassSchema, cfg: EditNoise) -> np
     if noise_rate(out, truth, schema.ignore) < cfg.noise:
         out = swap_segments(out, truth, schema, rng, cfg.noise)
     out[truth == schema.ignore] = schema.ignore
+    return out
+
+
+def write_simulated_edits(
+    truth_path: str | os.PathLike, out_path: str | os.PathLike, schema: ClassSchema, cfg: EditNoise
+) -> Path:
+    """Cheap labels made by :func:`simulate_edits` from a truth raster, written on its grid
+    (for trying a workspace, or a simulation, on a scene that has a truth)."""
+    import rasterio
+
+    from tiles.io import atomic_path
+
+    with rasterio.open(truth_path) as ds:
+        truth, profile = ds.read(1), ds.profile
+    out = Path(out_path)
+    with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(simulate_edits(truth, schema, cfg), 1)
     return out

@@ -35,6 +35,7 @@ from refine.regions import Regions
 from refine.workspace import CORRECTIONS, LOG, QUEUE, Echo, Workspace
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
+from tiles.qgis import vector_style_tail
 
 MAX_SUGGESTIONS = 200
 """Most suggestion polygons one select adds (the largest first): a queue is read by a person."""
@@ -271,7 +272,7 @@ def queue_style(schema: ClassSchema, scores: list[float]) -> str:
     fields.append(_class_widget("corrected_class", schema))
     fields.append(_checkbox_widget("reviewed"))
     labeling = _labeling("rank")
-    return style_document([renderer, labeling, fields, *_tail()])
+    return style_document([renderer, labeling, fields, *vector_style_tail()])
 
 
 def corrections_style(schema: ClassSchema, attr: str = "class") -> str:
@@ -298,7 +299,7 @@ def corrections_style(schema: ClassSchema, attr: str = "class") -> str:
         fields = ET.Element("fieldConfiguration")
         fields.append(_class_widget("class", schema))
         nodes.append(fields)
-    return style_document([*nodes, *_tail()])
+    return style_document([*nodes, *vector_style_tail()])
 
 
 def _labeling(field: str) -> ET.Element:
@@ -317,15 +318,6 @@ def _labeling(field: str) -> ET.Element:
     return labeling
 
 
-def _tail() -> list[ET.Element]:
-    tail = []
-    for tag, text in (("blendMode", "0"), ("featureBlendMode", "0"), ("layerOpacity", "1")):
-        el = ET.Element(tag)
-        el.text = text
-        tail.append(el)
-    return tail
-
-
 def reviewed_style() -> str:
     """Thin grey outlines: regions already answered, kept in view for context."""
     from tiles.qgis import style_document
@@ -338,7 +330,7 @@ def reviewed_style() -> str:
     symbols.append(_line_symbol("0", "#d8d8d8", 0.3, dashed=True))
     ET.SubElement(renderer, "rotation")
     ET.SubElement(renderer, "sizescale")
-    return style_document([renderer, *_tail()])
+    return style_document([renderer, *vector_style_tail()])
 
 
 def write_review_project(ws: Workspace, labels: Path, scores: list[float]) -> Path:

@@ -46,15 +46,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "review_qgis.png")
     args = ap.parse_args()
-    from refine.label_noise import EditNoise, simulate_edits
+    from refine.label_noise import EditNoise, write_simulated_edits
     from tiles.classes import load_schema
 
     work = Path(tempfile.mkdtemp(prefix="trustmap-screenshot-"))
     schema = load_schema(DATA / "classes.yaml")
     with rasterio.open(DATA / "t2_007_truth.tif") as ds:
-        truth, profile = ds.read(1), ds.profile
-    with rasterio.open(work / "crowd.tif", "w", **profile) as dst:
-        dst.write(simulate_edits(truth, schema, EditNoise(noise=0.2, seed=1)), 1)
+        truth = ds.read(1)
+    write_simulated_edits(DATA / "t2_007_truth.tif", work / "crowd.tif", schema, EditNoise(noise=0.2, seed=1))
     (work / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     ws = work / "ws"
     refine("init", str(DATA / "t2_007_scene.tif"), "--labels", str(work / "crowd.tif"), "--classes",

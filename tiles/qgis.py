@@ -440,12 +440,17 @@ def _vector_style_nodes(schema: ClassSchema) -> list[ET.Element]:
         symbols.append(_fill_symbol(str(i), c.rgb))
     ET.SubElement(renderer, "rotation")
     ET.SubElement(renderer, "sizescale")
+    return [renderer, *vector_style_tail()]
+
+
+def vector_style_tail() -> list[ET.Element]:
+    """The blend modes and opacity that close a vector layer's style (QGIS writes them)."""
     tail = []
     for tag, text in (("blendMode", "0"), ("featureBlendMode", "0"), ("layerOpacity", "1")):
         el = ET.Element(tag)
         el.text = text
         tail.append(el)
-    return [renderer, *tail]
+    return tail
 
 
 def _fill_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:

@@ -21,7 +21,7 @@ import pytest
 import rasterio
 import yaml
 
-from refine.label_noise import EditNoise, simulate_edits
+from refine.label_noise import EditNoise, write_simulated_edits
 from tiles.classes import load_schema
 
 from .conftest import QGIS_PYTHON, _qgis_env
@@ -62,10 +62,7 @@ def selected(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     d = real_data / "dubai"
     root = tmp_path_factory.mktemp("review")
     schema = load_schema(d / "classes.yaml")
-    with rasterio.open(d / "t2_007_truth.tif") as ds:
-        truth, profile = ds.read(1), ds.profile
-    with rasterio.open(root / "crowd.tif", "w", **profile) as dst:
-        dst.write(simulate_edits(truth, schema, EditNoise(noise=0.2, seed=1)), 1)
+    write_simulated_edits(d / "t2_007_truth.tif", root / "crowd.tif", schema, EditNoise(noise=0.2, seed=1))
     (root / "fast.yaml").write_text(yaml.safe_dump(FAST))
     ws = root / "ws"
     refine("init", str(d / "t2_007_scene.tif"), "--labels", str(root / "crowd.tif"), "--classes",

@@ -29,7 +29,7 @@ from shapely.geometry import Polygon, box
 
 from refine.config import parse_config
 from refine.imports import import_edits
-from refine.label_noise import EditNoise, simulate_edits
+from refine.label_noise import EditNoise, write_simulated_edits
 from refine.review import parse_budget, parse_class, select_queue
 from refine.workspace import Workspace, init_workspace, workspace_status
 from tiles.classes import load_schema
@@ -50,11 +50,7 @@ def inputs(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     d = real_data / "dubai"
     out = tmp_path_factory.mktemp("ws_inputs")
     schema = load_schema(d / "classes.yaml")
-    with rasterio.open(d / "t2_007_truth.tif") as ds:
-        truth, profile = ds.read(1), ds.profile
-    cheap = simulate_edits(truth, schema, EditNoise(noise=0.2, seed=3))
-    with rasterio.open(out / "cheap.tif", "w", **profile) as dst:
-        dst.write(cheap, 1)
+    write_simulated_edits(d / "t2_007_truth.tif", out / "cheap.tif", schema, EditNoise(noise=0.2, seed=3))
     return {
         "scene": d / "t2_007_scene.tif",
         "truth": d / "t2_007_truth.tif",
