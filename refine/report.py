@@ -253,19 +253,21 @@ def curves_figure(report: dict[str, Any]) -> str:
     rounds, final = report["rounds"], report["final_model"]
     frac = 100.0 / max(report["budget"]["capacity"], 1e-12)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in (
-        (axes[0], "label_miou", "label mIoU vs truth"),
-        (axes[1], "error_recall", "label-error recall"),
-        (axes[2], "model_miou", "model mIoU (held-out scene)"),
+    for ax, key, title, ylabel in (
+        (axes[0], "label_miou", "label mIoU vs truth", "mIoU (0–1)"),
+        (axes[1], "error_recall", "cheap-label errors fixed", "% of the cheap labels' errors"),
+        (axes[2], "model_miou", "model mIoU (held-out scene)", "mIoU (0–1)"),
     ):
         x, y = curve(setup, rounds, final, key)
+        if key == "error_recall":
+            y = 100.0 * y  # the text gives it in %, so does the axis
         if x.size:
             ax.plot(x * frac, y, marker="o", color="#1f78b4")
             if key == "label_miou":
                 ax.axhline(y[0], color="#999999", ls="--", lw=1, label="cheap labels")
             if key == "error_recall":
                 # Reviewing at random fixes errors in proportion to the area reviewed.
-                ax.plot([0, x[-1] * frac], [0, x[-1] * frac / 100], color="#999999", ls="--", lw=1,
+                ax.plot([0, x[-1] * frac], [0, x[-1] * frac], color="#999999", ls="--", lw=1,
                         label="random review (expected)")  # fmt: skip
             if key != "error_recall":
                 lo, hi = np.nanmin(y), np.nanmax(y)
@@ -285,6 +287,7 @@ def curves_figure(report: dict[str, Any]) -> str:
             )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("budget spent (% of scene cost)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     uri = _png(fig)
@@ -483,8 +486,15 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append(f"<img alt='time per round' src='{times_figure(report)}'>")
 
     parts.append("<h2>Outputs</h2><ul>")
+    base = Path(report["outputs"].get("report_html", "")).parent if report["outputs"].get("report_html") else None
     for k, v in report["outputs"].items():
-        parts.append(f"<li>{_e(k)}: <code>{_e(v)}</code></li>")
+        shown = v
+        if base is not None:
+            try:  # relative to the report, so the folder can be moved or shared
+                shown = Path(v).relative_to(base).as_posix() or "."
+            except ValueError:
+                shown = v
+        parts.append(f"<li>{_e(k)}: <code>{_e(shown)}</code></li>")
     parts.append("</ul><h2>Configuration</h2>")
     parts.append(f"<pre>{_e(yaml.safe_dump(report['config'], sort_keys=False))}</pre>")
     parts.append(f"<p><small>Inputs: <code>{_e(json.dumps(report['inputs']))}</code></small></p>")

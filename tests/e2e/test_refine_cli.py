@@ -99,6 +99,8 @@ def test_outputs_exist_and_agree(run: Path) -> None:
         assert (run / "qgis" / name).exists()
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "<script" not in html
+    outputs = html.split("<h2>Outputs</h2>")[1].split("</ul>")[0]
+    assert "<code>labels</code>" in outputs and str(run) not in outputs  # relative to the report
     assert "Where the labels changed" in html and "Net change" in report["summary"]["sentence"]
     assert "tu-efficientnet_lite0" in report["encoder"] and report["config"]["model"]["encoder"] != "auto"
     assert report["summary"]["sentence"].split(":")[0] in html
