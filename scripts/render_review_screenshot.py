@@ -71,6 +71,12 @@ def main() -> None:
         (answers.__setitem__(str(fid), dom) if dom != cur else confirmed.append(fid))
     qgis({"project": str(ws / "review.qgs"), "answers": answers, "reviewed": confirmed}, work)
     refine("import", "--workspace", str(ws))
+    with rasterio.open(ws / "labels" / "v000.tif") as a, rasterio.open(ws / "labels" / "v001.tif") as b:
+        known = truth != schema.ignore
+        before = float(((a.read(1) != truth) & known).sum() / known.sum())
+        after = float(((b.read(1) != truth) & known).sum() / known.sum())
+    print(f"round 1: {len(answers)} regions corrected and {len(confirmed)} confirmed in QGIS; "
+          f"label error {before:.2%} -> {after:.2%} against the truth (never seen by the workspace)")
     refine("run", "--workspace", str(ws), "--budget", "2%")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     seen = qgis({"project": str(ws / "review.qgs"), "render": str(args.out), "size": [1000, 1060]}, work)
