@@ -149,7 +149,6 @@ def cut(scene: Dataset, output: Path, tile_size: int | None, overlap: int, skip_
     tiles/ and index.gpkg are replaced together, only when the new cut is complete."""
     from tiles.cut import cut_scene
 
-    creation_options = _check_co(creation_options)
     res = cut_scene(scene, output, size=512 if tile_size is None else tile_size, overlap=overlap,
                     skip_nodata=skip_nodata, max_tiles=max_tiles, creation_options=creation_options,
                     overwrite=overwrite)  # fmt: skip
@@ -179,7 +178,6 @@ def stitch(index: Path, output: Path, mode: str, cog: bool, max_pixels: int, max
 
     check_output_file(output, [index], option="--output")
     check_raster_suffix(output)
-    creation_options = _check_co(creation_options, driver="COG" if cog else "GTiff")
     out = stitch_index(index, output, mode=mode, cog=cog, max_pixels=max_pixels, max_tiles=max_tiles,  # type: ignore[arg-type]
                        allow_outside=allow_outside_paths, creation_options=creation_options,
                        overwrite=overwrite)  # fmt: skip

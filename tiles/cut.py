@@ -31,7 +31,7 @@ from tiles.io import (
     refuse_inputs,
     resolve_inside,
 )
-from tiles.profiles import gtiff_profile
+from tiles.profiles import check_creation_options, gtiff_profile
 from tiles.progress import progress
 from tiles.raster import dataset_path, open_raster, require_crs
 from tiles.stitch import StitchMode, StitchWriter
@@ -104,7 +104,10 @@ def cut_scene(
                 scene,
             )
         grid = TileGrid.from_dataset(ds, size, overlap)
-        co = dict(creation_options or {})
+        # checked by GDAL against this scene's bands, before any tile is written
+        co = check_creation_options(
+            creation_options or {}, base={"count": ds.count, "dtype": ds.dtypes[0], "nodata": ds.nodata}
+        )
         colormap = _colormap_or_none(ds)
         records = []
         skipped = 0
@@ -221,6 +224,9 @@ def stitch_index(
         meta = {"count": t0.count, "dtype": t0.dtypes[0], "nodata": t0.nodata, "crs": t0.crs,
                 "descriptions": t0.descriptions, "colormap": _colormap_or_none(t0)}
     grid = TileGrid(height, width, size, overlap, scene_tf, meta["crs"])
+    if creation_options:  # checked by GDAL against the tiles' bands, before any work
+        check_creation_options(creation_options, driver="COG" if cog else "GTiff",
+                               base={k: meta[k] for k in ("count", "dtype", "nodata")})  # fmt: skip
     by_index = {r[0]: r for r in rows}
     if len(by_index) != len(rows):
         raise TrustmapError("tile index lists a tile more than once", index_path)

@@ -378,3 +378,20 @@ def test_verbosity_options_bare_sets_all_three_packages():
 
     assert CliRunner().invoke(cmd, ["-q"]).exit_code == 0
     assert {logging.getLogger(n).level for n in cli_options.PACKAGE_LOGGERS} == {logging.WARNING}
+
+
+def test_creation_options_are_checked_against_the_real_bands(tmp_path):
+    """PREDICTOR=3 (floating point) is right for a float scene, wrong for a byte one."""
+    tf = rasterio.transform.from_origin(500_000, 4_100_000, 2, 2)
+    with rasterio.open(tmp_path / "f.tif", "w", driver="GTiff", width=64, height=64, count=2, dtype="float32",
+                       crs="EPSG:32618", transform=tf) as ds:  # fmt: skip
+        ds.write(np.random.default_rng(0).random((2, 64, 64), dtype=np.float32))
+    ok = run("cut", tmp_path / "f.tif", "--tile-size", 32, "--overlap", 0, "-o", tmp_path / "c", "--co", "PREDICTOR=3")
+    assert ok.exit_code == 0, ok.output
+    ok = run("stitch", tmp_path / "c" / "index.gpkg", "-o", tmp_path / "s.tif", "--co", "PREDICTOR=3")
+    assert ok.exit_code == 0, ok.output
+    with rasterio.open(tmp_path / "s.tif") as s, rasterio.open(tmp_path / "f.tif") as f:
+        assert np.array_equal(s.read(), f.read())
+    _mask(tmp_path / "m.tif", tf)
+    bad = run("cut", tmp_path / "m.tif", "-o", tmp_path / "c2", "--co", "PREDICTOR=3")
+    assert bad.exit_code == 1 and "--co PREDICTOR=3" in bad.output and not (tmp_path / "c2").exists()
