@@ -165,11 +165,11 @@ def test_unknown_codes_are_named(schema, make_raster):
 
 
 def test_mask_must_be_single_band_integer_and_georeferenced(schema, make_raster):
-    with pytest.raises(TrustmapError, match="has 2 bands"):
+    with pytest.raises(TrustmapError, match="must have one band, this raster has 2"):
         vectorize_mask(
             make_raster("two.tif", np.ones((2, 5, 5), dtype=np.uint8)), schema, progress=False
         )
-    with pytest.raises(TrustmapError, match="float32 pixels"):
+    with pytest.raises(TrustmapError, match="must hold integer class codes .uint8., this raster is float32"):
         vectorize_mask(
             make_raster("float.tif", np.ones((5, 5), dtype=np.float32)), schema, progress=False
         )
