@@ -87,7 +87,8 @@ def sample(output: Path, size: int, seed: int, overwrite: bool) -> None:
 
 @main.command()
 @click.argument("scene", type=DATASET)
-@click.option("--png", "out_png", type=click.Path(path_type=Path), default=None, help="Output PNG (default: beside a local scene).")
+@output_option(help="Output PNG (default: <scene>.quicklook.png beside a local scene).", required=False, dest="out_png")
+@renamed_option("--png", "-o/--output", "out_png", deprecated=False, type=click.Path(path_type=Path))
 @click.option("--tif", "out_tif", type=click.Path(path_type=Path), default=None, help="Also write a georeferenced RGB GeoTIFF.")
 @click.option("--bands", default=None, help="Three 1-based band numbers for R,G,B, e.g. 3,2,1 (default: from band metadata).")
 @click.option("--max-size", default=2048, show_default=True, type=click.IntRange(1), help="Longest edge of the quick-look in pixels.")
@@ -109,19 +110,19 @@ def quicklook(scene: Dataset, out_png: Path | None, out_tif: Path | None, bands:
             raise TrustmapError(f"--bands must be three integers like 3,2,1, got {bands!r}") from None
     if out_png is None and out_tif is None:
         out_png = default_png(scene)
-    for opt, out in (("--png", out_png), ("--tif", out_tif)):
+    for opt, out in (("--output", out_png), ("--tif", out_tif)):
         if out is not None:
             check_output_file(out, [scene], option=opt)
     if out_png is not None and out_tif is not None and out_png.resolve() == out_tif.resolve():
-        raise TrustmapError("--png and --tif name the same file", out_png)
+        raise TrustmapError("--output and --tif name the same file", out_png)
     if out_png is not None and out_png.suffix.lower() != ".png":
-        raise TrustmapError(f"--png must name a .png file, not '{out_png.suffix or 'no suffix'}'", out_png)
+        raise TrustmapError(f"--output must name a .png file, not '{out_png.suffix or 'no suffix'}'", out_png)
     if out_tif is not None:
         check_raster_suffix(out_tif, option="--tif")
         creation_options = _check_co(creation_options, count=3, dtype="uint8", nodata=0)
     elif creation_options:
         raise click.UsageError("--co applies to the --tif output; give --tif too")
-    refuse_existing([out_png] if out_png else [], overwrite, option="--png")
+    refuse_existing([out_png] if out_png else [], overwrite, option="--output")
     refuse_existing([out_tif] if out_tif else [], overwrite, option="--tif")
     res = write_quicklook(scene, out_png=out_png, out_tif=out_tif, bands=band_tuple, max_size=max_size,
                           creation_options=creation_options)  # fmt: skip

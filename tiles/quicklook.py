@@ -72,7 +72,7 @@ def default_png(scene_path: str | os.PathLike[str]) -> Path:
     """``<stem>.quicklook.png`` beside a local scene; a remote scene needs an explicit name."""
     scene = dataset_path(scene_path)
     if not isinstance(scene, Path):
-        raise TrustmapError("is not a local file, so there is no folder beside it: give --png", scene)
+        raise TrustmapError("is not a local file, so there is no folder beside it: give -o/--output", scene)
     return scene.with_name(f"{scene.stem}.quicklook.png")
 
 

@@ -481,9 +481,11 @@ CASES = [
     C("sample-out-is-file", "tiles", "sample --out {d}/notes.txt --size 256", "notes.txt"),
     C("sample-out-proc", "tiles", "sample --out /proc/x --size 256", "/proc/x"),
     C("sample-size-small", "tiles", "sample --out {d}/s --size 10", "--size", code=2),
-    C("quicklook-png-not-png", "tiles", "quicklook {d}/scene.tif --png {d}/notes.txt", "--png must name a .png file"),
+    C("quicklook-output-is-scene", "tiles", "quicklook {d}/scene.tif -o {d}/scene.tif", "--output is the input"),
+    C("quicklook-output-and-png-disagree", "tiles", "quicklook {d}/scene.tif -o {d}/a.png --png {d}/b.png", "--png and -o/--output", code=2),
+    C("quicklook-png-not-png", "tiles", "quicklook {d}/scene.tif --png {d}/notes.txt", "--output must name a .png file"),
     C("quicklook-co-without-tif", "tiles", "quicklook {d}/scene.tif --png {d}/q.png --co COMPRESS=LZW", "--co applies to the --tif", code=2),
-    C("quicklook-remote-needs-png", "tiles", "quicklook /vsicurl/https://127.0.0.1:9/s.tif", "give --png"),
+    C("quicklook-remote-needs-png", "tiles", "quicklook /vsicurl/https://127.0.0.1:9/s.tif", "give -o/--output"),
     # --- calibration audit ------------------------------------------------------------------------------------------
     C("audit-out-proc", "calibration", AUD + " --out /proc/x", "/proc/x"),
     C("audit-out-holds-inputs", "calibration",
