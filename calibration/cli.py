@@ -515,6 +515,13 @@ def finetune(
 )
 @click.option("--nms-iou", type=click.FloatRange(0.0, 1.0), default=None, help="Per-tile NMS IoU (default: the model's).")
 @click.option("--topk", type=click.IntRange(min=0), default=None, help="Detections per tile (default: the model's).")
+@click.option(
+    "--config",
+    "config_path",
+    type=_path,
+    help="With --truth: audit YAML for the scene audit (metrics, matching, bootstrap, sweeps; "
+    "no detector or data section).",
+)
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=None, help="Audit bootstrap replicates (0 = none).")
 @click.option(
     "--out",
@@ -538,6 +545,7 @@ def detect_scene_cmd(
     score_thresh: float | None,
     nms_iou: float | None,
     topk: int | None,
+    config_path: Path | None,
     n_boot: int | None,
     out_path: Path,
 ) -> None:
@@ -559,10 +567,16 @@ def detect_scene_cmd(
     from calibration.adapters import load_detector
     from calibration.adapters.torchvision_models import SAMPLE_WEIGHTS, read_checkpoint
     from calibration.calibrators import Calibrator
-    from calibration.config import AuditConfig
+    from calibration.config import AuditConfig, load_config
     from calibration.scene import SceneSettings, detect_scene, parse_bands
 
     picked = parse_bands(bands)
+    cfg = load_config(config_path) if config_path is not None else AuditConfig()
+    if cfg.runs_model:
+        raise TrustmapError(
+            "detect-scene's --config sets up the scene audit only: drop its 'detector' and 'data'",
+            config_path,
+        )
     det = load_detector(model, weights)
     cal = Calibrator.load(calibrator) if calibrator is not None else None
     _, meta = read_checkpoint(weights if weights is not None else SAMPLE_WEIGHTS)
@@ -575,7 +589,6 @@ def detect_scene_cmd(
     if tile_size is None:
         tile_size = int(meta.get("image_size", 256 if model == "sample_fasterrcnn" else 512))
     settings = SceneSettings(tile_size, overlap, batch_size, score_thresh, nms_iou, topk)
-    cfg = AuditConfig()
     if n_boot is not None:
         cfg = cfg.model_copy(update={"bootstrap": cfg.bootstrap.model_copy(update={"n": n_boot})})
     res = detect_scene(
@@ -590,7 +603,7 @@ def detect_scene_cmd(
         truth=truth,
         audit_out=audit_out,
         audit_config=cfg,
-        inputs=[weights],
+        inputs=[weights, config_path],
     )
     info = res.info
     click.echo(

@@ -20,7 +20,7 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner
 
-from calibration.boxfiles import ground_truth, scene_truth
+from calibration.boxfiles import ground_truth, read_scored_boxes, scene_truth
 from calibration.calibrators import Calibrator, fit
 from calibration.cli import main
 from calibration.detections import Detections
@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 TREES = ROOT / "tests" / "calibration" / "data" / "osbs029_tree_detector.pt"
 PROBE = Path(__file__).with_name("qgis_scene_probe.py")
-TREE_ARGS = ["--weights", str(TREES), "--bootstrap", "0"]
+TREE_ARGS = ["--weights", str(TREES)]
+#: The scene audits of these tests: no bootstrap, one sweep point (sweeps are most of an audit's time).
+FAST_AUDIT = "bootstrap: {n: 0}\nsweeps: {score_threshold: [0.5], nms_iou: [], topk: []}\n"
 
 
 def _invoke(args: list[str]):
@@ -49,7 +51,9 @@ def _metrics(audit_dir: Path, perspective: str | None = None) -> dict[str, float
 def osbs(tmp_path_factory) -> dict[str, Any]:
     """detect-scene over OSBS_029 with truth, then with a calibrator fitted on that run."""
     d = tmp_path_factory.mktemp("osbs")
-    raw = _invoke(["detect-scene", DATA / "OSBS_029.tif", *TREE_ARGS, "--truth", DATA / "OSBS_029.csv", "--out", d / "raw.gpkg"])
+    (d / "fast.yaml").write_text(FAST_AUDIT)
+    raw = _invoke(["detect-scene", DATA / "OSBS_029.tif", *TREE_ARGS, "--truth", DATA / "OSBS_029.csv", "--config", d / "fast.yaml",
+                   "--out", d / "raw.gpkg"])  # fmt: skip
     assert raw.exit_code == 0, raw.output
     g = gpd.read_file(d / "raw.gpkg", layer="detections")
     dets = Detections(
@@ -59,7 +63,7 @@ def osbs(tmp_path_factory) -> dict[str, Any]:
     )  # fmt: skip
     gt = ground_truth(scene_truth(DATA / "OSBS_029.tif", DATA / "OSBS_029.csv"), {1: "Tree"})
     fit(dets, gt, "platt").save(d / "platt.json")
-    cal = _invoke(["detect-scene", DATA / "OSBS_029.tif", *TREE_ARGS, "--truth", DATA / "OSBS_029.csv",
+    cal = _invoke(["detect-scene", DATA / "OSBS_029.tif", *TREE_ARGS, "--truth", DATA / "OSBS_029.csv", "--config", d / "fast.yaml",
                    "--calibrator", d / "platt.json", "--out", d / "cal.gpkg"])  # fmt: skip
     assert cal.exit_code == 0, cal.output
     return {"dir": d, "raw": raw, "cal": cal, "gdf": g}
@@ -104,16 +108,18 @@ def test_osbs_audits_from_box_files_as_detect_scene_did(osbs, tmp_path) -> None:
     own = _metrics(osbs["dir"] / "raw_audit")
     for name, truth, pred in (("csv", DATA / "OSBS_029.csv", preds), ("gpkg", DATA / "OSBS_029.csv", osbs["dir"] / "raw.gpkg"),
                               ("reprojected", truth_4326, preds)):  # fmt: skip
-        res = _invoke(["audit", "--scene", DATA / "OSBS_029.tif", "--truth", truth, "--predictions", pred, "--bootstrap", "0", "--out", tmp_path / name])
+        res = _invoke(["audit", "--scene", DATA / "OSBS_029.tif", "--truth", truth, "--predictions", pred,
+                       "--config", osbs["dir"] / "fast.yaml", "--out", tmp_path / name])  # fmt: skip
         assert res.exit_code == 0, res.output
         got = _metrics(tmp_path / name)
         tol = 1e-9 if name != "reprojected" else 0.02  # reprojected boxes move by millimetres
         for k, v in own.items():
             assert got[k] == pytest.approx(v, abs=tol), (name, k)
-    cal = _invoke(["audit", "--scene", DATA / "OSBS_029.tif", "--truth", DATA / "OSBS_029.csv", "--predictions", osbs["dir"] / "cal.gpkg",
-                   "--score-column", "calibrated", "--bootstrap", "0", "--out", tmp_path / "calibrated"])  # fmt: skip
-    assert cal.exit_code == 0, cal.output
-    assert _metrics(tmp_path / "calibrated")["ece"] == pytest.approx(_metrics(osbs["dir"] / "cal_audit", "calibrated")["ece"], abs=1e-9)
+    # --score-column calibrated reads the calibrated confidences back, box for box
+    c = gpd.read_file(osbs["dir"] / "cal.gpkg", layer="detections")
+    back = read_scored_boxes(DATA / "OSBS_029.tif", osbs["dir"] / "cal.gpkg", score_column="calibrated")
+    np.testing.assert_allclose(back.scores, c.calibrated)
+    np.testing.assert_allclose(back.xyxy, c[["xmin", "ymin", "xmax", "ymax"]].to_numpy(), atol=1e-6)
 
 
 @pytest.mark.qgis
