@@ -395,3 +395,27 @@ def test_creation_options_are_checked_against_the_real_bands(tmp_path):
     _mask(tmp_path / "m.tif", tf)
     bad = run("cut", tmp_path / "m.tif", "-o", tmp_path / "c2", "--co", "PREDICTOR=3")
     assert bad.exit_code == 1 and "--co PREDICTOR=3" in bad.output and not (tmp_path / "c2").exists()
+
+
+def test_align_reads_zipped_vector_labels_and_scene(tmp_path):
+    """GDAL paths work for every input of align, vector labels included."""
+    import zipfile
+
+    import geopandas as gpd
+
+    tf = rasterio.transform.from_origin(500_000, 4_100_000, 2, 2)
+    _mask(tmp_path / "scene.tif", tf)
+    box = shapely.box(500_000, 4_100_000 - 64, 500_064, 4_100_000)  # the top-left quarter
+    gpd.GeoDataFrame({"code": [3]}, geometry=[box], crs="EPSG:32618").to_file(tmp_path / "l.gpkg")
+    with zipfile.ZipFile(tmp_path / "in.zip", "w") as zf:
+        zf.write(tmp_path / "l.gpkg", "l.gpkg")
+        zf.write(tmp_path / "scene.tif", "scene.tif")
+    z = f"/vsizip/{tmp_path}/in.zip"
+    res = run("align", f"{z}/l.gpkg", f"{z}/scene.tif", "--classes", LANDCOVER, "-o", tmp_path / "a.tif")
+    assert res.exit_code == 0, res.output
+    assert "footprint covers 25.0% of the scene" in res.output
+    with rasterio.open(tmp_path / "a.tif") as ds:
+        out = ds.read(1)
+    assert (out[:32, :32] == 3).all() and (out[32:, :] == 255).all()
+    res = run("align", f"{z}/nope.gpkg", f"{z}/scene.tif", "--classes", LANDCOVER, "-o", tmp_path / "b.tif")
+    assert res.exit_code == 1 and f"{z}/nope.gpkg: not a readable vector file" in res.output
