@@ -506,7 +506,13 @@ def finetune(
     help="Pixels shared by neighbouring tiles; make it at least the largest object's size, "
     "so the tile that owns an object sees it whole.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Tiles per forward pass (memory grows with it, not with the scene).",
+)
 @click.option(
     "--score-thresh",
     type=click.FloatRange(0.0, 1.0),
@@ -561,8 +567,8 @@ def detect_scene_cmd(
     \b
     Examples:
       calibration detect-scene scene.tif --calibrator calibrator.json --out detections.gpkg
-      calibration detect-scene OSBS_029.tif --model sample_fasterrcnn --weights trees.pt \\
-          --truth OSBS_029.csv --out trees.gpkg
+      calibration detect-scene OSBS_029.tif --weights trees.pt --truth OSBS_029.csv --out trees.gpkg
+      calibration detect-scene scene.tif --bands 3,2,1 --tile-size 512 --overlap 96 --out d.gpkg
     """
     from calibration.adapters import load_detector
     from calibration.adapters.torchvision_models import SAMPLE_WEIGHTS, read_checkpoint
