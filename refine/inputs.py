@@ -83,7 +83,8 @@ def prepare_sample(
     Deterministic by the config's seeds; files that already exist (a resumed run with the
     same config) are kept, since each was written atomically.
     """
-    from refine.noise import CrowdConfig, ModelNoiseConfig, simulate_crowd, simulate_model
+    from refine.cheap.crowd import CrowdConfig, simulate_crowd
+    from refine.cheap.spectral import ModelNoiseConfig, simulate_model
     from tiles.samples import make_sample
 
     out = Path(out_dir)

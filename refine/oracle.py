@@ -11,7 +11,7 @@ the two is burnt into the labels is the loop's choice (``review.relabel``).
 
 The simulated expert can be wrong: with probability ``error_rate`` per region they
 misidentify its main cover and answer a *confusable* class instead (tree for crop, bare
-soil for built-up; :func:`refine.noise.confusability`), since a tired analyst mixes up
+soil for built-up; :func:`refine.cheap.common.confusability`), since a tired analyst mixes up
 similar-looking classes, not random ones. The draw is seeded per region id, so an answer
 does not depend on which other regions were reviewed with it.
 """
@@ -88,7 +88,7 @@ class SimulatedExpert:
     ):
         if not 0.0 <= error_rate < 1.0:
             raise TrustmapError(f"expert error rate must be in [0, 1), got {error_rate}")
-        from refine.noise import confusability
+        from refine.cheap.common import confusability
 
         self._truth = np.asarray(truth, np.uint8)
         self.schema = schema

@@ -8,7 +8,7 @@ flags below change. Crossed:
   ``dubai/`` folder; ``--scenes``); ``--heldout`` scenes are never trained on: the models'
   mIoU is measured there;
 * cheap labels, two realistic noise models:
-  ``edits`` (``refine.label_noise.simulate_edits``: class boundaries shifted by 1-3 px,
+  ``edits`` (``refine.cheap.edits.simulate_edits``: class boundaries shifted by 1-3 px,
   small objects erased, whole segments swapped to the class around them, up to 20 % wrong)
   and ``model`` (the prediction of a model trained on the truth of another scene,
   ``--source-scene``, with the default network and training);
@@ -203,11 +203,11 @@ def _run_job(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(payload["threads"])
+    from refine.cheap.common import noise_rate
+    from refine.cheap.edits import EditNoise, simulate_edits
     from refine.config import RefineConfig
     from refine.inputs import SimulationInputs
-    from refine.label_noise import EditNoise, simulate_edits
     from refine.model import SceneImage, SegmentationModel
-    from refine.noise import noise_rate
     from refine.simulation import run_simulation
     from tiles.classes import load_schema
 

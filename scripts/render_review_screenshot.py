@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "review_qgis.png")
     args = ap.parse_args()
-    from refine.label_noise import EditNoise, write_simulated_edits
+    from refine.cheap.edits import EditNoise, write_simulated_edits
     from tiles.classes import load_schema
 
     work = Path(tempfile.mkdtemp(prefix="trustmap-screenshot-"))

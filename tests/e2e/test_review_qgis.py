@@ -21,7 +21,7 @@ import pytest
 import rasterio
 import yaml
 
-from refine.label_noise import EditNoise, write_simulated_edits
+from refine.cheap.edits import EditNoise, write_simulated_edits
 from tiles.classes import load_schema
 
 from .conftest import QGIS_PYTHON, _qgis_env

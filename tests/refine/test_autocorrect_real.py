@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from refine.cheap.edits import EditNoise, simulate_edits
 from refine.config import RefineConfig
 from refine.inputs import SimulationInputs, _label_profile, write_labels
-from refine.label_noise import EditNoise, simulate_edits
 from refine.simulation import run_simulation
 from tiles.classes import load_schema
 

@@ -15,9 +15,9 @@ import pytest
 import rasterio
 from affine import Affine
 
+from refine.cheap.crowd import CrowdConfig, simulate_crowd
 from refine.config import RefineConfig
 from refine.inputs import SimulationInputs, write_labels
-from refine.noise import CrowdConfig, simulate_crowd
 from refine.simulation import run_simulation
 from refine.strategies import STRATEGIES, RoundContext, register_strategy
 from tiles.classes import load_schema

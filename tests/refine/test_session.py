@@ -17,10 +17,10 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+from refine.cheap.crowd import CrowdConfig, simulate_crowd
 from refine.cli import main
 from refine.config import RefineConfig
 from refine.inputs import SimulationInputs, write_labels
-from refine.noise import CrowdConfig, simulate_crowd
 from refine.session import RunDir
 from refine.simulation import run_simulation
 from tiles.classes import load_schema

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shapely.geometry import Polygon, box
 
+from refine.cheap.edits import EditNoise, write_simulated_edits
 from refine.config import parse_config
 from refine.imports import import_edits
-from refine.label_noise import EditNoise, write_simulated_edits
 from refine.review import parse_budget, parse_class, select_queue
 from refine.workspace import Workspace, init_workspace, workspace_status
 from tiles.classes import load_schema

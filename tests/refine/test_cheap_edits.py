@@ -9,14 +9,14 @@ import pytest
 import rasterio
 from scipy import ndimage
 
-from refine.label_noise import (
+from refine.cheap.common import noise_rate
+from refine.cheap.edits import (
     EditNoise,
     erase_small_objects,
     shift_boundaries,
     simulate_edits,
     swap_segments,
 )
-from refine.noise import noise_rate
 from tiles.classes import load_schema
 
 DUBAI = Path(__file__).resolve().parents[1] / "data" / "dubai"

@@ -8,8 +8,12 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 from skimage.measure import label as label_components
 
-from refine import noise as N
-from refine.noise import CrowdConfig, ModelNoiseConfig, noise_rate, simulate_crowd, simulate_model
+from refine.cheap import common as common_noise
+from refine.cheap import crowd as crowd_noise
+from refine.cheap import spectral as spectral_noise
+from refine.cheap.common import noise_rate
+from refine.cheap.crowd import CrowdConfig, simulate_crowd
+from refine.cheap.spectral import ModelNoiseConfig, simulate_model
 from tiles.classes import ClassSchema, load_schema
 from tiles.errors import TrustmapError
 from tiles.samples import generate_scene_arrays
@@ -41,7 +45,7 @@ def test_noise_rate_by_hand():
 
 
 def test_confusability_is_structured():
-    aff = N.confusability(SCHEMA)
+    aff = common_noise.confusability(SCHEMA)
     assert aff[TREE, CROP] == aff[CROP, TREE] == 1.0
     assert aff[BUILT, SOIL] == 0.8 and aff[ROAD, BUILT] == 0.8
     assert aff[WATER, BUILT] == 0.03  # implausible pair: the floor
@@ -49,11 +53,11 @@ def test_confusability_is_structured():
     other = ClassSchema.model_validate(
         {"classes": [{"code": c, "name": f"c{c}", "color": "#000000"} for c in (1, 2, 3)]}
     )
-    np.testing.assert_allclose(N.confusability(other), 0.03 * (1 - np.eye(3)))
+    np.testing.assert_allclose(common_noise.confusability(other), 0.03 * (1 - np.eye(3)))
 
 
 def test_smooth_fields_match_scipy_bspline():
-    fields = N._SmoothFields((70, 90), 16.0, 2, np.random.default_rng(0))
+    fields = common_noise.SmoothFields((70, 90), 16.0, 2, np.random.default_rng(0))
     rows = fields.rows(10, 40)
     yy, xx = np.mgrid[10:40, 0:90]
     for k in range(2):
@@ -71,7 +75,7 @@ def test_smooth_fields_match_scipy_bspline():
 
 def test_parcels_are_nearest_seed_voronoi():
     shape, cell = (70, 83), 16
-    got = N._parcels(shape, cell, np.random.default_rng(5))
+    got = crowd_noise._parcels(shape, cell, np.random.default_rng(5))
     rng = np.random.default_rng(5)  # the same draws, brute force
     gh, gw = 5, 6
     sy = (np.arange(gh)[:, None] + rng.uniform(0.25, 0.75, (gh, gw))) * cell
@@ -91,9 +95,9 @@ def test_fill_from_neighbours_by_hand():
     )
     hole = lab == 0
     # Pixel (1,1) touches only class 1; (1,2) touches 1 and 3: the higher rank wins.
-    got = N._fill_from_neighbours(lab, hole, rank=np.array([0, 1, 2, 3]), max_iter=3)
+    got = crowd_noise._fill_from_neighbours(lab, hole, rank=np.array([0, 1, 2, 3]), max_iter=3)
     np.testing.assert_array_equal(got[1, 1:3], [1, 3])
-    got = N._fill_from_neighbours(lab, hole, rank=np.array([0, 3, 2, 1]), max_iter=3)
+    got = crowd_noise._fill_from_neighbours(lab, hole, rank=np.array([0, 3, 2, 1]), max_iter=3)
     np.testing.assert_array_equal(got[1, 1:3], [1, 1])
     assert got[2, 4] == -1  # ignore is never a source and never changed
 
@@ -106,7 +110,7 @@ def test_majority_filter_by_hand_and_patches_match_full():
             [2, 2, 0, 1],
         ]
     )
-    got = N._majority(pred, 3, radius=1)
+    got = spectral_noise._majority(pred, 3, radius=1)
     # 3x3 windows, counting only pixels inside the image:
     # (1,1): 0 x4, 1 x2, 2 x3 -> 0     (0,1): 0 x3, 1 x2, 2 x1 -> 0     (0,2): 1 x4 -> 1
     # (1,0): 0 x3, 2 x3, tie -> own 0   (2,0): {0,2,2,2} -> 2      (2,2): 1 x3, 2 x2 -> 1
@@ -120,19 +124,19 @@ def test_majority_filter_by_hand_and_patches_match_full():
     np.testing.assert_array_equal(got, want)
     # Ties go to the centre's own class, then to the lowest class.
     tie = np.array([[0, 1], [1, 0]])  # every window: two votes each
-    np.testing.assert_array_equal(N._majority(tie, 2, radius=1), tie)
+    np.testing.assert_array_equal(spectral_noise._majority(tie, 2, radius=1), tie)
     row = np.array([[1, 1, 0, 2, 2]])  # centre window: 1 x2, 2 x2, 0 x1 -> 1
-    assert N._majority(row, 3, radius=2)[0, 2] == 1
+    assert spectral_noise._majority(row, 3, radius=2)[0, 2] == 1
 
     rng = np.random.default_rng(0)
     big = rng.integers(0, 4, (20, 23))
-    full = N._majority(big, 4, radius=2)
+    full = spectral_noise._majority(big, 4, radius=2)
     cy, cx = np.array([0, 5, 19, 10]), np.array([0, 22, 3, 11])
     off = np.arange(-2, 3)
     ys, xs = cy[:, None] + off, cx[:, None] + off
     inside = ((ys >= 0) & (ys < 20))[:, :, None] & ((xs >= 0) & (xs < 23))[:, None, :]
     ys, xs = np.clip(ys, 0, 19), np.clip(xs, 0, 22)
-    patches = N._majority(big[ys[:, :, None], xs[:, None, :]], 4, 2, inside)
+    patches = spectral_noise._majority(big[ys[:, :, None], xs[:, None, :]], 4, 2, inside)
     np.testing.assert_array_equal(patches, full[cy, cx])
 
 
@@ -183,7 +187,7 @@ def test_crowd_errors_are_objects_on_plausible_pairs(scene):
     stack = simulate_crowd(truth, SCHEMA, CrowdConfig(n_annotators=3, noise=0.3, seed=2))
     lut = SCHEMA.code_to_index()
     t = lut[truth][valid]
-    aff = N.confusability(SCHEMA)
+    aff = common_noise.confusability(SCHEMA)
     plausible = []
     for s in stack:
         assert _isolated_fraction((s != truth) & valid) < 0.02  # (1 - 0.3)^8 = 0.06 if iid

@@ -1,6 +1,6 @@
 """Cheap labels made from a real truth mask by the mistakes real annotators make.
 
-:mod:`refine.noise` simulates cheap labels on trustmap's synthetic scene. On a real scene
+:mod:`refine.cheap.crowd` and :mod:`refine.cheap.spectral` simulate cheap labels on trustmap's synthetic scene. On a real scene
 with a hand-drawn truth, these edits turn the truth into what a hurried crowd worker would
 have drawn, each a pure function of (truth, rng):
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from refine.noise import noise_rate
+from refine.cheap.common import noise_rate
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
 
