@@ -54,7 +54,8 @@ def _review_project(
     run: RunDir, bundle: Any, schema: ClassSchema, rounds: int, auto: Path | None = None
 ) -> Path:
     """``qgis/review.qgs``: what changed when, the auto-corrections (a layer of their own),
-    the refined labels, the cheap start, the scene."""
+    the refined labels as half-transparent polygons over the scene; the refined and cheap
+    label rasters are there, switched off, to compare."""
     from tiles.qgis import ProjectLayer, write_project
 
     changes = round_schema(max(rounds, 1))
@@ -64,8 +65,8 @@ def _review_project(
         ProjectLayer(
             bundle.polygons, "refined labels (polygons)", "vector", schema=schema, layer="polygons"
         ),
-        ProjectLayer(bundle.mask, "refined labels", "raster", schema=schema),
-        ProjectLayer(run.labels / "labels_r0.tif", "cheap labels (start)", "raster", schema=schema),
+        ProjectLayer(bundle.mask, "refined labels", "raster", schema=schema, visible=False),
+        ProjectLayer(run.labels / "labels_r0.tif", "cheap labels (start)", "raster", schema=schema, visible=False),
     ]
     if bundle.quicklook is not None:
         layers.append(ProjectLayer(bundle.quicklook, "scene quick-look", "raster"))

@@ -170,7 +170,9 @@ def export_qgis(
         bar.update()
         layers = [
             ProjectLayer(gpkg, f"{name} polygons", "vector", schema=schema, layer="polygons"),
-            ProjectLayer(tif, f"{name} classes", "raster", schema=schema),
+            # the raster is there, switched off: the first view is the imagery under the
+            # half-transparent polygons
+            ProjectLayer(tif, f"{name} classes", "raster", schema=schema, visible=False),
         ]
         quicklook = None
         if scene_path is not None:
@@ -437,7 +439,7 @@ def _vector_style_nodes(schema: ClassSchema) -> list[ET.Element]:
         ET.SubElement(
             categories, "category", value=str(c.code), symbol=str(i), label=c.name, render="true"
         )
-        symbols.append(_fill_symbol(str(i), c.rgb))
+        symbols.append(_fill_symbol(str(i), c.rgb, POLYGON_FILL_ALPHA))
     ET.SubElement(renderer, "rotation")
     ET.SubElement(renderer, "sizescale")
     return [renderer, *vector_style_tail()]
@@ -453,12 +455,16 @@ def vector_style_tail() -> list[ET.Element]:
     return tail
 
 
-def _fill_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
-    """A solid fill in the class colour with a thin outline 40 % darker, so adjacent
-    polygons of one class stay distinguishable without hiding the colour."""
+POLYGON_FILL_ALPHA = 128
+"""Class polygons are filled at half opacity, so the imagery under them stays visible."""
+
+
+def _fill_symbol(name: str, rgb: tuple[int, int, int], alpha: int = 255) -> ET.Element:
+    """A fill in the class colour (``alpha`` 0-255) with a thin opaque outline 40 % darker,
+    so adjacent polygons of one class stay distinguishable without hiding the colour."""
     outline = tuple(int(v * 0.6) for v in rgb)
     props = {
-        "color": "{},{},{},255".format(*rgb),
+        "color": "{},{},{},{}".format(*rgb, alpha),
         "style": "solid",
         "outline_color": "{},{},{},255".format(*outline),
         "outline_style": "solid",

@@ -117,8 +117,15 @@ def load_layer(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(project: QgsProject, spec: dict[str, Any], extent: QgsRectangle) -> dict[str, Any]:
-    hidden = set(spec.get("hide", []))
-    layers = [lyr for lyr in project.layerTreeRoot().layerOrder() if lyr.name() not in hidden]
+    # What the user sees on opening: the layers switched on in the project, unless the spec
+    # shows or hides some by name.
+    hidden, shown = set(spec.get("hide", [])), set(spec.get("show", []))
+    root = project.layerTreeRoot()
+    layers = [
+        lyr
+        for lyr in root.layerOrder()
+        if lyr.name() not in hidden and (lyr.name() in shown or root.findLayer(lyr.id()).isVisible())
+    ]
     settings = QgsMapSettings()
     settings.setLayers(layers)
     settings.setDestinationCrs(project.crs())

@@ -28,6 +28,7 @@ from rio_cogeo.cogeo import cog_validate
 from tiles.classes import ClassSchema, load_schema
 from tiles.errors import TrustmapError
 from tiles.qgis import (
+    POLYGON_FILL_ALPHA,
     ProjectLayer,
     QgisExport,
     export_qgis,
@@ -241,7 +242,7 @@ def _renders(case: Case, out: Path, width: int, height: int) -> list[dict[str, A
     return [
         {"png": str(out / f"{case.name}_full.png"), "width": width, "height": height},
         {"png": str(out / f"{case.name}_classes.png"), "width": width, "height": height,
-         "hide": [polys]},
+         "hide": [polys], "show": [classes]},
         {"png": str(out / f"{case.name}_quicklook.png"), "width": width, "height": height,
          "hide": [polys, classes]},
     ]  # fmt: skip
@@ -313,8 +314,9 @@ def probed(tmp_path_factory: pytest.TempPathFactory, qgis) -> dict[str, Any]:
 
 def _schema_classes(schema: ClassSchema, symbol: str | None = None) -> list[dict[str, Any]]:
     extra = {"symbol": symbol} if symbol else {}
+    alpha = POLYGON_FILL_ALPHA if symbol == "fill" else 255  # polygons: half-transparent fills
     return [
-        {"value": c.code, "label": c.name, **extra, "color": c.color, "alpha": 255}
+        {"value": c.code, "label": c.name, **extra, "color": c.color, "alpha": alpha}
         for c in schema.classes
     ]
 
@@ -422,9 +424,14 @@ def test_qgis_renders_class_colours_in_place(probed: dict[str, Any], name: str) 
     for c in SCHEMA.classes:
         for row, col in uniform_points(case.mask, c.code, n=4):
             at = image_pixel(row, col)
-            for key in ("full", "classes"):  # the polygons on top, then the raster alone
-                got = _rgb(images, key, at)
-                assert np.abs(got - c.rgb).max() <= TOL, (c.name, key, (row, col), got)
+            # the raster alone: the class colour; the first view (polygons over the imagery,
+            # the raster switched off): the class colour half over the quick-look
+            got = _rgb(images, "classes", at)
+            assert np.abs(got - c.rgb).max() <= TOL, (c.name, "classes", (row, col), got)
+            a = POLYGON_FILL_ALPHA / 255
+            blend = a * np.asarray(c.rgb) + (1 - a) * _rgb(images, "quicklook", at)
+            got = _rgb(images, "full", at)
+            assert np.abs(got - blend).max() <= TOL + 1, (c.name, "full", (row, col), got, blend)
             checked += 1
     assert checked >= (4 if name == "syn" else 20)
 
