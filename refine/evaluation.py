@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from refine.metrics import Scores, review_precision, score_labels, score_raster, track_errors
-from refine.model import SceneImage, SegmentationModel
+from refine.model import SegmentationModel
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
+from tiles.raster import SceneImage
 
 
 class Evaluator:

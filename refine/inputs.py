@@ -14,12 +14,11 @@ import rasterio
 from rasterio.windows import Window
 
 from refine.config import RefineConfig
-from refine.model import SceneImage
 from refine.session import jsonable
 from tiles.classes import ClassSchema, load_schema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path
-from tiles.raster import open_raster, require_crs
+from tiles.raster import SceneImage, open_raster, require_crs
 
 Echo = Callable[[str], None]
 
@@ -49,15 +48,15 @@ class SimulationInputs:
         )
 
 
-def _label_profile(ref: rasterio.DatasetReader | dict, schema: ClassSchema) -> dict[str, Any]:
+def label_profile(ref: rasterio.DatasetReader | dict, schema: ClassSchema) -> dict[str, Any]:
+    """The GTiff profile of a label raster on ``ref``'s grid (:func:`tiles.profiles.class_mask_profile`)."""
+    from tiles.profiles import class_mask_profile
+
     get = ref.get if isinstance(ref, dict) else lambda k: getattr(ref, k)
-    width, height = int(get("width")), int(get("height"))
-    block = 256 if min(width, height) >= 256 else 16
-    return {
-        "driver": "GTiff", "dtype": "uint8", "count": 1, "width": width, "height": height,
-        "crs": get("crs"), "transform": get("transform"), "nodata": schema.ignore, "tiled": True,
-        "blockxsize": block, "blockysize": block, "compress": "deflate", "predictor": 2,
-    }  # fmt: skip
+    return class_mask_profile(
+        width=int(get("width")), height=int(get("height")), crs=get("crs"),
+        transform=get("transform"), ignore=schema.ignore,
+    )  # fmt: skip
 
 
 def write_labels(
@@ -114,7 +113,7 @@ def prepare_sample(
                 truth, bands, schema, ModelNoiseConfig(noise=cheap.noise, seed=cheap.seed)
             )[None]
         with rasterio.open(scene_dir / "truth.tif") as ref:
-            profile = _label_profile(ref, schema)
+            profile = label_profile(ref, schema)
         for i, path in enumerate(names):
             write_labels(
                 path,
@@ -151,16 +150,9 @@ def read_labels(path: Path, scene: SceneImage, schema: ClassSchema, role: str) -
     if path.suffix.lower() in VECTOR_SUFFIXES:
         source = LabelSource.open(path, scene.path, schema)
         return source.read(Window(0, 0, scene.width, scene.height))
-    with open_raster(path) as ds:
-        require_crs(ds, path)
-        if ds.count != 1:
-            raise TrustmapError(
-                f"{role} must be single-band class codes, it has {ds.count} bands", path
-            )
-        if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
-            raise TrustmapError(
-                f"{role} must hold integer class codes, it holds {ds.dtypes[0]}", path
-            )
+    from tiles.raster import open_class_mask
+
+    with open_class_mask(path, role=role) as ds:
         same = (
             ds.width == scene.width
             and ds.height == scene.height

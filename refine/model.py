@@ -62,11 +62,10 @@ from tiles.console import progress
 from tiles.errors import TrustmapError
 from tiles.grid import TileGrid
 from tiles.io import atomic_path
-from tiles.raster import open_raster
+from tiles.raster import SceneImage
 from tiles.stitch import StitchWriter
 
 CHECKPOINT_FORMAT = "trustmap.refine.model/1"
-IN_MEMORY_PIXELS = 1 << 26
 """Scenes up to this many pixels are read into memory once; larger ones are read by window."""
 MAX_RETURNED_BYTES = 2 << 30
 """predict_proba refuses to return a larger (C, H, W) array; pass ``out_path`` instead."""
@@ -130,76 +129,6 @@ class BandStats:
         out = (bands.astype(np.float32) - mean) / std
         out[:, ~valid] = 0.0
         return out
-
-
-class SceneImage:
-    """A multi-band scene read by window; cached in memory when it is small enough.
-
-    ``valid`` follows GDAL's dataset mask (nodata value, mask band or alpha), so every
-    trustmap step agrees on which pixels exist.
-    """
-
-    def __init__(self, path: str | os.PathLike, cache: bool | None = None):
-        self.path = Path(path)
-        with open_raster(self.path) as ds:
-            if ds.count < 1:
-                raise TrustmapError("raster has no bands", self.path)
-            self.count, self.height, self.width = ds.count, ds.height, ds.width
-            self.crs, self.transform = ds.crs, ds.transform
-            self.dtype = ds.dtypes[0]
-        self._bands: np.ndarray | None = None
-        self._valid: np.ndarray | None = None
-        if cache if cache is not None else self.height * self.width <= IN_MEMORY_PIXELS:
-            self._load()
-
-    def _load(self) -> None:
-        with rasterio.open(self.path) as ds:
-            self._bands = ds.read()
-            self._valid = ds.dataset_mask() > 0
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    @property
-    def cached(self) -> bool:
-        return self._bands is not None
-
-    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """(bands (B, h, w), valid (h, w)) for a window inside the scene."""
-        if self._bands is not None:
-            rows, cols = window.toslices()
-            return self._bands[:, rows, cols], self._valid[rows, cols]
-        with rasterio.open(self.path) as ds:
-            return ds.read(window=window), ds.dataset_mask(window=window) > 0
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The whole scene in memory (bands, valid): for superpixels and small scenes."""
-        if self._bands is None:
-            self._load()
-        return self._bands, self._valid  # type: ignore[return-value]
-
-    def valid_mask(self) -> np.ndarray:
-        """(H, W) bool; read block by block when the scene is not cached."""
-        if self._valid is not None:
-            return self._valid
-        out = np.zeros(self.shape, bool)
-        with rasterio.open(self.path) as ds:
-            for _, win in ds.block_windows(1):
-                out[win.toslices()] = ds.dataset_mask(window=win) > 0
-        return out
-
-    def overview(self, edge: int) -> tuple[np.ndarray, np.ndarray]:
-        """A nearest-neighbour decimated copy of at most ``edge`` pixels per side."""
-        if self._bands is not None:
-            step = max(1, -(-max(self.height, self.width) // edge))
-            return self._bands[:, ::step, ::step], self._valid[::step, ::step]
-        scale = max(1.0, max(self.height, self.width) / edge)
-        h, w = max(1, int(self.height / scale)), max(1, int(self.width / scale))
-        with rasterio.open(self.path) as ds:
-            bands = ds.read(out_shape=(ds.count, h, w))
-            valid = ds.dataset_mask(out_shape=(h, w)) > 0
-        return bands, valid
 
 
 # --- the network -------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ import rasterio
 from refine.autocorrect import ConfidenceTally, candidate_mask, row_windows
 from refine.config import RefineConfig, config_error
 from refine.evaluation import Evaluator
-from refine.inputs import _label_profile, write_labels
-from refine.model import SceneImage, SegmentationModel
+from refine.inputs import label_profile, write_labels
+from refine.model import SegmentationModel
 from refine.oracle import ChangeRecord, Corrections, Expert, apply_corrections
 from refine.regions import Regions, build_regions
 from refine.select import (
@@ -50,6 +50,7 @@ from refine.strategies import RoundContext, Strategy
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, write_text_atomic
+from tiles.raster import SceneImage
 
 
 @dataclass
@@ -260,7 +261,7 @@ class Refinement:
         self.train_model = (
             strategy.needs_model or self.autocorrect or (evaluate_model and evaluator.has_heldout)
         )
-        self.profile = _label_profile(
+        self.profile = label_profile(
             {
                 "width": scene.width,
                 "height": scene.height,

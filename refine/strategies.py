@@ -18,10 +18,11 @@ import numpy as np
 import rasterio
 
 from refine.config import RefineConfig, config_error
-from refine.model import SceneImage, SegmentationModel
+from refine.model import SegmentationModel
 from refine.regions import Regions
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
+from tiles.raster import SceneImage
 
 
 @dataclass

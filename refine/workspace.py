@@ -47,11 +47,12 @@ import yaml
 
 from refine import gpkg
 from refine.config import RefineConfig, load_config
-from refine.model import SceneImage, SegmentationModel
+from refine.model import SegmentationModel
 from refine.regions import Regions
 from tiles.classes import ClassSchema, load_schema
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path, remove_path, write_text_atomic
+from tiles.raster import SceneImage
 
 FORMAT = "trustmap.refine.workspace/1"
 SESSION = "session.gpkg"
@@ -293,10 +294,10 @@ class Workspace:
         return found[0], SegmentationModel.load(found[1], self.schema, threads=self.config.threads)
 
     def label_profile(self) -> dict[str, Any]:
-        from refine.inputs import _label_profile
+        from refine.inputs import label_profile
 
         s = self.scene
-        return _label_profile(
+        return label_profile(
             {"width": s.width, "height": s.height, "crs": s.crs, "transform": s.transform},
             self.schema,
         )

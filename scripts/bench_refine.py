@@ -130,17 +130,18 @@ def read(path: Path) -> tuple[np.ndarray, dict]:
 
 
 def write_cheap(path: Path, codes: np.ndarray, profile: dict, schema) -> Path:
-    from refine.inputs import _label_profile, write_labels
+    from refine.inputs import label_profile, write_labels
 
     if not path.exists():
-        write_labels(path, codes, _label_profile(dict(profile), schema), schema, "cheap labels (bench)")
+        write_labels(path, codes, label_profile(dict(profile), schema), schema, "cheap labels (bench)")
     return path
 
 
 def model_noise(args, schema, work: Path) -> dict[str, Path]:
     """Cheap labels = argmax of a default model trained on another scene's truth."""
     from refine.config import RefineConfig
-    from refine.model import SceneImage, SegmentationModel
+    from refine.model import SegmentationModel
+    from tiles.raster import SceneImage
 
     out = {}
     ckpt = work / f"source_model_{args.source_scene}.pt"
@@ -207,9 +208,10 @@ def _run_job(payload: dict[str, Any]) -> dict[str, Any]:
     from refine.cheap.edits import EditNoise, simulate_edits
     from refine.config import RefineConfig
     from refine.inputs import SimulationInputs
-    from refine.model import SceneImage, SegmentationModel
+    from refine.model import SegmentationModel
     from refine.simulation import run_simulation
     from tiles.classes import load_schema
+    from tiles.raster import SceneImage
 
     data, work = Path(payload["data"]), Path(payload["work"])
     scene, noise, seed = payload["scene"], payload["noise"], payload["seed"]

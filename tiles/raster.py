@@ -248,3 +248,79 @@ def check_same_grid(
             "(a different extent or resolution); put it on the scene grid first (tiles align)",
             path,
         )
+
+
+# --- scenes read by window ------------------------------------------------------------------
+IN_MEMORY_PIXELS = 1 << 26
+"""Scenes up to this many pixels (64 Mpx) are read once and kept in memory."""
+
+
+class SceneImage:
+    """A multi-band scene read by window; cached in memory when it is small enough.
+
+    ``valid`` follows GDAL's dataset mask (nodata value, mask band or alpha), so every
+    trustmap step agrees on which pixels exist.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], cache: bool | None = None) -> None:
+        self.path = Path(path)
+        with open_raster(self.path) as ds:
+            if ds.count < 1:
+                raise TrustmapError("raster has no bands", self.path)
+            self.count, self.height, self.width = ds.count, ds.height, ds.width
+            self.crs, self.transform = ds.crs, ds.transform
+            self.dtype = ds.dtypes[0]
+        self._bands: np.ndarray | None = None
+        self._valid: np.ndarray | None = None
+        if cache if cache is not None else self.height * self.width <= IN_MEMORY_PIXELS:
+            self._load()
+
+    def _load(self) -> None:
+        with rasterio.open(self.path) as ds:
+            self._bands = ds.read()
+            self._valid = ds.dataset_mask() > 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def cached(self) -> bool:
+        return self._bands is not None
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(bands (B, h, w), valid (h, w)) for a window inside the scene."""
+        if self._bands is not None and self._valid is not None:
+            rows, cols = window.toslices()
+            return self._bands[:, rows, cols], self._valid[rows, cols]
+        with rasterio.open(self.path) as ds:
+            return ds.read(window=window), ds.dataset_mask(window=window) > 0
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole scene in memory (bands, valid): for superpixels and small scenes."""
+        if self._bands is None:
+            self._load()
+        assert self._bands is not None and self._valid is not None
+        return self._bands, self._valid
+
+    def valid_mask(self) -> np.ndarray:
+        """(H, W) bool; read block by block when the scene is not cached."""
+        if self._valid is not None:
+            return self._valid
+        out = np.zeros(self.shape, bool)
+        with rasterio.open(self.path) as ds:
+            for _, win in ds.block_windows(1):
+                out[win.toslices()] = ds.dataset_mask(window=win) > 0
+        return out
+
+    def overview(self, edge: int) -> tuple[np.ndarray, np.ndarray]:
+        """A nearest-neighbour decimated copy of at most ``edge`` pixels per side."""
+        if self._bands is not None and self._valid is not None:
+            step = max(1, -(-max(self.height, self.width) // edge))
+            return self._bands[:, ::step, ::step], self._valid[::step, ::step]
+        scale = max(1.0, max(self.height, self.width) / edge)
+        h, w = max(1, int(self.height / scale)), max(1, int(self.width / scale))
+        with rasterio.open(self.path) as ds:
+            bands = ds.read(out_shape=(ds.count, h, w))
+            valid = ds.dataset_mask(out_shape=(h, w)) > 0
+        return bands, valid

@@ -16,7 +16,7 @@ import rasterio
 
 from refine.cheap.edits import EditNoise, simulate_edits
 from refine.config import RefineConfig
-from refine.inputs import SimulationInputs, _label_profile, write_labels
+from refine.inputs import SimulationInputs, label_profile, write_labels
 from refine.simulation import run_simulation
 from tiles.classes import load_schema
 
@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     with rasterio.open(DUBAI / "t6_001_truth.tif") as ds:
         truth, profile = ds.read(1), dict(ds.profile)
     cheap = simulate_edits(truth, schema, EditNoise(noise=0.2, seed=2))  # the benchmark's seed-2 job
-    path = write_labels(d / "cheap.tif", cheap, _label_profile(profile, schema), schema)
+    path = write_labels(d / "cheap.tif", cheap, label_profile(profile, schema), schema)
     inputs = SimulationInputs(DUBAI / "t6_001_scene.tif", (path,), DUBAI / "t6_001_truth.tif",
                               classes=DUBAI / "classes.yaml")  # fmt: skip
     cfg = RefineConfig(classes=DUBAI / "classes.yaml", seed=2).with_overrides(

@@ -263,7 +263,7 @@ def test_vector_labels_are_rasterised_onto_the_scene(data, tmp_path, landcover6_
     import shapely
 
     from refine.inputs import read_labels
-    from refine.model import SceneImage
+    from tiles.raster import SceneImage
 
     scene = SceneImage(data.scene)
     left, top = scene.transform.c, scene.transform.f

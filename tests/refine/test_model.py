@@ -12,9 +12,10 @@ import torch
 from affine import Affine
 
 from refine.config import ModelSettings, TrainSettings
-from refine.model import BandStats, SceneImage, SegmentationModel, build_network
+from refine.model import BandStats, SegmentationModel, build_network
 from tiles.classes import load_schema
 from tiles.errors import TrustmapError
+from tiles.raster import SceneImage
 
 SIZE = 64
 TINY = ModelSettings(
