@@ -58,10 +58,10 @@ from torch import nn  # noqa: E402
 
 from refine.config import ModelSettings, TrainSettings
 from tiles.classes import ClassSchema
-from tiles.console import progress
 from tiles.errors import TrustmapError
 from tiles.grid import TileGrid
 from tiles.io import atomic_path
+from tiles.progress import progress
 from tiles.raster import SceneImage
 from tiles.stitch import StitchWriter
 

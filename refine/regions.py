@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from tiles.console import progress
 from tiles.errors import TrustmapError
 from tiles.grid import TileGrid
+from tiles.progress import progress
 
 KINDS = ("slic", "felzenszwalb", "grid", "components", "polygons")
 COSTS = ("pixels", "dominant_clicks", "polygon_clicks")
