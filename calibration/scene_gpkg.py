@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from calibration.detections import Detections
-from tiles.errors import TrustmapError
 
 LAYER = "detections"
 STYLE_NAME = "trustmap confidence"
@@ -164,79 +162,11 @@ def prob_column_names(categories: dict[int, str], prob_category_ids: Sequence[in
 # --------------------------------------------------------------------------- style
 
 
-# QGIS's own layer_styles DDL (what QgsOgrProvider creates in a GeoPackage). QGIS selects the
-# row by f_table_schema = '' AND f_table_name AND f_geometry_column, ordered by useAsDefault,
-# update_time DESC; without update_time its query fails and no style is applied.
-_LAYER_STYLES_DDL = """
-CREATE TABLE IF NOT EXISTS "layer_styles" (
-  "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
-  "f_table_catalog" TEXT(256), "f_table_schema" TEXT(256), "f_table_name" TEXT(256),
-  "f_geometry_column" TEXT(256), "styleName" TEXT(30), "styleQML" TEXT, "styleSLD" TEXT,
-  "useAsDefault" BOOLEAN, "description" TEXT, "owner" TEXT(30), "ui" TEXT(30),
-  "update_time" DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))
-"""
-_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-QGIS_XML_VERSION = "3.22.0"
-
-
 def write_confidence_style(gpkg: str | os.PathLike, layer: str, attr: str, description: str) -> None:
-    """Insert a graduated-by-``attr`` QGIS style as the layer's default ``layer_styles`` row.
+    """Make a graduated-by-``attr`` QGIS style the layer's default ``layer_styles`` row."""
+    from tiles.qgis import store_gpkg_style, style_document
 
-    The file is one this module just wrote, so the geometry column is read from
-    ``gpkg_geometry_columns`` and the table is registered in ``gpkg_contents`` (GDAL and
-    QGIS then list it as an attributes table).
-    """
-    from datetime import UTC, datetime
-
-    gpkg = Path(gpkg)
-    qml = style_document(graduated_nodes(attr))
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    con = sqlite3.connect(gpkg)
-    try:
-        with con:
-            row = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)).fetchone()
-            if row is None:
-                raise TrustmapError(f"no vector layer {layer!r}", gpkg)
-            geom = str(row[0])
-            con.execute(_LAYER_STYLES_DDL)
-            if not con.execute("SELECT 1 FROM gpkg_contents WHERE lower(table_name) = 'layer_styles'").fetchone():
-                con.execute(
-                    "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
-                    "last_change, srs_id) VALUES ('layer_styles', 'attributes', 'layer_styles', '', ?, 0)",
-                    (now,),
-                )
-            if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gpkg_ogr_contents'").fetchone():
-                con.execute("DELETE FROM gpkg_ogr_contents WHERE lower(table_name) = 'layer_styles'")
-                con.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES ('layer_styles', NULL)")
-            con.execute(
-                "UPDATE layer_styles SET useAsDefault = 0 WHERE f_table_name = ? AND f_geometry_column = ?",
-                (layer, geom),
-            )
-            con.execute(
-                "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
-                "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
-                "owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, '', 1, ?, '', NULL, ?)",
-                (layer, geom, STYLE_NAME, qml, description, now),
-            )
-    except sqlite3.DatabaseError as exc:
-        raise TrustmapError(f"cannot store the layer style ({exc})", gpkg) from None
-    finally:
-        con.close()
-
-
-def style_document(nodes: list[ET.Element]) -> str:
-    """A QGIS style (.qml) document around ``nodes``."""
-    root = ET.Element(
-        "qgis",
-        version=QGIS_XML_VERSION,
-        styleCategories="AllStyleCategories",
-        hasScaleBasedVisibilityFlag="0",
-        minScale="1e+08",
-        maxScale="0",
-    )
-    root.extend(nodes)
-    ET.indent(root)
-    return _DOCTYPE + ET.tostring(root, encoding="unicode") + "\n"
+    store_gpkg_style(Path(gpkg), layer, style_document(graduated_nodes(attr)), description, style_name=STYLE_NAME)
 
 
 def graduated_nodes(attr: str) -> list[ET.Element]:

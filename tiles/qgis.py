@@ -342,11 +342,13 @@ def store_gpkg_style(
     qml: str,
     description: str,
     con: sqlite3.Connection | None = None,
+    style_name: str = STYLE_NAME,
 ) -> None:
     """Make ``qml`` the default QGIS style of ``layer`` in its GeoPackage's ``layer_styles``.
 
-    With ``con`` (an open connection), the rows are written inside the caller's
-    transaction, so a style can be committed together with the features it styles.
+    An earlier row named ``style_name`` is replaced; other styles stop being default. With
+    ``con`` (an open connection), the rows are written inside the caller's transaction, so a
+    style can be committed together with the features it styles.
     """
     gpkg = Path(gpkg_path)
     if con is None and not gpkg.is_file():
@@ -370,13 +372,13 @@ def store_gpkg_style(
             con.execute(
                 "DELETE FROM layer_styles WHERE f_table_name = ? AND f_geometry_column = ? "
                 "AND styleName = ?",
-                (layer, geom_column, STYLE_NAME),
+                (layer, geom_column, style_name),
             )
             con.execute(
                 "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
                 "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
                 "owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, '', 1, ?, '', NULL, ?)",
-                (layer, geom_column, STYLE_NAME, qml, description, _now()),
+                (layer, geom_column, style_name, qml, description, _now()),
             )
     except sqlite3.DatabaseError as exc:
         raise TrustmapError(f"cannot store the layer style ({exc})", gpkg) from None
