@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import time
@@ -45,7 +44,7 @@ from calibration.metrics import (
 )
 from tiles.console import progress
 from tiles.errors import TrustmapError
-from tiles.io import atomic_dir, write_text_atomic
+from tiles.io import atomic_dir, jsonable, write_text_atomic
 
 FORMAT = "trustmap-calibration-audit-v1"
 #: Numbers each sweep point keeps (the sweep figure plots D-ECE, ECE, LaECE and mAP).
@@ -890,22 +889,3 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy to Python, NaN/inf to None, keys to strings, paths to str."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -51,7 +51,7 @@ from calibration.detections import Detections, GroundTruth
 from calibration.matching import match
 from calibration.metrics import BOX_DIMS, MetricsConfig, box_features, dece, ece
 from tiles.errors import TrustmapError
-from tiles.io import write_text_atomic
+from tiles.io import jsonable, write_text_atomic
 
 FORMAT = "trustmap-calibrator-v1"
 Mode = Literal["shared", "classwise"]
@@ -327,7 +327,7 @@ class Calibrator:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the calibrator as JSON, atomically."""
-        write_text_atomic(Path(path), json.dumps(_jsonable(self.to_dict()), indent=1) + "\n")
+        write_text_atomic(Path(path), json.dumps(jsonable(self.to_dict()), indent=1) + "\n")
         return Path(path)
 
     @classmethod
@@ -417,20 +417,6 @@ def _with_scores(dets: Detections, new: np.ndarray, default_cats: tuple[int, ...
                 probs[rows] *= ((1.0 - new[rows]) / rest)[:, None]
             probs[rows, c] = new[rows]
     return replace(dets, score=np.asarray(new, np.float64), probs=probs, logits=None)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, Mapping):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, float | np.floating):
-        return float(o) if np.isfinite(o) else None
-    return o
 
 
 # ------------------------------------------------------------------ fitting

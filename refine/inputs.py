@@ -14,10 +14,9 @@ import rasterio
 from rasterio.windows import Window
 
 from refine.config import RefineConfig
-from refine.session import jsonable
 from tiles.classes import ClassSchema, load_schema
 from tiles.errors import TrustmapError
-from tiles.io import atomic_path
+from tiles.io import atomic_path, jsonable
 from tiles.raster import SceneImage, open_raster, require_crs
 
 Echo = Callable[[str], None]

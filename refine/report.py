@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from refine.session import jsonable
 from tiles.classes import ClassSchema
-from tiles.io import write_text_atomic
+from tiles.io import jsonable, write_text_atomic
 
 REPORT_FORMAT = "trustmap.refine.report/1"
 STEPS = ("train", "predict", "score", "select", "review", "evaluate", "write")

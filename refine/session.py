@@ -35,7 +35,6 @@ import contextvars
 import filecmp
 import functools
 import json
-import math
 import os
 import re
 import shutil
@@ -51,6 +50,7 @@ from tiles.io import (
     atomic_dir,
     atomic_path,
     ensure_writable_dir,
+    jsonable,
     remove_path,
     umask,
     write_text_atomic,
@@ -153,7 +153,7 @@ class RunDir:
                 raise TrustmapError(
                     f"nothing to resume: no {RUN_FILE} from an earlier refine run here", root
                 )
-            diff = _first_difference(previous.get("identity", {}), _jsonable(identity))
+            diff = _first_difference(previous.get("identity", {}), jsonable(identity))
             if diff is not None:
                 raise TrustmapError(
                     f"cannot resume: this run differs from the interrupted one at '{diff}'; "
@@ -172,7 +172,7 @@ class RunDir:
         self.clear()  # a restart; or a new run in a folder holding only dead staging
         write_text_atomic(
             root / RUN_FILE,
-            json.dumps({"format": RUN_FORMAT, "identity": _jsonable(identity)}, indent=2) + "\n",
+            json.dumps({"format": RUN_FORMAT, "identity": jsonable(identity)}, indent=2) + "\n",
         )
 
     def close(self) -> None:
@@ -371,33 +371,9 @@ def write_record(folder: Path, record: dict[str, Any]) -> Path:
     """Write a JSON record into a staged state folder."""
     path = folder / "record.json"
     path.write_text(
-        json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8"
     )
     return path
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON values: numpy scalars and arrays, paths and tuples converted."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # strict JSON has no NaN; null reads as "not defined"
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def jsonable(obj: Any) -> Any:
-    """Public alias of the JSON conversion used for records and reports."""
-    return _jsonable(obj)
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:

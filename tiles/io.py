@@ -471,3 +471,28 @@ def remove_path(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays to Python, NaN and inf to None (strict JSON
+    has no NaN; null reads as "not defined"), mapping keys to strings, paths to str."""
+    import math
+    from collections.abc import Mapping
+
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
