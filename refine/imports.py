@@ -300,10 +300,10 @@ def _import(
             per_class[names[e.code]] = per_class.get(names[e.code], 0) + n_changed
         geom = e.geometry
         if geom is None and e.region_id is not None:
-            from refine.review import mask_polygon, region_polygon
+            from refine.review import region_polygon
 
             if e.source == "suggestion" and e.pixels.size:
-                geom = _pixels_polygon(ws, e.pixels, mask_polygon)
+                geom = _pixels_polygon(ws, e.pixels)
             else:
                 geom = region_polygon(regions, e.region_id, s.transform)
         if geom is not None and geom.geom_type == "Polygon":
@@ -389,8 +389,11 @@ def _round_npz(ws: Workspace, rnd: int, name: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _pixels_polygon(ws: Workspace, pixels: np.ndarray, mask_polygon: Any) -> BaseGeometry | None:
+def _pixels_polygon(ws: Workspace, pixels: np.ndarray) -> BaseGeometry | None:
+    """The polygon of a set of scene pixels (flat indices), traced inside their bounding box."""
     from rasterio.windows import Window
+
+    from tiles.vectorize import mask_polygon
 
     w = ws.scene.width
     rows, cols = pixels // w, pixels % w

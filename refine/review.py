@@ -25,10 +25,8 @@ from typing import Any
 
 import numpy as np
 import rasterio.features
-import shapely
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
-from shapely.geometry import MultiPolygon, shape
+from shapely.geometry import MultiPolygon
 
 from refine import gpkg
 from refine.regions import Regions
@@ -36,6 +34,7 @@ from refine.workspace import CORRECTIONS, LOG, QUEUE, Echo, Workspace
 from tiles.classes import ClassSchema
 from tiles.errors import TrustmapError
 from tiles.qgis import vector_style_tail
+from tiles.vectorize import mask_polygon
 
 MAX_SUGGESTIONS = 200
 """Most suggestion polygons one select adds (the largest first): a queue is read by a person."""
@@ -145,27 +144,11 @@ def parse_class(value: Any, schema: ClassSchema) -> int | str | None:
 
 
 # --- polygons --------------------------------------------------------------------------------------
-def mask_polygon(mask: np.ndarray, window: Window, transform: Any) -> MultiPolygon | None:
-    """The pixels of ``mask`` (a window's bool array) as one map-coordinate MultiPolygon."""
-    if not mask.any():
-        return None
-    tr = window_transform(window, transform)
-    parts = [
-        shape(g)
-        for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, transform=tr)
-        if v == 1
-    ]
-    geom = shapely.union_all(parts) if len(parts) > 1 else parts[0]
-    if geom.geom_type == "Polygon":
-        geom = MultiPolygon([geom])
-    return geom
-
-
 def region_polygon(regions: Regions, region_id: int, transform: Any) -> MultiPolygon | None:
     """Region ``region_id`` as a polygon, vectorised from the region-id raster in its bbox."""
-    r0, c0, r1, c1 = (int(v) for v in regions.bbox[region_id])
-    window = Window(c0, r0, c1 - c0, r1 - r0)
-    return mask_polygon(regions.labels[r0:r1, c0:c1] == region_id, window, transform)
+    from tiles.vectorize import region_polygon as polygon_of
+
+    return polygon_of(regions.labels, region_id, regions.bbox[region_id], transform)
 
 
 def dominant(values: np.ndarray, minlength: int) -> tuple[int, float]:

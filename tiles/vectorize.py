@@ -245,3 +245,31 @@ def write_polygons(
     with atomic_path(out) as tmp:
         gdf.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio", geometry_type="Polygon")
     return out
+
+
+# --- region ids ------------------------------------------------------------------------------
+def mask_polygon(mask: np.ndarray, window: Window, transform: Affine) -> shapely.MultiPolygon | None:
+    """The ``True`` pixels of ``mask`` (a window's bool array) as one MultiPolygon in the
+    CRS of ``transform`` (the whole raster's), or None when there are none."""
+    if not mask.any():
+        return None
+    tr = rasterio.windows.transform(window, transform)
+    parts = [
+        shapely.geometry.shape(g)
+        for g, v in shapes(mask.astype(np.uint8), mask=mask, transform=tr)
+        if v == 1
+    ]
+    geom = shapely.union_all(parts) if len(parts) > 1 else parts[0]
+    if geom.geom_type == "Polygon":
+        geom = shapely.MultiPolygon([geom])
+    return geom
+
+
+def region_polygon(
+    ids: np.ndarray, region: int, bbox: Sequence[int], transform: Affine
+) -> shapely.MultiPolygon | None:
+    """Region ``region`` of a region-id raster ``ids`` (int, -1 outside) as a polygon,
+    vectorised inside its pixel ``bbox`` (row0, col0, row1, col1; half-open) only, so a
+    region costs its own size, not the scene's."""
+    r0, c0, r1, c1 = (int(v) for v in bbox)
+    return mask_polygon(ids[r0:r1, c0:c1] == region, Window(c0, r0, c1 - c0, r1 - r0), transform)

@@ -218,3 +218,26 @@ def test_areas_are_geodesic_square_metres_in_a_geographic_crs():
     area = polygon_areas(np.array([one_degree]), "EPSG:4326")[0]
     assert area == pytest.approx(12_308e6, rel=0.01)
     assert polygon_areas(np.array([one_degree]), CRS)[0] == 1.0  # projected: map units²
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ids=arrays(np.int32, st.tuples(st.integers(1, 20), st.integers(1, 20)), elements=st.integers(-1, 3)),
+    x0=st.floats(-1e5, 1e5),
+    res=st.sampled_from([0.5, 1.0, 30.0]),
+)
+def test_region_polygons_burn_back_to_exactly_their_pixels(ids, x0, res) -> None:
+    from rasterio.features import geometry_mask
+
+    from tiles.vectorize import region_polygon
+
+    transform = Affine(res, 0, x0, 0, -res, 5e6)
+    for region in np.unique(ids[ids >= 0]):
+        rows, cols = np.nonzero(ids == region)
+        bbox = (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+        geom = region_polygon(ids, int(region), bbox, transform)
+        assert geom is not None and geom.is_valid and geom.geom_type == "MultiPolygon"
+        assert geom.area == pytest.approx((ids == region).sum() * res * res)
+        burnt = geometry_mask([geom], ids.shape, transform, invert=True)
+        np.testing.assert_array_equal(burnt, ids == region)
+    assert region_polygon(ids, 99, (0, 0, ids.shape[0], ids.shape[1]), transform) is None
