@@ -34,17 +34,17 @@ class DetectorSection(_Section):
 
     model: str = "sample_fasterrcnn"
     weights: Path | None = Field(
-        None, description="State dict or checkpoint; None = packaged sample weights."
+        default=None, description="State dict or checkpoint; None = packaged sample weights."
     )
     num_classes: int | None = Field(
-        None, ge=2, description="With background; None = read from the weights."
+        default=None, ge=2, description="With background; None = read from the weights."
     )
     category_ids: list[int] | None = Field(
-        None, description="Dataset category of labels 1..K; None = from the checkpoint."
+        default=None, description="Dataset category of labels 1..K; None = from the checkpoint."
     )
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(default=4, ge=1)
     min_score: float = Field(
-        0.0, ge=0.0, le=1.0, description="Candidates at or below are dropped for good."
+        default=0.0, ge=0.0, le=1.0, description="Candidates at or below are dropped for good."
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Builder keywords, e.g. rpn_post_nms_top_n_test."
@@ -64,9 +64,9 @@ class SampleData(_Section):
     """The synthetic aerial set of :mod:`calibration.samples`, generated into the output folder."""
 
     split: Literal["train", "cal", "test"] = "test"
-    n_images: int = Field(100, ge=1, le=100_000)
+    n_images: int = Field(default=100, ge=1, le=100_000)
     seed: int = 0
-    size: int = Field(256, ge=64)
+    size: int = Field(default=256, ge=64)
     domain: str = "temperate"
 
     @field_validator("domain")
@@ -100,22 +100,22 @@ class DataSection(_Section):
 class PostprocessSection(_Section):
     """The "application" perspective's post-processing; None keeps the model's own setting."""
 
-    score_thresh: float | None = Field(None, ge=0.0, le=1.0)
-    nms_iou: float | None = Field(None, ge=0.0, le=1.0)
-    topk: int | None = Field(None, ge=1)
+    score_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
+    nms_iou: float | None = Field(default=None, ge=0.0, le=1.0)
+    topk: int | None = Field(default=None, ge=1)
     max_per_image: int | None = Field(
-        1000, ge=1, description="Modeling perspective: rows kept per image."
+        default=1000, ge=1, description="Modeling perspective: rows kept per image."
     )
 
 
 class MatchingSection(_Section):
     mode: Literal["greedy", "hungarian", "any"] = "greedy"
-    iou: float = Field(0.5, ge=0.0, le=1.0)
+    iou: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class BootstrapSection(_Section):
-    n: int = Field(1000, ge=0, description="Replicates over images; 0 = no intervals.")
-    level: float = Field(0.95, gt=0.0, lt=1.0)
+    n: int = Field(default=1000, ge=0, description="Replicates over images; 0 = no intervals.")
+    level: float = Field(default=0.95, gt=0.0, lt=1.0)
     seed: int = 0
 
 
@@ -146,9 +146,9 @@ class SweepsSection(_Section):
 class ShiftSection(_Section):
     """Distribution shift: every corruption at every severity on (the first) test images."""
 
-    corruptions: list[str] | None = Field(None, description="None = all 15 of COCO-C.")
+    corruptions: list[str] | None = Field(default=None, description="None = all 15 of COCO-C.")
     severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
-    n_images: int | None = Field(None, ge=1, description="First N test images; None = all.")
+    n_images: int | None = Field(default=None, ge=1, description="First N test images; None = all.")
     seed: int = 0
 
     @field_validator("corruptions")
@@ -177,7 +177,7 @@ class OODSection(_Section):
 
     sample: SampleData | None = None
     coco: CocoData | None = None
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Operating score threshold.")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Operating score threshold.")
 
     @model_validator(mode="after")
     def _one(self) -> OODSection:
@@ -191,14 +191,16 @@ class OODSection(_Section):
 class FinetuneSection(_Section):
     """Last-layer fine-tuning on the calibration split (see calibration.finetune)."""
 
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(2.5e-4, gt=0.0)
+    epochs: int = Field(default=10, ge=1)
+    lr: float = Field(default=2.5e-4, gt=0.0)
     loss: Literal["ce", "focal", "label_smoothing"] = "ce"
-    smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    focal_gamma: float = Field(2.0, ge=0.0)
-    train_box: bool = Field(False, description="Also train roi_heads.box_predictor.bbox_pred.")
-    patience: int = Field(3, ge=1, description="Epochs without a better validation D-ECE.")
-    val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(default=2.0, ge=0.0)
+    train_box: bool = Field(
+        default=False, description="Also train roi_heads.box_predictor.bbox_pred."
+    )
+    patience: int = Field(default=3, ge=1, description="Epochs without a better validation D-ECE.")
+    val_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     seed: int = 0
 
 
@@ -219,8 +221,8 @@ class RepairSection(_Section):
         ]
     )
     mode: Literal["shared", "classwise"] = "shared"
-    shrinkage: float = Field(50.0, ge=0.0)
-    cv_folds: int = Field(5, ge=2)
+    shrinkage: float = Field(default=50.0, ge=0.0)
+    cv_folds: int = Field(default=5, ge=2)
     finetune: FinetuneSection | None = None
 
     @field_validator("methods")
@@ -234,6 +236,10 @@ class RepairSection(_Section):
         return list(dict.fromkeys(v))
 
 
+def _both_perspectives() -> list[Perspective]:
+    return ["application", "modeling"]
+
+
 class AuditConfig(_Section):
     """A whole audit. ``detector`` and ``data`` go together; without them the audit reads a
     predictions file given on the command line and uses the rest of the file's settings."""
@@ -241,9 +247,7 @@ class AuditConfig(_Section):
     title: str | None = None
     detector: DetectorSection | None = None
     data: DataSection | None = None
-    perspectives: list[Perspective] = Field(
-        default_factory=lambda: ["application", "modeling"], min_length=1
-    )
+    perspectives: list[Perspective] = Field(default_factory=_both_perspectives, min_length=1)
     postprocess: PostprocessSection = Field(default_factory=PostprocessSection)
     matching: MatchingSection = Field(default_factory=MatchingSection)
     metrics: BinningConfig = Field(default_factory=BinningConfig)
@@ -292,7 +296,7 @@ class AuditConfig(_Section):
             seed=self.bootstrap.seed,
         )
 
-    def resolve_paths(self, base: str | os.PathLike) -> AuditConfig:
+    def resolve_paths(self, base: str | os.PathLike[str]) -> AuditConfig:
         """A copy with relative paths made absolute against ``base`` (the config's folder)."""
         root = Path(base)
         fix = lambda p: p if p is None or p.is_absolute() else (root / p).resolve()  # noqa: E731
@@ -310,12 +314,12 @@ class AuditConfig(_Section):
         return out
 
 
-def parse_config(data: Any, source: str | os.PathLike | None = None) -> AuditConfig:
+def parse_config(data: Any, source: str | os.PathLike[str] | None = None) -> AuditConfig:
     """Validate a mapping; the first error becomes one line naming the key at fault."""
     return validate(AuditConfig, data, source, "calibration audit config")
 
 
-def load_config(path: str | os.PathLike) -> AuditConfig:
+def load_config(path: str | os.PathLike[str]) -> AuditConfig:
     """Read and validate an audit YAML, with its relative paths resolved against its folder."""
     p = Path(path)
     data = read_yaml(p)
@@ -324,7 +328,7 @@ def load_config(path: str | os.PathLike) -> AuditConfig:
     return cfg
 
 
-def check_paths(cfg: AuditConfig, source: str | os.PathLike | None = None) -> None:
+def check_paths(cfg: AuditConfig, source: str | os.PathLike[str] | None = None) -> None:
     """Fail early, naming the key, when a file the audit needs is not there."""
     wanted: list[tuple[str, Path | None, bool]] = []
     if cfg.detector is not None:

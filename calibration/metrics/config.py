@@ -32,38 +32,39 @@ class BinningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bins: int = Field(
-        10, ge=1, description="Bins of ECE/MCE/ACE and the top-label/classwise errors."
+        default=10, ge=1, description="Bins of ECE/MCE/ACE and the top-label/classwise errors."
     )
     bin_strategy: Literal["width", "mass"] = "width"
     norm: Literal["l1", "l2"] = Field(
-        "l1", description="Norm of ECE/ACE (top-label and classwise use classwise_norm)."
+        default="l1", description="Norm of ECE/ACE (top-label and classwise use classwise_norm)."
     )
     classwise_norm: Literal["l1", "l2"] = Field(
-        "l2", description="Huseljic et al. use L2 with 10 bins."
+        default="l2", description="Huseljic et al. use L2 with 10 bins."
     )
     dece_dims: tuple[BoxDim, ...] = BOX_DIMS
     dece_bins: tuple[int, ...] | None = Field(
-        None, description="One bin count per dece_dims entry; None = 10 for confidence, 5 else."
+        default=None,
+        description="One bin count per dece_dims entry; None = 10 for confidence, 5 else.",
     )
-    laece_bins: int = Field(25, ge=1)
+    laece_bins: int = Field(default=25, ge=1)
     laece_tau: float = Field(
-        0.0, ge=0.0, le=1.0, description="TP IoU threshold of LaECE/LaACE; 0 = any overlap."
+        default=0.0, ge=0.0, le=1.0, description="TP IoU threshold of LaECE/LaACE; 0 = any overlap."
     )
     ap_backend: Literal["auto", "pycocotools", "trustmap"] = Field(
-        "auto",
+        default="auto",
         description="Who computes AP/AP50: pycocotools (also its 12 summary numbers), "
         "trustmap's own AP (equal to pycocotools' to 1e-12, without its evaluate), or auto: "
         f"pycocotools up to {AP_AUTO_LIMIT:,} detections, trustmap above.",
     )
-    ap_max_dets: int = Field(100, ge=1)
-    ap_score_bins: int = Field(100, ge=2, description="Score bins of the bootstrapped AP.")
+    ap_max_dets: int = Field(default=100, ge=1)
+    ap_score_bins: int = Field(default=100, ge=2, description="Score bins of the bootstrapped AP.")
     min_images: int = Field(
-        10,
+        default=10,
         ge=1,
         description="Fewer images: no bootstrap interval and the verdict 'too few to tell'.",
     )
     min_detections: int = Field(
-        50, ge=1, description="Fewer detections: the verdict is 'too few to tell'."
+        default=50, ge=1, description="Fewer detections: the verdict is 'too few to tell'."
     )
 
     @model_validator(mode="after")
@@ -90,14 +91,14 @@ class MetricsConfig(BinningConfig):
 
     match_mode: Literal["greedy", "hungarian", "any"] = "greedy"
     iou_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="TP threshold for ECE, D-ECE, NLL, Brier."
+        default=0.5, ge=0.0, le=1.0, description="TP threshold for ECE, D-ECE, NLL, Brier."
     )
     n_boot: int = Field(
-        1000, ge=0, description="Bootstrap replicates over images; 0 = no intervals."
+        default=1000, ge=0, description="Bootstrap replicates over images; 0 = no intervals."
     )
-    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+    ci_level: float = Field(default=0.95, gt=0.0, lt=1.0)
     ci_method: Literal["shifted", "bc", "percentile"] = Field(
-        "shifted",
+        default="shifted",
         description="'shifted' (default): the replicates' spread around their median, placed "
         "at the estimate, so the interval always contains it (binned errors are biased upward "
         "on resamples, which moves plain percentile intervals off the value); 'percentile' and "
