@@ -259,30 +259,16 @@ def queue_style(schema: ClassSchema, scores: list[float]) -> str:
 
 
 def corrections_style(schema: ClassSchema, attr: str = "class") -> str:
-    """Categorised by class, half-transparent fills in the class colours, thick outline."""
-    from tiles.qgis import _fill_symbol, style_document
+    """Categorised by class (the trustmap class style, half-transparent fills), with a class
+    drop-down on the analyst's ``class`` field."""
+    from tiles.qgis import _vector_style_nodes, style_document
 
-    renderer = ET.Element(
-        "renderer-v2", type="categorizedSymbol", attr=attr, symbollevels="0",
-        enableorderby="0", forceraster="0", referencescale="-1",
-    )  # fmt: skip
-    categories = ET.SubElement(renderer, "categories")
-    symbols = ET.SubElement(renderer, "symbols")
-    for i, c in enumerate(schema.classes):
-        ET.SubElement(
-            categories, "category", value=str(c.code), symbol=str(i), label=c.name, render="true"
-        )
-        sym = _fill_symbol(str(i), c.rgb)
-        sym.set("alpha", "0.55")
-        symbols.append(sym)
-    ET.SubElement(renderer, "rotation")
-    ET.SubElement(renderer, "sizescale")
-    nodes = [renderer]
+    nodes = _vector_style_nodes(schema, attr=attr)
     if attr == "class":
         fields = ET.Element("fieldConfiguration")
         fields.append(_class_widget("class", schema))
-        nodes.append(fields)
-    return style_document([*nodes, *vector_style_tail()])
+        nodes.insert(1, fields)
+    return style_document(nodes)
 
 
 def _labeling(field: str) -> ET.Element:

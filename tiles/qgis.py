@@ -52,6 +52,8 @@ from tiles.raster import dataset_path, open_class_mask, open_raster, require_crs
 QGIS_XML_VERSION = "3.22.0"
 _DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
 STYLE_NAME = "trustmap classes"
+POLYGON_FILL_ALPHA = 128
+"""Class polygons are filled at half opacity, so the imagery under them stays visible."""
 
 # QGIS's own layer_styles DDL (what QgsOgrProvider creates in a GeoPackage), verbatim.
 _LAYER_STYLES_DDL = """
@@ -430,9 +432,12 @@ def _ensure_layer_styles(con: sqlite3.Connection) -> None:
         )
 
 
-def _vector_style_nodes(schema: ClassSchema) -> list[ET.Element]:
+def _vector_style_nodes(
+    schema: ClassSchema, attr: str = "code", alpha: int = POLYGON_FILL_ALPHA
+) -> list[ET.Element]:
+    """Polygons categorised by the class code in ``attr``, filled in the class colours."""
     renderer = ET.Element(
-        "renderer-v2", type="categorizedSymbol", attr="code", symbollevels="0",
+        "renderer-v2", type="categorizedSymbol", attr=attr, symbollevels="0",
         enableorderby="0", forceraster="0", referencescale="-1",
     )  # fmt: skip
     categories = ET.SubElement(renderer, "categories")
@@ -441,7 +446,7 @@ def _vector_style_nodes(schema: ClassSchema) -> list[ET.Element]:
         ET.SubElement(
             categories, "category", value=str(c.code), symbol=str(i), label=c.name, render="true"
         )
-        symbols.append(_fill_symbol(str(i), c.rgb, POLYGON_FILL_ALPHA))
+        symbols.append(_fill_symbol(str(i), c.rgb, alpha))
     ET.SubElement(renderer, "rotation")
     ET.SubElement(renderer, "sizescale")
     return [renderer, *vector_style_tail()]
@@ -455,10 +460,6 @@ def vector_style_tail() -> list[ET.Element]:
         el.text = text
         tail.append(el)
     return tail
-
-
-POLYGON_FILL_ALPHA = 128
-"""Class polygons are filled at half opacity, so the imagery under them stays visible."""
 
 
 def _fill_symbol(name: str, rgb: tuple[int, int, int], alpha: int = 255) -> ET.Element:
