@@ -10,8 +10,9 @@ repairs' in-domain metrics, which carry bootstrap intervals like the main tables
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -20,13 +21,31 @@ from calibration.detections import Detections, GroundTruth
 from calibration.metrics import MetricsConfig, compute_metrics
 from tiles.console import progress
 
+if TYPE_CHECKING:
+    from calibration.adapters.torchvision_models import (
+        Candidates,
+        ImageRecord,
+        TorchvisionDetector,
+    )
+
 #: Metrics kept per (corruption, severity) cell and per repair.
 SHIFT_KEYS = ("dece", "ece", "laece", "nll", "brier", "map", "ap50")
 REPAIR_KEYS = ("dece", "ece", "ece_debiased", "laece", "nll", "brier", "map", "ap50")
 
 
+class Shifted(TypedDict):
+    """What :func:`run_shift` hands on to the repairs: the corrupted test images and their
+    detections per (corruption, severity)."""
+
+    dets: dict[tuple[str, int], Detections]
+    gt: GroundTruth
+    clean: Detections
+    images: list[np.ndarray]
+    ids: list[int]
+
+
 def _values(
-    dets: Detections, gt: GroundTruth, mcfg: MetricsConfig, keys=SHIFT_KEYS
+    dets: Detections, gt: GroundTruth, mcfg: MetricsConfig, keys: Sequence[str] = SHIFT_KEYS
 ) -> dict[str, Any]:
     r = compute_metrics(dets, gt, mcfg, validate=False)
     return {k: r["metrics"][k].get("value") for k in keys if k in r["metrics"]} | {
@@ -41,12 +60,14 @@ def _intervals(dets: Detections, gt: GroundTruth, mcfg: MetricsConfig) -> dict[s
     }
 
 
-def _post(cands: Any, cfg: AuditConfig) -> Detections:
+def _post(cands: Candidates, cfg: AuditConfig) -> Detections:
     p = cfg.postprocess
     return cands.postprocess(p.score_thresh, p.nms_iou, p.topk)
 
 
-def _load_split(data: DataSection, folder: Path, default_split: str, allow_outside: bool = False):
+def _load_split(
+    data: DataSection, folder: Path, default_split: str, allow_outside: bool = False
+) -> tuple[GroundTruth, list[ImageRecord]]:
     """(ground truth, image records) of a data section; sample data is generated into ``folder``."""
     from calibration.adapters import images_from_coco
 
@@ -56,16 +77,25 @@ def _load_split(data: DataSection, folder: Path, default_split: str, allow_outsi
         s = data.sample
         ann = make_split(folder, s.split, s.n_images, size=s.size, seed=s.seed, domain=s.domain)
         return GroundTruth.from_coco_json(ann), images_from_coco(folder, ann)
-    return GroundTruth.from_coco_json(data.coco.annotations), images_from_coco(
-        data.coco.images, data.coco.annotations, allow_outside
+    coco = data.coco
+    assert coco is not None  # DataSection holds exactly one of sample and coco
+    return GroundTruth.from_coco_json(coco.annotations), images_from_coco(
+        coco.images, coco.annotations, allow_outside
     )
 
 
-def run_shift(detector, records, gt, app: Detections, cfg: AuditConfig) -> tuple[dict, dict]:
+def run_shift(
+    detector: TorchvisionDetector,
+    records: Sequence[ImageRecord],
+    gt: GroundTruth,
+    app: Detections,
+    cfg: AuditConfig,
+) -> tuple[dict[str, Any], Shifted]:
     """Every configured corruption at every severity on the first ``n_images`` test images."""
     from calibration.shift import SHORT, check_corruptions, load_uint8, shifted_candidates
 
-    sh = cfg.shift
+    sh, det_cfg = cfg.shift, cfg.detector
+    assert sh is not None and det_cfg is not None  # run_extras runs it for a 'shift' section
     names = check_corruptions(sh.corruptions)
     recs = records[: sh.n_images] if sh.n_images else list(records)
     ids = [r.image_id for r in recs]
@@ -79,7 +109,7 @@ def run_shift(detector, records, gt, app: Detections, cfg: AuditConfig) -> tuple
     t0 = time.perf_counter()
     for name, sev in progress(todo, desc="corruptions", unit="setting"):
         cands = shifted_candidates(
-            detector, images, ids, name, sev, sh.seed, cfg.detector.batch_size
+            detector, images, ids, name, sev, sh.seed, det_cfg.batch_size
         )
         d = _post(cands, cfg)
         dets[(name, sev)] = d
@@ -101,51 +131,58 @@ def run_shift(detector, records, gt, app: Detections, cfg: AuditConfig) -> tuple
     }, {"dets": dets, "gt": sub, "clean": clean, "images": images, "ids": ids}
 
 
-def _mean(v):
-    v = [x for x in v if x is not None]
-    return float(np.mean(v)) if v else None
+def _mean(v: Sequence[float | None]) -> float | None:
+    kept = [x for x in v if x is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 def run_ood(
-    detector, app: Detections, cfg: AuditConfig, folder: Path, allow_outside: bool = False
+    detector: TorchvisionDetector,
+    app: Detections,
+    cfg: AuditConfig,
+    folder: Path,
+    allow_outside: bool = False,
 ) -> dict[str, Any]:
     from calibration.shift import ood_measures
 
-    o = cfg.ood
+    o, det_cfg = cfg.ood, cfg.detector
+    assert o is not None and det_cfg is not None  # run_extras runs it for an 'ood' section
     gt_o, recs = _load_split(DataSection(sample=o.sample, coco=o.coco), folder, "test", allow_outside)
-    cands = detector.candidates(recs, batch_size=cfg.detector.batch_size)
+    cands = detector.candidates(recs, batch_size=det_cfg.batch_size)
     d = _post(cands, cfg)
     known = set(int(c) for c in detector.prob_category_ids)
     n_known = int(np.isin(gt_o.annotations.category_id, list(known)).sum())
     out = ood_measures(app, d, len(recs), o.threshold, detector.prob_category_ids)
-    out |= {
-        "source": o.sample.model_dump(mode="json")
-        if o.sample is not None
-        else str(o.coco.annotations),
-        "known_class_objects": n_known,
-    }
+    source: dict[str, Any] | str
+    if o.sample is not None:
+        source = o.sample.model_dump(mode="json")
+    else:
+        assert o.coco is not None  # OODSection holds one of sample and coco
+        source = str(o.coco.annotations)
+    out |= {"source": source, "known_class_objects": n_known}
     return out
 
 
 def run_repair(
-    detector,
-    records,
-    gt,
+    detector: TorchvisionDetector,
+    records: Sequence[ImageRecord],
+    gt: GroundTruth,
     app: Detections,
     cfg: AuditConfig,
     folder: Path,
-    shifted: dict | None,
+    shifted: Shifted | None,
     allow_outside: bool = False,
 ) -> dict[str, Any]:
     """Fit every calibrator (and fine-tune the last layer) on the calibration split; judge all
     on the test split with intervals, and on the corrupted test images."""
     from calibration import calibrators as C
 
-    rp = cfg.repair
+    rp, det_cfg = cfg.repair, cfg.detector
+    assert rp is not None and det_cfg is not None  # run_extras runs it for a 'repair' section
     mcfg = cfg.metrics_config()
     m0 = mcfg.model_copy(update={"n_boot": 0})
     gt_c, recs_c = _load_split(rp.calibration, folder / "data", "cal", allow_outside)
-    cands_c = detector.candidates(recs_c, batch_size=cfg.detector.batch_size)
+    cands_c = detector.candidates(recs_c, batch_size=det_cfg.batch_size)
     cal_dets = _post(cands_c, cfg)
     data = C.fit_data(cal_dets, gt_c, mcfg.iou_threshold, mcfg.match_mode)
     out: dict[str, Any] = {
@@ -159,10 +196,15 @@ def run_repair(
     }
     (folder / "repair").mkdir(exist_ok=True)
 
-    def judge(name: str, test_dets: Detections, shift_dets: dict | None, extra: dict) -> None:
-        entry = {"test": _intervals(test_dets, gt, mcfg)} | extra
+    def judge(
+        name: str,
+        test_dets: Detections,
+        shift_dets: dict[tuple[str, int], Detections] | None,
+        extra: dict[str, Any],
+    ) -> None:
+        entry: dict[str, Any] = {"test": _intervals(test_dets, gt, mcfg)} | extra
         if shifted is not None and shift_dets is not None:
-            g = {}
+            g: dict[str, dict[str, dict[str, Any]]] = {}
             for (cname, sev), d in shift_dets.items():
                 g.setdefault(cname, {})[str(sev)] = _values(
                     d, shifted["gt"], m0, ("dece", "ece", "map")
@@ -213,14 +255,16 @@ def run_repair(
             m0,
         )
         tuned = res.detector
-        test_t = _post(tuned.candidates(records, batch_size=cfg.detector.batch_size), cfg)
+        test_t = _post(tuned.candidates(records, batch_size=det_cfg.batch_size), cfg)
         sd = None
         if shifted is not None:
+            sh = cfg.shift
+            assert sh is not None  # shifted comes from run_shift
             images, sids = shifted["images"], shifted["ids"]
             sd = {
                 (n, s): _post(
                     shifted_candidates(
-                        tuned, images, sids, n, s, cfg.shift.seed, cfg.detector.batch_size
+                        tuned, images, sids, n, s, sh.seed, det_cfg.batch_size
                     ),
                     cfg,
                 )
@@ -232,7 +276,7 @@ def run_repair(
             {"id": int(c), "name": gt.categories.get(int(c), str(c))}
             for c in tuned.prob_category_ids
         ]
-        save_checkpoint(res, folder / "repair" / "finetuned.pt", cfg.detector.model, cats)
+        save_checkpoint(res, folder / "repair" / "finetuned.pt", det_cfg.model, cats)
         judge(
             "finetune",
             test_t,
@@ -296,11 +340,17 @@ def recommend(repairs: dict[str, Any], max_map_drop: float = 0.01) -> dict[str, 
 
 
 def run_extras(
-    detector, records, gt, app: Detections, cfg: AuditConfig, folder: Path, allow_outside: bool = False
+    detector: TorchvisionDetector,
+    records: Sequence[ImageRecord],
+    gt: GroundTruth,
+    app: Detections,
+    cfg: AuditConfig,
+    folder: Path,
+    allow_outside: bool = False,
 ) -> dict[str, Any]:
     """The shift, OOD and repair sections the config asks for (each optional)."""
     out: dict[str, Any] = {}
-    shifted = None
+    shifted: Shifted | None = None
     if cfg.shift is not None:
         out["shift"], shifted = run_shift(detector, records, gt, app, cfg)
     if cfg.ood is not None:

@@ -41,13 +41,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import detection as tvd
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
@@ -58,6 +59,10 @@ from tiles.errors import TrustmapError
 
 Family = Literal["rcnn", "retinanet", "fcos", "ssd"]
 Perspective = Literal["modeling", "application"]
+#: The torchvision detectors handled here. torchvision ships no type information, so mypy
+#: sees these classes as Any: attribute access on their submodules (``roi_heads``, ``head``,
+#: ``box_coder``...) is unchecked, where on a plain ``nn.Module`` it would be ``Tensor | Module``.
+DetectionModel: TypeAlias = "tvd.FasterRCNN | tvd.RetinaNet | tvd.FCOS | SSD"
 
 SAMPLE_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "sample_detector.pt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -210,12 +215,13 @@ def _class_layer(model: nn.Module) -> tuple[str, int]:
     fam = family_of(model)
     if fam == "rcnn":
         return "roi_heads.box_predictor.cls_score.weight", 1
-    head = model.head.classification_head
+    det: DetectionModel = model
+    head = det.head.classification_head
     if fam == "ssd":  # one conv per level; SSDlite's is a (depthwise, pointwise) sequence
         prefix = "head.classification_head.module_list.0."
         key = [k for k in model.state_dict() if k.startswith(prefix) and k.endswith("weight")][-1]
-        return key, model.state_dict()[key].shape[0] // head.num_columns
-    return "head.classification_head.cls_logits.weight", head.num_anchors
+        return key, int(model.state_dict()[key].shape[0]) // int(head.num_columns)
+    return "head.classification_head.cls_logits.weight", int(head.num_anchors)
 
 
 def load_detector(
@@ -267,10 +273,11 @@ def load_detector(
 
 def _num_classes(model: nn.Module) -> int:
     fam = family_of(model)
+    det: DetectionModel = model
     if fam == "rcnn":
-        return model.roi_heads.box_predictor.cls_score.out_features
-    head = model.head.classification_head
-    return head.num_columns if fam == "ssd" else head.num_classes
+        return int(det.roi_heads.box_predictor.cls_score.out_features)
+    head = det.head.classification_head
+    return int(head.num_columns if fam == "ssd" else head.num_classes)
 
 
 # --------------------------------------------------------------------------- images
@@ -511,7 +518,16 @@ class Candidates:
             return self.postprocess(**post)
         raise TrustmapError(f"unknown perspective {perspective!r}: use 'modeling' or 'application'")
 
-    def _detections(self, ids, boxes, labels, scores, probs, logits, index) -> Detections:
+    def _detections(
+        self,
+        ids: list[np.ndarray],
+        boxes: list[np.ndarray],
+        labels: list[np.ndarray],
+        scores: list[np.ndarray],
+        probs: list[np.ndarray],
+        logits: list[np.ndarray],
+        index: list[np.ndarray],
+    ) -> Detections:
         c = len(self.prob_category_ids) + (1 if self.softmax else 0)
         xyxy = np.concatenate(boxes).astype(np.float64) if boxes else np.zeros((0, 4))
         lab = np.concatenate(labels) if labels else np.zeros(0, np.int64)
@@ -558,7 +574,7 @@ class TorchvisionDetector:
         min_score: float = 0.0,
     ):
         self.family = family_of(model)
-        self.model = model.eval().to(device)
+        self.model: DetectionModel = model.eval().to(device)
         self.name = name or type(model).__name__
         self.device = torch.device(device)
         self.min_score = float(min_score)
@@ -576,7 +592,8 @@ class TorchvisionDetector:
             )
         self.label_to_category = dict(zip(self.labels, cats, strict=True))
         self.prob_category_ids = tuple(cats)
-        m = model.roi_heads if self.family == "rcnn" else model
+        det: DetectionModel = self.model
+        m = det.roi_heads if self.family == "rcnn" else det
         self.defaults = (float(m.score_thresh), float(m.nms_thresh), int(m.detections_per_img))
 
     # ----------------------------------------------------------------- public API
@@ -661,13 +678,13 @@ class TorchvisionDetector:
             for i, s, o, parts in zip(image_ids, tr.image_sizes, orig, per_image, strict=True)
         ]
 
-    def _features(self, tr) -> list[Tensor]:
+    def _features(self, tr: ImageList) -> dict[str, Tensor]:
         feats = self.model.backbone(tr.tensors)
         if isinstance(feats, Tensor):
             feats = OrderedDict([("0", feats)])
         return feats
 
-    def _rcnn(self, tr) -> list[tuple[Tensor, ...]]:
+    def _rcnn(self, tr: ImageList) -> list[tuple[Tensor, ...]]:
         model = self.model
         rh = model.roi_heads
         features = self._features(tr)
@@ -679,7 +696,7 @@ class TorchvisionDetector:
         pred_boxes = rh.box_coder.decode(box_regression, proposals)
         pred_scores = F.softmax(class_logits, -1)
         counts = [len(p) for p in proposals]
-        out = []
+        out: list[tuple[Tensor, ...]] = []
         for boxes, scores, logits, shape in zip(
             pred_boxes.split(counts),
             pred_scores.split(counts),
@@ -716,7 +733,9 @@ class TorchvisionDetector:
             )
         return out
 
-    def _dense(self, tr) -> tuple[list[Tensor], dict[str, Tensor], list[Tensor], list[int]]:
+    def _dense(
+        self, tr: ImageList
+    ) -> tuple[list[Tensor], dict[str, Tensor], list[Tensor], list[int]]:
         features = list(self._features(tr).values())
         head = self.model.head(features)
         anchors = self.model.anchor_generator(tr, features)
@@ -724,13 +743,13 @@ class TorchvisionDetector:
         per_loc = head["cls_logits"].shape[1] // sum(hw)
         return features, head, anchors, [n * per_loc for n in hw]
 
-    def _retinanet(self, tr) -> list[tuple[Tensor, ...]]:
+    def _retinanet(self, tr: ImageList) -> list[tuple[Tensor, ...]]:
         return self._per_level(tr, ctr=False)
 
-    def _fcos(self, tr) -> list[tuple[Tensor, ...]]:
+    def _fcos(self, tr: ImageList) -> list[tuple[Tensor, ...]]:
         return self._per_level(tr, ctr=True)
 
-    def _per_level(self, tr, ctr: bool) -> list[tuple[Tensor, ...]]:
+    def _per_level(self, tr: ImageList, ctr: bool) -> list[tuple[Tensor, ...]]:
         """RetinaNet / FCOS: per level, threshold and top-k over (anchor, class) pairs."""
         model = self.model
         _, head, anchors, per_level = self._dense(tr)
@@ -778,7 +797,17 @@ class TorchvisionDetector:
             )
         return out
 
-    def _rows_from_pairs(self, anchor, labels, scores, boxes, probs_all, logits_all, cols, ctr):
+    def _rows_from_pairs(
+        self,
+        anchor: Tensor,
+        labels: Tensor,
+        scores: Tensor,
+        boxes: Tensor,
+        probs_all: Tensor,
+        logits_all: Tensor,
+        cols: Tensor,
+        ctr: bool,
+    ) -> tuple[Tensor, ...]:
         index, pair_row = torch.unique(anchor, return_inverse=True)
         probs = probs_all[index]
         logits = torch.logit(probs, eps=1e-6) if ctr else logits_all[index][:, cols]
@@ -786,12 +815,12 @@ class TorchvisionDetector:
         row_box[pair_row] = boxes  # every pair of an anchor has the anchor's box
         return index, row_box, probs, logits, pair_row, labels, scores, boxes
 
-    def _ssd(self, tr) -> list[tuple[Tensor, ...]]:
+    def _ssd(self, tr: ImageList) -> list[tuple[Tensor, ...]]:
         """SSD: softmax over classes, then per class threshold and top-k over anchors."""
         model = self.model
         _, head, anchors, _ = self._dense(tr)
         all_scores = F.softmax(head["cls_logits"], dim=-1)
-        out = []
+        out: list[tuple[Tensor, ...]] = []
         for i, image_anchors in enumerate(anchors):
             boxes = model.box_coder.decode_single(head["bbox_regression"][i], image_anchors)
             boxes = box_ops.clip_boxes_to_image(boxes, tr.image_sizes[i])
