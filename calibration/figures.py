@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from tiles.io import atomic_path
 
@@ -54,7 +57,7 @@ def _arr(values: Sequence[Any]) -> np.ndarray:
     ).reshape(np.shape(values))
 
 
-def _empty(ax, text: str) -> None:
+def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=GREY)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -193,16 +196,28 @@ def heatmap_figure(grid: Mapping[str, Any], title: str, min_count: int = 1) -> F
     return fig
 
 
-def per_class_figure(per_category: Mapping[str, Mapping[str, Any]], title: str) -> Figure:
-    """Calibration error (ECE, LaECE) and AP per class, side by side, worst-calibrated on top.
+def per_class_figure(
+    per_category: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]], title: str
+) -> Figure:
+    """Calibration error (ECE, LaECE) and AP per class, side by side, first row on top.
 
-    ``per_category`` maps a category id to ``{"name", "ece", "laece", "ap", "n_detections"}``
-    (None where a class has no detections or no ground truth).
+    ``per_category`` is either a sequence of ``{"name", "ece", "laece", "ap",
+    "n_detections"}`` records drawn in its order (the report's ranked per-class table,
+    :func:`calibration.report.class_table`; a record's ``rank`` prefixes its name), or a
+    mapping of category id to such a record, sorted worst ECE first. Values are None where
+    a class has no detections or no ground truth.
     """
-    rows = sorted(
-        per_category.values(), key=lambda r: (r.get("ece") is None, -(r.get("ece") or 0.0))
-    )
-    names = [f"{r['name']} (n={r.get('n_detections', 0)})" for r in rows]
+    if isinstance(per_category, Mapping):
+        rows = sorted(
+            per_category.values(), key=lambda r: (r.get("ece") is None, -(r.get("ece") or 0.0))
+        )
+    else:
+        rows = list(per_category)
+    names = [
+        (f"{r['rank']}. " if r.get("rank") is not None else "")
+        + f"{r['name']} (n={r.get('n_detections', 0)})"
+        for r in rows
+    ]
     y = np.arange(len(rows))
     fig = _figure(6.4, 1.6 + 0.42 * max(len(rows), 2))
     ax_ce, ax_ap = fig.subplots(1, 2, sharey=True)
@@ -250,7 +265,7 @@ def sweep_figure(sweeps: Mapping[str, Any], title: str) -> Figure:
     if not names:
         _empty(axes[0], "no post-processing sweep was run")
         return fig
-    handles: list = []
+    handles: list[Any] = []
     marker = None
     for ax, name in zip(axes, names, strict=True):
         sw = sweeps[name]
@@ -304,7 +319,9 @@ def gap_heatmap(grid: Mapping[str, Any], title: str, min_count: int = 1) -> byte
     return to_png(heatmap_figure(grid, title, min_count))
 
 
-def per_class_bars(per_category: Mapping[str, Mapping[str, Any]], title: str) -> bytes:
+def per_class_bars(
+    per_category: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]], title: str
+) -> bytes:
     """:func:`per_class_figure` as PNG bytes."""
     return to_png(per_class_figure(per_category, title))
 
@@ -447,3 +464,92 @@ def ood_histograms(ood: Mapping[str, Any], title: str) -> bytes:
 
 def repair_bars(repair: Mapping[str, Any], title: str) -> bytes:
     return to_png(repair_figure(repair, title))
+
+
+# ------------------------------------------------------------- false-positive crops
+
+
+def read_crop(path: str | os.PathLike[str], window: Sequence[float]) -> np.ndarray:
+    """RGB float pixels in [0, 1] of ``window`` (``[x0, y0, x1, y1]``, pixels) of an image.
+
+    GeoTIFFs are read by window with rasterio (R, G, B from
+    :func:`tiles.quicklook.pick_rgb_bands`; 8-bit divided by 255, other types stretched
+    2-98 % over the crop), so a crop of a large scene reads only the crop; other formats
+    go through PIL.
+    """
+    x0, y0 = int(np.floor(window[0])), int(np.floor(window[1]))
+    x1, y1 = int(np.ceil(window[2])), int(np.ceil(window[3]))
+    p = Path(path)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+        from rasterio.windows import Window
+
+        from tiles.quicklook import pick_rgb_bands
+
+        with rasterio.open(p) as src:
+            bands = list(pick_rgb_bands(src))
+            a = src.read(bands, window=Window(x0, y0, x1 - x0, y1 - y0)).astype(np.float64)
+            eight_bit = src.dtypes[0] == "uint8"
+        a = np.moveaxis(a, 0, -1)
+        if eight_bit:
+            return np.clip(a / 255.0, 0.0, 1.0)
+        lo, hi = np.nanpercentile(a, 2, axis=(0, 1)), np.nanpercentile(a, 98, axis=(0, 1))
+        return np.clip((a - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0)
+    from PIL import Image
+
+    with Image.open(p) as im:
+        rgb = im.convert("RGB").crop((x0, y0, x1, y1))
+        return np.asarray(rgb, np.float64) / 255.0
+
+
+def false_positive_figure(
+    examples: Sequence[Mapping[str, Any]], images: Mapping[int, Path], columns: int = 3
+) -> Figure:
+    """Crops of the given false positives, their boxes drawn: red the detection (class and
+    score above it), green dashed the ground truth around it, with the image id and why it
+    is wrong under each crop.
+
+    ``examples`` are :func:`calibration.report.false_positive_examples` records (``bbox``
+    xywh and ``crop`` ``[x0, y0, x1, y1]`` in image pixels); ``images`` maps an image id to
+    its file. Examples whose image is missing are left out.
+    """
+    shown = [e for e in examples if int(e["image_id"]) in images]
+    cols = max(1, min(columns, len(shown)))
+    nrows = max(1, -(-len(shown) // cols))
+    fig = _figure(3.3 * cols, 3.55 * nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False).ravel())
+    for ax in axes[len(shown) :]:
+        ax.set_axis_off()
+    if not shown:
+        _empty(axes[0], "no image of these examples could be read")
+        return fig
+    for ax, e in zip(axes, shown, strict=False):
+        x0, y0, x1, y1 = (float(v) for v in e["crop"])
+        pix = read_crop(images[int(e["image_id"])], e["crop"])
+        h, w = pix.shape[:2]
+        ax.imshow(pix, extent=(int(x0), int(x0) + w, int(y0) + h, int(y0)), interpolation="nearest")
+        for t in e.get("truth", []):
+            tx, ty, tw, th = t["bbox"]
+            ax.add_patch(Rectangle((tx, ty), tw, th, fill=False, edgecolor=GREEN, linewidth=1.6,
+                                   linestyle="--"))  # fmt: skip
+        bx, by, bw, bh = e["bbox"]
+        ax.add_patch(Rectangle((bx, by), bw, bh, fill=False, edgecolor=RED, linewidth=2.2))
+        ax.text(bx, by, f" {e['category']} {e['score']:.2f} ", color="white", fontsize=7.5,
+                va="bottom", ha="left", backgroundcolor=RED, clip_on=True)  # fmt: skip
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y1, y0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"#{e['rank']} {e['category']} · score {e['score']:.2f} · image {e['image_id']}",
+                     fontsize=8.5)  # fmt: skip
+        ax.set_xlabel(
+            "\n".join(textwrap.wrap(str(e.get("why", "")), 44)), fontsize=7, color="#33415c"
+        )
+    return fig
+
+
+def false_positive_crops(
+    examples: Sequence[Mapping[str, Any]], images: Mapping[int, Path], columns: int = 3
+) -> bytes:
+    """:func:`false_positive_figure` as PNG bytes."""
+    return to_png(false_positive_figure(examples, images, columns))

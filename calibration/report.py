@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
+
+from tiles.errors import TrustmapError
+from tiles.io import resolve_inside
+
+if TYPE_CHECKING:
+    from calibration.detections import Detections, GroundTruth
 
 #: A group is named in a finding only with at least this many detections (fewer is noise).
 MIN_GROUP = 20
@@ -171,17 +180,13 @@ def findings(data: Mapping[str, Any]) -> list[dict[str, str]]:
     if rec:
         out.append(rec)
     out.append(_overall(data, p, name, iou))
-    for fn in (_shift_finding, _ood_finding):
-        f = fn(data)
-        if f:
-            out.append(f)
-    for fn in (_position, _size, _classes):
-        f = fn(p)
+    for f in (
+        _shift_finding(data), _ood_finding(data), _position(p), _size(p), _classes(p)
+    ):
         if f:
             out.append(f)
     out.extend(_sweeps(data, p))
-    for fn in (_perspectives, _matching, _detection_sets):
-        f = fn(data)
+    for f in (_perspectives(data), _matching(data), _detection_sets(data)):
         if f:
             out.append(f)
     skipped = [k for k, e in p["metrics"].items() if e.get("skipped")]
@@ -207,7 +212,9 @@ def _direction(gap: float | None) -> str:
     return "over-confident" if gap > 0 else "under-confident"
 
 
-def _overall(data, p, name, iou) -> dict[str, str]:
+def _overall(
+    data: Mapping[str, Any], p: Mapping[str, Any], name: str, iou: float
+) -> dict[str, str]:
     o = p["overall"]
     n = o["n"]
     runs = [
@@ -325,12 +332,21 @@ def _describe_group(g: Mapping[str, Any]) -> str:
     )
 
 
+def ranked(groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The groups a finding may rank, worst first: ``z`` (how many standard deviations the
+    group's ECE lies above that of random same-size subsets) descending, ties in stored
+    order. Groups with fewer than :data:`MIN_GROUP` detections, or no ``z``, are not ranked.
+    The findings and the per-class table both read this order, so they cannot disagree."""
+    ok = [k for k, g in groups.items() if g.get("n", 0) >= MIN_GROUP and g.get("z") is not None]
+    return sorted(ok, key=lambda k: -float(groups[k]["z"]))
+
+
 def _worst(groups: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
-    """(worst, best) group names by ``z`` (ECE against random same-size subsets)."""
-    ok = {k: g for k, g in groups.items() if g.get("n", 0) >= MIN_GROUP and g.get("z") is not None}
-    if len(ok) < 2:
+    """(worst, best) group names of :func:`ranked`; None with fewer than two ranked."""
+    order = ranked(groups)
+    if len(order) < 2:
         return None
-    return max(ok, key=lambda k: ok[k]["z"]), min(ok, key=lambda k: ok[k]["z"])
+    return order[0], order[-1]
 
 
 def _clearly_worse(g: Mapping[str, Any]) -> bool:
@@ -353,7 +369,7 @@ REGION_TEXT = {
 }
 
 
-def _position(p) -> dict[str, str] | None:
+def _position(p: Mapping[str, Any]) -> dict[str, str] | None:
     regions = p.get("regions") or {}
     wb = _worst(regions)
     if wb is None:
@@ -412,7 +428,7 @@ def _worst_cell(grid: Mapping[str, Any], region: str) -> str | None:
     )
 
 
-def _size(p) -> dict[str, str] | None:
+def _size(p: Mapping[str, Any]) -> dict[str, str] | None:
     sizes = p.get("sizes") or {}
     wb = _worst(sizes)
     if wb is None:
@@ -439,43 +455,60 @@ def _size(p) -> dict[str, str] | None:
     }
 
 
-def _classes(p) -> dict[str, str] | None:
-    """The class finding. Classes are ranked by ``z``: how many standard deviations a class's
-    ECE lies above random subsets of the same size, so that a small class is not called
-    worst for its binning noise. The class with the lowest raw ECE is named as well, since
-    it need not be the one ranked best."""
+CLASS_RANK_TEXT = (
+    "ranked by z, how many standard deviations a class's ECE lies above that of random subsets "
+    "of the same size, as in the per-class table"
+)
+
+
+def _unranked_note(classes: Mapping[str, Mapping[str, Any]], order: Sequence[str]) -> str:
+    few = [f"'{g['name']}' (n = {g.get('n', 0)})" for k, g in classes.items() if k not in order]
+    if not few:
+        return ""
+    return f" Not ranked, fewer than {MIN_GROUP} detections: {', '.join(few)}."
+
+
+def _classes(p: Mapping[str, Any]) -> dict[str, str] | None:
+    """The class finding, in the order of the per-class table (:func:`ranked`).
+
+    Classes are ranked by ``z``: how many standard deviations a class's ECE lies above
+    random subsets of the same size, so that a small class is not called worst for its
+    binning noise; classes under :data:`MIN_GROUP` detections are not ranked. Every ECE
+    quoted is the one in the table's ECE column. The ranked class with the lowest ECE is
+    named as well, since it need not be the one ranked best."""
     classes = p.get("classes") or {}
-    wb = _worst(classes)
-    if wb is None:
+    order = ranked(classes)
+    if len(order) < 2:
         return None
-    worst, best = wb
+    worst, best = order[0], order[-1]
     w, b = classes[worst], classes[best]
-    ap = lambda k: _f((p["per_category"].get(k) or {}).get("ap"))  # noqa: E731
-    rank = "ranked by z, the ECE's distance above random subsets of the same size"
-    have = {k: g for k, g in classes.items() if g.get("ece") is not None}
-    low = min(have, key=lambda k: have[k]["ece"]) if have else best
+    ap = lambda k: _f((p["per_category"].get(k) or p["per_category"].get(int(k)) or {}).get("ap"))  # noqa: E731
+    low = min(order, key=lambda k: classes[k]["ece"])
     lowest = (
         ""
         if low == best
-        else f" Lowest raw ECE: '{classes[low]['name']}', {_f(classes[low]['ece'])} (n = {classes[low]['n']})."
+        else f" Lowest ECE of the ranked classes: '{classes[low]['name']}', {_f(classes[low]['ece'])} "
+        f"(n = {classes[low]['n']}, z {classes[low]['z']:+.1f})."
     )
+    unranked = _unranked_note(classes, order)
     if _clearly_worse(w):
         return {
             "topic": "class",
             "severity": "problem",
             "text": f"Worst for class '{w['name']}' ({_direction_words(w['gap'])}): {_describe_group(w)}; AP {ap(worst)}. "
             f"Best by z: '{b['name']}', ECE {_f(b['ece'])} (z {b['z']:+.1f}), AP {ap(best)}.{lowest} "
-            f"Classes are {rank}.",
+            f"Classes are {CLASS_RANK_TEXT}.{unranked}",
         }
-    named = {f"'{g['name']}'": g for g in classes.values()}
+    named = {f"'{classes[k]['name']}'": classes[k] for k in order}
     return {
         "topic": "class",
         "severity": "ok",
-        "text": f"No class stands out from random subsets of the same size ({rank}; ECE {_listing(named)}).",
+        "text": f"No class stands out from random subsets of the same size ({CLASS_RANK_TEXT}; "
+        f"ECE {_listing(named)}).{unranked}",
     }
 
 
-def _sweeps(data, p) -> list[dict[str, str]]:
+def _sweeps(data: Mapping[str, Any], p: Mapping[str, Any]) -> list[dict[str, str]]:
     sw = data.get("sweeps") or {}
     out = []
     base_p = data["perspectives"].get(sw.get("perspective"), p)
@@ -534,7 +567,7 @@ def _range(pts: Sequence[Mapping[str, Any]]) -> str:
     return f"{pts[0]['value']:g}–{pts[-1]['value']:g}"
 
 
-def _repair_finding(data) -> dict[str, str] | None:
+def _repair_finding(data: Mapping[str, Any]) -> dict[str, str] | None:
     """Which repair to ship, and why, in numbers (the summary's first line)."""
     rp = data.get("repair")
     if not rp:
@@ -574,7 +607,7 @@ def _repair_finding(data) -> dict[str, str] | None:
     return {"topic": "repair", "severity": "info", "text": text}
 
 
-def _shift_finding(data) -> dict[str, str] | None:
+def _shift_finding(data: Mapping[str, Any]) -> dict[str, str] | None:
     sh = data.get("shift")
     if not sh:
         return None
@@ -593,7 +626,7 @@ def _shift_finding(data) -> dict[str, str] | None:
     }
 
 
-def _ood_finding(data) -> dict[str, str] | None:
+def _ood_finding(data: Mapping[str, Any]) -> dict[str, str] | None:
     o = data.get("ood")
     if not o:
         return None
@@ -699,7 +732,7 @@ def repair_rows(rp: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _matching(data) -> dict[str, str] | None:
+def _matching(data: Mapping[str, Any]) -> dict[str, str] | None:
     """Name the matching rule used, and what the other rule says (the verdict can flip)."""
     from calibration.audit import RULE_TEXT
 
@@ -728,7 +761,7 @@ def _matching(data) -> dict[str, str] | None:
     }
 
 
-def _detection_sets(data) -> dict[str, str] | None:
+def _detection_sets(data: Mapping[str, Any]) -> dict[str, str] | None:
     """Say that AP and the calibration metrics count different detection sets when they do."""
     p = data["perspectives"][primary_perspective(data)]
     c = p["counts"]
@@ -744,7 +777,7 @@ def _detection_sets(data) -> dict[str, str] | None:
     }
 
 
-def _perspectives(data) -> dict[str, str] | None:
+def _perspectives(data: Mapping[str, Any]) -> dict[str, str] | None:
     ps = data["perspectives"]
     if "application" not in ps or "modeling" not in ps:
         return None
@@ -811,8 +844,55 @@ def metric_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def class_table(p: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One record per class in the order the class finding ranks them (:func:`ranked`:
+    worst first, then the classes too small to rank, by category id).
+
+    ``ece``, ``z``, ``n``, ``confidence`` and ``precision`` are the class's group numbers
+    (``classes`` in ``audit.json``: the audit's ECE on the class's detections outside
+    crowd/ignore regions), so the table, the bars and the sentence quote the same values;
+    ``rank`` is None for unranked classes, with ``why`` saying why.
+    """
+    classes = p.get("classes") or {}
+    per_cat = {str(k): v for k, v in p["per_category"].items()}
+    order = ranked(classes)
+    rest = [k for k in per_cat if k not in order]
+    rows = []
+    for k in [*order, *rest]:
+        c, g = per_cat.get(k, {}), classes.get(k, {})
+        n = g.get("n", c.get("n_detections", 0))
+        rank = order.index(k) + 1 if k in order else None
+        why = None
+        if rank is None:
+            why = "no detections" if not n else f"fewer than {MIN_GROUP} detections"
+        rows.append(
+            {
+                "id": k,
+                "name": c.get("name", g.get("name", k)),
+                "rank": rank,
+                "why": why,
+                "n_gt": c.get("n_gt"),
+                "n_detections": n,
+                "n_ignored": max(int(c.get("n_detections", n)) - int(n), 0),
+                "n_tp": c.get("n_tp"),
+                "ap": c.get("ap"),
+                "ap50": c.get("ap50"),
+                "ece": g["ece"] if "ece" in g else c.get("ece"),
+                "ece_random": g.get("ece_random"),
+                "ece_random_sd": g.get("ece_random_sd"),
+                "z": g.get("z"),
+                "laece": c.get("laece"),
+                "confidence": g.get("confidence"),
+                "precision": g.get("precision"),
+            }
+        )
+    return rows
+
+
 def class_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The per-class table, ranked as the class finding ranks (see :func:`class_table`)."""
     head = [
+        "rank (by z)",
         "class",
         "objects",
         "detections",
@@ -820,28 +900,47 @@ def class_rows(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         "AP",
         "AP50",
         "ECE",
+        "ECE of random subsets",
+        "z",
         "LaECE",
         "mean score",
         "precision",
     ]
     rows = []
-    for cid, c in p["per_category"].items():
-        g = (p.get("classes") or {}).get(cid, {})
+    for r in class_table(p):
+        dets = str(r["n_detections"]) + (f" (+{r['n_ignored']} in crowd/ignore)" if r["n_ignored"] else "")
+        rand = (
+            f"{_f(r['ece_random'])} ± {_f(r['ece_random_sd'])}" if r["ece_random"] is not None else "–"
+        )
         rows.append(
             [
-                f"{c['name']} ({cid})",
-                str(c["n_gt"]),
-                str(c["n_detections"]),
-                str(c["n_tp"]),
-                _f(c["ap"]),
-                _f(c["ap50"]),
-                _f(c["ece"]),
-                _f(c["laece"]),
-                _f(g.get("confidence"), 2),
-                _pct(g.get("precision")),
+                str(r["rank"]) if r["rank"] is not None else f"– ({r['why']})",
+                f"{r['name']} ({r['id']})",
+                str(r["n_gt"]),
+                dets,
+                str(r["n_tp"]),
+                _f(r["ap"]),
+                _f(r["ap50"]),
+                _f(r["ece"]),
+                rand,
+                "–" if r["z"] is None else f"{r['z']:+.1f}",
+                _f(r["laece"]),
+                _f(r["confidence"], 2),
+                _pct(r["precision"]),
             ]
         )
     return head, rows
+
+
+def class_note(p: Mapping[str, Any]) -> str:
+    """What the per-class table ranks, above it."""
+    return (
+        f"Ranked as the class finding ranks them: by z, how many standard deviations a class's ECE "
+        f"lies above the ECE of random subsets of the same size drawn from all detections (1 = worst; "
+        f"a small class is not called worst for its binning noise). Classes with fewer than {MIN_GROUP} "
+        "detections are not ranked. ECE: the audit's ECE on the class's detections outside crowd/ignore "
+        "regions, with the audit's bins."
+    )
 
 
 def sweep_rows(sw: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -922,6 +1021,201 @@ def _group_cells(g: Mapping[str, Any]) -> list[str]:
     ]
 
 
+# --------------------------------------------------------------------------- false positives
+
+
+#: How many of the most over-confident false positives the report shows.
+FP_EXAMPLES = 6
+
+
+def false_positive_examples(
+    dets: Detections,
+    gt: GroundTruth,
+    valid: np.ndarray,
+    tp: np.ndarray,
+    iou_threshold: float,
+    k: int = FP_EXAMPLES,
+) -> list[dict[str, Any]]:
+    """The ``k`` highest-scored false positives (matched to no object, outside crowd/ignore
+    regions), for the report's example crops; each says why it is wrong.
+
+    ``valid`` and ``tp`` are per detection, as the audit's matching gives them. Each record
+    holds the image (id, ``file_name``), the box (xywh, pixels), class, score, a crop window
+    around the box (``[x0, y0, x1, y1]``: the box plus its own size on every side, at
+    least 16 px, clipped to the image), the ground-truth boxes inside that window with
+    their IoU, and ``why``: a duplicate of a matched object, the wrong class, a poorly
+    placed box, or background.
+    """
+    fp = np.flatnonzero(np.asarray(valid, bool) & ~np.asarray(tp, bool))
+    order = fp[np.argsort(-dets.score[fp], kind="stable")][:k]
+    a = gt.annotations
+    rows = gt.images.index_of(dets.image_id[order])
+    out: list[dict[str, Any]] = []
+    for rank, (i, row) in enumerate(zip(order.tolist(), rows.tolist(), strict=True), 1):
+        x, y, w, h = (float(v) for v in dets.bbox[i])
+        img = int(dets.image_id[i])
+        cid = int(dets.category_id[i])
+        width, height = float(gt.images.width[row]), float(gt.images.height[row])
+        pad = max(w, h, 16.0)
+        crop = [max(0.0, x - pad), max(0.0, y - pad), min(width, x + w + pad), min(height, y + h + pad)]
+        on = np.flatnonzero((a.image_id == img) & ~a.is_region)
+        ious = _iou_xywh(dets.bbox[i], a.bbox[on])
+        same = a.category_id[on] == cid
+        truth = []
+        for j, iou in zip(on.tolist(), ious.tolist(), strict=True):
+            bx, by, bw, bh = (float(v) for v in a.bbox[j])
+            if bx < crop[2] and by < crop[3] and bx + bw > crop[0] and by + bh > crop[1]:
+                cat = int(a.category_id[j])
+                truth.append({"bbox": [bx, by, bw, bh], "category": gt.categories.get(cat, str(cat)), "iou": iou})
+        name = gt.categories.get(cid, str(cid))
+        out.append(
+            {
+                "rank": rank,
+                "image_id": img,
+                "file_name": str(gt.images.file_name[row]),
+                "category_id": cid,
+                "category": name,
+                "score": float(dets.score[i]),
+                "bbox": [x, y, w, h],
+                "crop": crop,
+                "truth": truth,
+                "why": _fp_why(name, ious, same, a.category_id[on], gt.categories, iou_threshold),
+            }
+        )
+    return out
+
+
+def _iou_xywh(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xywh box with each of ``boxes`` (M, 4)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x0, y0 = np.maximum(box[0], b[:, 0]), np.maximum(box[1], b[:, 1])
+    x1 = np.minimum(box[0] + box[2], b[:, 0] + b[:, 2])
+    y1 = np.minimum(box[1] + box[3], b[:, 1] + b[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    union = box[2] * box[3] + b[:, 2] * b[:, 3] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _fp_why(
+    name: str,
+    ious: np.ndarray,
+    same: np.ndarray,
+    cats: np.ndarray,
+    categories: Mapping[int, str],
+    thr: float,
+) -> str:
+    """Why a false positive is one, from its overlaps with the image's objects."""
+    best_same = float(ious[same].max()) if same.any() else 0.0
+    other = ~same
+    best_other = float(ious[other].max()) if other.any() else 0.0
+    if best_same >= thr:
+        return f"duplicate: the {name} it covers (IoU {best_same:.2f}) is matched to a higher-scored box"
+    if best_other >= thr:
+        j = int(np.flatnonzero(other)[np.argmax(ious[other])])
+        return f"wrong class: on a {categories.get(int(cats[j]), str(cats[j]))} (IoU {best_other:.2f})"
+    if best_same > 0.1:
+        return f"poorly placed: IoU {best_same:.2f} < {thr:g} with a {name}"
+    return "background: overlaps no object (IoU ≤ 0.1)"
+
+
+def example_images(
+    data: Mapping[str, Any], folder: str | os.PathLike[str] | None = None
+) -> tuple[dict[int, Path], str | None]:
+    """Where the primary perspective's false-positive examples' images are, or why not.
+
+    The images are the audit's own inputs: the COCO images folder or the generated sample
+    set (``folder/data`` while the audit is being written into ``folder``), the scene of a
+    scene audit. A predictions-only audit has none. ``file_name`` may not leave the folder.
+    """
+    inp = data["inputs"]
+    ex = data["perspectives"][primary_perspective(data)].get("false_positives") or []
+    mode = inp.get("mode")
+    if mode in ("scene", "scene files"):
+        scene = inp.get("scene")
+        if scene and Path(scene).is_file() and data["dataset"]["images"] == 1:
+            return {int(e["image_id"]): Path(scene) for e in ex}, None
+        return {}, f"the scene ({scene}) could not be read back"
+    if mode != "model" or not (inp.get("images") or inp.get("sample")):
+        return {}, (
+            "this audit read a predictions file and annotations only, no images; audit with a "
+            "config whose data section names the images to see them"
+        )
+    root = Path(folder) / "data" if inp.get("sample") and folder is not None else Path(inp["images"])
+    paths: dict[int, Path] = {}
+    for e in ex:
+        try:
+            path = resolve_inside(root, str(e["file_name"]), root, "image file_name")
+        except TrustmapError:
+            continue
+        if path.is_file():
+            paths[int(e["image_id"])] = path
+    if ex and not paths:
+        return {}, f"their images are no longer in {root}"
+    return paths, None
+
+
+def _fp_intro(data: Mapping[str, Any], examples: Sequence[Mapping[str, Any]]) -> str:
+    name = primary_perspective(data)
+    iou = data["inputs"]["metrics_config"]["iou_threshold"]
+    return (
+        f"The {len(examples)} highest-scored detections ({PERSPECTIVE_WHERE.get(name, name)}) that match no "
+        f"object of their class at IoU ≥ {iou:g}. Red: the detection; green, dashed: ground truth nearby."
+    )
+
+
+def _fp_rows(examples: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = ["#", "image", "class", "score", "box (x, y, w, h px)", "why it is wrong"]
+    rows = [
+        [
+            str(e["rank"]),
+            f"{e['image_id']} ({e['file_name']})" if e.get("file_name") else str(e["image_id"]),
+            str(e["category"]),
+            f"{e['score']:.3f}",
+            ", ".join(f"{v:.0f}" for v in e["bbox"]),
+            str(e["why"]),
+        ]
+        for e in examples
+    ]
+    return head, rows
+
+
+def _fp_missing(data: Mapping[str, Any]) -> str:
+    """The one line said in place of the crops."""
+    _, why = example_images(data)
+    return f"No example crops: {why or 'the images could not be read'}."
+
+
+def _false_positives_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> list[str]:
+    examples = data["perspectives"][primary_perspective(data)].get("false_positives")
+    if examples is None:  # an audit.json from before the examples were kept
+        return []
+    out = ["<h2>Most over-confident false positives</h2>"]
+    if not examples:
+        return [*out, "<p class='note'>No false positives: every detection matches an object.</p>"]
+    out.append(f"<p class='note'>{html.escape(_fp_intro(data, examples))}</p>")
+    if "false_positives" in figures:
+        out.append(
+            f"<div class='figs'>{_figure_html('false_positives', figures['false_positives'], data, wide=True)}</div>"
+        )
+    else:
+        out.append(f"<p class='note missing-crops'>{html.escape(_fp_missing(data))}</p>")
+    out.append(_table(*_fp_rows(examples)))
+    return out
+
+
+def _false_positives_md(data: Mapping[str, Any]) -> list[str]:
+    examples = data["perspectives"][primary_perspective(data)].get("false_positives")
+    if examples is None:
+        return []
+    out = ["", "## Most over-confident false positives", ""]
+    if not examples:
+        return [*out, "No false positives: every detection matches an object."]
+    out += [md_escape(_fp_intro(data, examples)), ""]
+    if "false_positives" not in (data.get("figures") or {}):
+        out += [md_escape(_fp_missing(data)), ""]
+    return [*out, _md_table(*_fp_rows(examples))]
+
+
 # --------------------------------------------------------------------------- HTML
 
 
@@ -963,8 +1257,11 @@ FIGURE_CAPTIONS = {
     "image axes (top-left is the image's top-left).",
     "size": "Calibration gap (score − precision; red: over-confident) by box width and height (pixels, "
     "equal-mass bins).",
-    "classes": "Per class: calibration errors (left) next to AP (right), worst-calibrated first.",
+    "classes": "Per class: calibration errors (left) next to AP (right), in the per-class table's order "
+    "(ranked by z, worst first; classes too small to rank last).",
     "sweeps": "How post-processing moves calibration (left axis) and mAP (right axis); one setting changed at a time.",
+    "false_positives": "Each crop: the false positive's box (red) with its class and score, the image id, "
+    "and the ground-truth boxes around it (green, dashed).",
 }
 
 
@@ -1005,7 +1302,7 @@ def _subtitle(data: Mapping[str, Any]) -> str:
 def caption(name: str, data: Mapping[str, Any]) -> str:
     """A figure's caption; heat maps say how few detections grey a cell out."""
     kind, _, persp = name.partition("_")
-    cap = FIGURE_CAPTIONS.get(kind, "")
+    cap = FIGURE_CAPTIONS.get(name) or FIGURE_CAPTIONS.get(kind, "")
     grid = (
         (data["perspectives"].get(persp) or {}).get(kind) if kind in ("position", "size") else None
     )
@@ -1056,7 +1353,9 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         )
         parts.append(_table(*group_rows(p)))
         parts.append(f"<h3>Per class — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>")
+        parts.append(f"<p class='note'>{esc(class_note(p))}</p>")
         parts.append(_table(*class_rows(p)))
+    parts += _false_positives_html(data, figures)
     sw = data.get("sweeps") or {}
     if sw:
         parts += [
@@ -1237,8 +1536,11 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             "",
             f"### Per class — {label}",
             "",
+            class_note(p),
+            "",
             _md_table(*class_rows(p)),
         ]
+    out += _false_positives_md(data)
     sw = data.get("sweeps") or {}
     if sw:
         out += [

@@ -313,7 +313,7 @@ def _import(
             "region_id": e.region_id, "class_code": e.code,
             "class_name": names.get(e.code) if e.code is not None else ("skip" if e.skip else "(label right)"),
             "author": e.author, "imported_at": now, "label_version": None, "pixels_changed": n_changed,
-            "changes": json.dumps(changes), "geom": geom,
+            "changes": json.dumps(changes), "summary": _summary(changes, e, names), "geom": geom,
         })  # fmt: skip
     pixels_changed = int(total_changed.sum())
     new_version = version.version
@@ -371,6 +371,16 @@ def _import(
     imported = sum(1 for e in fresh if e.code is not None and not e.skip)
     return ImportResult(new_version, imported, pixels_changed, confirmed, skipped, rejected,
                         invalid, already, per_class)  # fmt: skip
+
+
+def _summary(changes: dict[str, int], e: Edit, names: dict[int, str]) -> str:
+    """One line for the map: the main from -> to change, or what the answer was."""
+    if changes:
+        main = max(changes, key=changes.get)
+        return main.replace("->", " → ") + (f" (+{len(changes) - 1} more)" if len(changes) > 1 else "")
+    if e.skip:
+        return "skipped"
+    return "label right" if e.code is None else f"{names.get(e.code, e.code)} (no change)"
 
 
 def _truthy(v: Any) -> bool:

@@ -287,6 +287,24 @@ def _labeling(field: str) -> ET.Element:
     return labeling
 
 
+_CHANGE_COLOUR = "#00e5ff"
+"""Changes made by the analyst: cyan, apart from the class colours and the queue's warm hues."""
+
+
+def changes_style() -> str:
+    """Cyan outlines labelled with the change (``land → water``) of each imported correction."""
+    from tiles.qgis import style_document
+
+    renderer = ET.Element(
+        "renderer-v2", type="singleSymbol", symbollevels="0", enableorderby="0",
+        forceraster="0", referencescale="-1",
+    )  # fmt: skip
+    ET.SubElement(renderer, "symbols").append(_line_symbol("0", _CHANGE_COLOUR, 0.6))
+    ET.SubElement(renderer, "rotation")
+    ET.SubElement(renderer, "sizescale")
+    return style_document([renderer, _labeling("summary"), *vector_style_tail()])
+
+
 def reviewed_style() -> str:
     """Thin grey outlines: regions already answered, kept in view for context."""
     from tiles.qgis import style_document
@@ -304,8 +322,9 @@ def reviewed_style() -> str:
 
 def write_review_project(ws: Workspace, labels: Path, scores: list[float]) -> Path:
     """``review.qgs``: the queue still to answer on top (ranked, outlined by priority), the
-    corrections to draw in, what was already answered (grey), the current labels at half
-    opacity over the scene's quick-look; the correction log is there but switched off."""
+    corrections to draw in, the changes made so far (cyan, labelled from → to), what was
+    answered without a change (grey), the current labels at half opacity over the scene's
+    quick-look; the whole correction log by class is there, switched off."""
     from tiles.qgis import ProjectLayer, write_project
 
     layers = [
@@ -315,7 +334,9 @@ def write_review_project(ws: Workspace, labels: Path, scores: list[float]) -> Pa
                      style_qml=corrections_style(ws.schema)),
         ProjectLayer(ws.session, "review queue (answered)", "vector", layer=QUEUE, subset="\"status\" <> 'queued'",
                      style_qml=reviewed_style()),
-        ProjectLayer(ws.session, "imported corrections (log)", "vector", layer=LOG,
+        ProjectLayer(ws.session, "changes made (from → to)", "vector", layer=LOG, subset='"pixels_changed" > 0',
+                     style_qml=changes_style()),
+        ProjectLayer(ws.session, "imported corrections (log, by class)", "vector", layer=LOG,
                      style_qml=corrections_style(ws.schema, "class_code"), visible=False),
         ProjectLayer(labels, f"labels ({labels.stem})", "raster", schema=ws.schema, opacity=0.45),
         ProjectLayer(ws.quicklook, "scene quick-look", "raster"),

@@ -77,7 +77,7 @@ LOG_FIELDS = {
     "key": "object", "source": "object", "feature": "object", "round": "int64",
     "region_id": "int64", "class_code": "int64", "class_name": "object", "author": "object",
     "imported_at": "object", "label_version": "int64", "pixels_changed": "int64",
-    "changes": "object",
+    "changes": "object", "summary": "object",
 }  # fmt: skip
 
 _TABLES = {

@@ -136,6 +136,8 @@ def test_the_analyst_round_trip_through_qgis(selected, qgis, tmp_path: Path) -> 
     assert q["renderer"] == "graduatedSymbol" and q["attr"] == "score" and q["fill_style"] == "no"
     assert q["widgets"]["corrected_class"] == "ValueMap" and q["widgets"]["reviewed"] == "CheckBox"
     assert layers["corrections (draw here)"]["renderer"] == "categorizedSymbol"
+    assert layers["changes made (from → to)"]["subset"] == '"pixels_changed" > 0'
+    assert layers["review queue (answered)"]["renderer"] == "singleSymbol"
     assert layers["labels (v000)"]["opacity"] < 1
     assert seen["committed"]["corrections_features"] == 1
 

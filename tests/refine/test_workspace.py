@@ -256,6 +256,12 @@ def test_import_burns_the_answers_and_logs_every_one(ws: Workspace, inputs) -> N
     assert ((after != truth) & m).sum() < ((before != truth) & m).sum()
     log = log_rows(ws)
     assert len(log) == len(rows) and {x["author"] for x in log} == {"ana"}
+    names = {c.code: c.name for c in ws.schema.classes}
+    for x in log:  # what the map labels each correction with
+        assert x["summary"] == "label right" if x["class_code"] is None else (
+            x["summary"].endswith(f"→ {names[x['class_code']]}") or x["summary"].endswith("more)")
+            or x["summary"] == f"{names[x['class_code']]} (no change)"
+        )
     assert sum(x["pixels_changed"] for x in log) == int(changed.sum()) == r.pixels_changed
     with ws.connect() as con:
         _, prov = ws.read_version(ws.current_version(con))
