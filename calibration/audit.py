@@ -368,6 +368,9 @@ def analyse(
         np.searchsorted(cats, dets.category_id[valid]), [str(int(c)) for c in cats]
     )
     res["classes"] = {k: v | {"name": gt.categories[int(k)]} for k, v in by_class.items()}
+    from calibration.report import false_positive_examples
+
+    res["false_positives"] = false_positive_examples(dets, gt, valid, tp_all, mcfg.iou_threshold)
     return res
 
 
@@ -775,7 +778,7 @@ def write_outputs(
 
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
-    pngs = draw_figures(data)
+    pngs = draw_figures(data, folder)
     (folder / "figures").mkdir(exist_ok=True)
     for name, png in pngs.items():
         (folder / "figures" / f"{name}.png").write_bytes(png)
@@ -824,8 +827,13 @@ def save_detections(folder: Path, perspectives: Mapping[str, Detections]) -> dic
     return out
 
 
-def draw_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
-    """Every figure of the report, by name, from the audit's JSON document."""
+def draw_figures(data: Mapping[str, Any], folder: Path | None = None) -> dict[str, bytes]:
+    """Every figure of the report, by name, from the audit's JSON document.
+
+    ``folder``: where the audit is being written (its generated sample images are there);
+    the false-positive crops read the audit's images (``report.example_images``)."""
+    from calibration import report
+
     out: dict[str, bytes] = {}
     for name, p in data["perspectives"].items():
         ece = p["metrics"]["ece"]["value"]
@@ -842,7 +850,11 @@ def draw_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
         out[f"size_{name}"] = figs.gap_heatmap(
             p["size"], f"Gap by box size, {name}", min_count=p["size"]["min_count"]
         )
-        out[f"classes_{name}"] = figs.per_class_bars(p["per_category"], f"Per class, {name}")
+        out[f"classes_{name}"] = figs.per_class_bars(report.class_table(p), f"Per class, {name}")
+    examples = data["perspectives"][report.primary_perspective(data)].get("false_positives")
+    images, _ = report.example_images(data, folder)
+    if examples and images:
+        out["false_positives"] = figs.false_positive_crops(examples, images)
     if data.get("shift"):
         out["shift"] = figs.shift_heatmaps(
             data["shift"], f"Under corruption ({data['shift']['images']} test images)"
