@@ -24,12 +24,13 @@ plain or bias-corrected percentile intervals on request; :func:`interval` says w
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import DTypeLike
 from scipy.special import ndtr, ndtri
 
 #: Replicate totals are built this many floats at a time (memory bound, ~40 MB per array).
@@ -53,7 +54,7 @@ BLAS_THREADS: int | None = 1
 CIMethod = Literal["shifted", "bc", "percentile"]
 
 
-def _blas_threads():
+def _blas_threads() -> contextlib.AbstractContextManager[object]:
     """Context limiting BLAS to ``BLAS_THREADS`` (threadpoolctl, installed with netcal's
     scikit-learn); a no-op without it."""
     if BLAS_THREADS is None:
@@ -112,7 +113,7 @@ class Statistic:
         cls,
         group: np.ndarray,
         cell: np.ndarray,
-        columns: list[np.ndarray | None],
+        columns: Sequence[np.ndarray | None],
         cell_shape: tuple[int, ...],
         finalize: Callable[[np.ndarray], np.ndarray],
     ) -> Statistic:
@@ -176,13 +177,13 @@ class Statistic:
         g, c, v = self.entries()
         return sp.csr_matrix((v, (g, c)), shape=(n_groups, self.size))
 
-    def dense_per_group(self, n_groups: int, dtype=np.float32) -> np.ndarray:
+    def dense_per_group(self, n_groups: int, dtype: DTypeLike = np.float32) -> np.ndarray:
         """(groups x cells) dense sums."""
         if self.table is not None and len(self.col) == 0 and len(self.table) == n_groups:
             return self.table.astype(dtype)
         flat = self.group * self.size + self.col
-        out = np.bincount(flat, weights=self.val, minlength=n_groups * self.size)
-        out = out.astype(np.float64, copy=False).reshape(n_groups, self.size)
+        counts = np.bincount(flat, weights=self.val, minlength=n_groups * self.size)
+        out = counts.astype(np.float64, copy=False).reshape(n_groups, self.size)
         if self.table is not None:
             k = min(n_groups, len(self.table))
             out[:k] += self.table[:k]
@@ -241,8 +242,11 @@ class _Product:
     def __init__(self, stat: Statistic, n_groups: int):
         cells = n_groups * stat.size
         self.size = stat.size
-        self.D = self.Ssp = None  # dense (groups, k) block, sparse (cells - k, groups) block
-        self.dense_cols = self.sparse_cols = None
+        # dense (groups, k) block, sparse (cells - k, groups) block
+        self.D: np.ndarray | None = None
+        self.Ssp: sp.csr_matrix | None = None
+        self.dense_cols: np.ndarray | None = None
+        self.sparse_cols: np.ndarray | None = None
         self._cache: tuple[int, np.ndarray] | None = None
         if cells <= DENSE_MAX and (stat.table is not None or cells * DENSE_FILL <= len(stat.val)):
             self.D = stat.dense_per_group(n_groups)  # (groups, cells) float32
@@ -269,6 +273,7 @@ class _Product:
     def block(self, w: np.ndarray) -> np.ndarray:
         """(chunk, cells) totals for ``w`` (chunk, groups)."""
         if self.Ssp is None:
+            assert self.D is not None  # no sparse block: all dense
             return w @ self.D
         sparse = (self.Ssp @ np.ascontiguousarray(w.T)).T
         if self.D is None:
@@ -283,6 +288,7 @@ class _Product:
         blocks of replicates (a block of weights stays in cache while the product streams
         over the entries)."""
         if self.Ssp is None:
+            assert self.D is not None  # no sparse block: all dense
             return w @ self.D
         if self.D is None:
             tot = np.empty((w.shape[0], self.size), np.float32)
@@ -293,6 +299,7 @@ class _Product:
             return tot
         tot = np.empty((w.shape[0], self.size), np.float32)
         tot[:, self.dense_cols] = w @ self.D
+        assert self.sparse_cols is not None  # set with the dense block
         sp_tot = np.empty((w.shape[0], len(self.sparse_cols)), np.float32)
         for a in range(0, w.shape[0], SPARSE_BLOCK):
             sp_tot[a : a + SPARSE_BLOCK] = (
@@ -301,13 +308,14 @@ class _Product:
         tot[:, self.sparse_cols] = sp_tot
         return tot
 
-    def blocks(self, w: np.ndarray, rows: int):
+    def blocks(self, w: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """(start, totals) for ``w`` in blocks of at most ``rows`` replicates.
 
         When all replicates' totals fit in ``CHUNK_FLOATS`` they are kept, so statistics
         sharing these entries (ECE and MCE, mAP and AP50) reuse one product.
         """
         n_boot = w.shape[0]
+        tot: np.ndarray | None
         if self._cache is not None and self._cache[0] == id(w):
             tot = self._cache[1]
         elif n_boot * self.size <= CHUNK_FLOATS:

@@ -15,12 +15,13 @@ import json
 import os
 import unicodedata
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path
@@ -36,7 +37,13 @@ _OPTIONAL = ("probs", "logits", "proposal_index")
 EDGE_TOLERANCE_PX = 1.0
 
 
-def _first_bad(mask: np.ndarray, what: str, describe, source: str | None, kind: str) -> None:
+def _first_bad(
+    mask: ArrayLike,
+    what: Callable[[int], str],
+    describe: Callable[[int], str],
+    source: str | None,
+    kind: str,
+) -> None:
     """Raise naming the first offending entry (and how many others) if ``mask`` has any."""
     bad = np.flatnonzero(mask)
     if bad.size:
@@ -543,7 +550,9 @@ class Detections:
         b = self.bbox
         return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
-    def class_probabilities(self, category_ids: Sequence[int] | None = None) -> np.ndarray | None:
+    def class_probabilities(
+        self, category_ids: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray | None:
         """The probability vectors (from ``probs``, else from ``logits``), or None.
 
         Logits become probabilities by softmax when there are K+1 columns and by a
@@ -615,7 +624,7 @@ class Detections:
         )
         self._validate_vectors(gt, name)
 
-    def _validate_vectors(self, gt: GroundTruth, name) -> None:
+    def _validate_vectors(self, gt: GroundTruth, name: Callable[[int], str]) -> None:
         src = self.source
         cols = self.prob_category_ids
         if cols is not None:
@@ -635,9 +644,13 @@ class Detections:
                     "(softmax head, background last) for the ground truth's categories",
                     src,
                 )
+
+            def not_finite(i: int, vn: str = vname) -> str:
+                return f"{vn} contain NaN or inf"
+
             _first_bad(
                 ~np.isfinite(v).all(axis=1),
-                lambda i, vn=vname: f"{vn} contain NaN or inf",
+                not_finite,
                 name,
                 src,
                 "detection",
@@ -792,7 +805,8 @@ class Detections:
         if self.prob_category_ids is not None:
             arrays["prob_category_ids"] = np.asarray(self.prob_category_ids, dtype=np.int64)
         with atomic_path(path) as tmp, tmp.open("wb") as fh:
-            np.savez(fh, **arrays)
+            # numpy's stubs type **kwds as if a key could be savez's allow_pickle: bool
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         return Path(path)
 
     @classmethod

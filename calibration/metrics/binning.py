@@ -6,6 +6,7 @@ Bins are ``[e_i, e_{i+1})`` with the last bin closed, as ``np.histogram``/netcal
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -14,6 +15,8 @@ from calibration.bootstrap import Statistic
 from tiles.errors import TrustmapError
 
 BinStrategy = Literal["width", "mass"]
+#: ``finalize`` of a :class:`Statistic`: totals ``(..., *cells)`` to values ``(...)``.
+Finalize = Callable[[np.ndarray], np.ndarray]
 Norm = Literal["l1", "l2"]
 Kind = Literal["ece", "ace", "mce"]
 _EPS = np.finfo(np.float64).eps
@@ -123,7 +126,14 @@ def _mean_over_classes(e: np.ndarray, p: int) -> np.ndarray:
     return np.where(k > 0, m ** (1.0 / p), np.nan)
 
 
-def _class_bins(conf, cls_idx, n_cls, bins, strategy, value_range) -> np.ndarray:
+def _class_bins(
+    conf: np.ndarray,
+    cls_idx: np.ndarray | None,
+    n_cls: int,
+    bins: int,
+    strategy: BinStrategy,
+    value_range: tuple[float, float] | None,
+) -> np.ndarray:
     """Bin of each value; data-dependent edges (equal mass, observed range) per class."""
     per_class_edges = strategy == "mass" or value_range is None
     if not per_class_edges or cls_idx is None:
@@ -136,12 +146,12 @@ def _class_bins(conf, cls_idx, n_cls, bins, strategy, value_range) -> np.ndarray
     return b
 
 
-def _class_mean(kind: Kind, p: int, min_count: int = 1):
+def _class_mean(kind: Kind, p: int, min_count: int = 1) -> Finalize:
     """``finalize`` of a (class, bin) grid: per-class error, class mean, ``1/p`` root."""
     return lambda tot: _mean_over_classes(binned_error(tot, kind, p, min_count), p)
 
 
-def _pooled(kind: Kind, p: int):
+def _pooled(kind: Kind, p: int) -> Finalize:
     """``finalize`` of a (class, bin) grid read as one class: the classes' bins added up."""
     return lambda tot: _mean_over_classes(binned_error(tot.sum(axis=-3), kind, p)[..., None], p)
 
@@ -167,12 +177,17 @@ class _Sums:
         self.ng, self.shape, self.s = n_groups, tuple(cell_shape), s
         self.nc = int(np.prod(cell_shape))
         self.dense = n_groups * self.nc <= max(4 * n_rows, 100_000)
-        self.table = np.zeros((n_groups * self.nc, s)) if self.dense else None
+        self.table: np.ndarray | None = np.zeros((n_groups * self.nc, s)) if self.dense else None
         self.parts: list[Statistic] = []
 
-    def add(self, group, cell, columns: list) -> None:
+    def add(
+        self,
+        group: np.ndarray | None,
+        cell: np.ndarray,
+        columns: Sequence[np.ndarray | None],
+    ) -> None:
         cell = np.asarray(cell, np.int64)
-        if self.dense:
+        if self.table is not None:  # dense
             key = cell if group is None else np.asarray(group, np.int64) * self.nc + cell
             size = self.ng * self.nc
             for j, c in enumerate(columns):
@@ -182,8 +197,9 @@ class _Sums:
             grp = np.zeros(len(cell), np.int64) if group is None else group
             self.parts.append(Statistic.from_columns(grp, cell, columns, self.shape, _unset))
 
-    def statistic(self, finalize) -> Statistic:
-        if self.dense:  # row g * nc + cell, column j = flat cell * s + j of image g
+    def statistic(self, finalize: Finalize) -> Statistic:
+        # dense: row g * nc + cell, column j = flat cell * s + j of image g
+        if self.table is not None:
             e = np.zeros(0, np.int64)
             table = self.table.reshape(self.ng, self.nc * self.s)
             return Statistic(e, e, np.zeros(0), (*self.shape, self.s), finalize, table)
@@ -197,7 +213,13 @@ def _n_groups(group: np.ndarray | None) -> int:
     return 1 if group is None or len(group) == 0 else int(np.max(group)) + 1
 
 
-def _grouped(group, cell, columns, cell_shape, finalize) -> Statistic:
+def _grouped(
+    group: np.ndarray | None,
+    cell: np.ndarray,
+    columns: Sequence[np.ndarray | None],
+    cell_shape: tuple[int, ...],
+    finalize: Finalize,
+) -> Statistic:
     """One :class:`_Sums` part: ``columns`` (None = count) summed per (group, cell)."""
     sums = _Sums(_n_groups(group), cell_shape, len(columns), len(cell))
     sums.add(group, cell, columns)

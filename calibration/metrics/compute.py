@@ -154,7 +154,7 @@ def compute_metrics(
         s, tp, norm=cfg.norm, kind="ace", group=g, bins=cfg.bins, strategy="mass"
     )
     feats = _box_columns(dets, gt, cfg.dece_dims, valid, m.image_index)
-    stats["dece"] = dece_statistic(feats, tp, cfg.dece_bins, cfg.bin_strategy, group=g)
+    stats["dece"] = dece_statistic(feats, tp, cfg.dece_bin_counts, cfg.bin_strategy, group=g)
     del feats
 
     r_tau = r_main if tt == ti else m.row(tt)
@@ -183,11 +183,15 @@ def compute_metrics(
         target_all = ma.target_column(thr, col_cats)
         target = target_all[va]
         ga = sub(group, va)
-        kw = {"bins": cfg.bins, "norm": cfg.classwise_norm, "strategy": cfg.bin_strategy}
         # row-wise numbers over all rows, then the valid ones: no copy of the (N, K+1) matrix
         top_conf, top = _top_label(probs)
         stats["top_label_ce"] = calibration_error_statistic(
-            top_conf[va], top[va] == target, group=ga, **kw
+            top_conf[va],
+            top[va] == target,
+            group=ga,
+            bins=cfg.bins,
+            norm=cfg.classwise_norm,
+            strategy=cfg.bin_strategy,
         )
         del top_conf, top
         cols = [probs[:, c][va] for c in range(probs.shape[1])]
@@ -255,8 +259,8 @@ def compute_metrics(
     for name in ("map", "ap50"):
         if name in intervals and np.isfinite(values[name]):
             ci_shift[name] = values[name] - stats[name].value()
-            iv = intervals[name]
-            iv.low, iv.high = iv.low + ci_shift[name], iv.high + ci_shift[name]
+            ap_iv = intervals[name]
+            ap_iv.low, ap_iv.high = ap_iv.low + ci_shift[name], ap_iv.high + ci_shift[name]
     metrics: dict[str, Any] = {}
     for name, v in values.items():
         iv = intervals.get(name)

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tiles.errors import TrustmapError
 
-BOX_DIMS = ("confidence", "cx", "cy", "w", "h")
 BoxDim = Literal["confidence", "cx", "cy", "w", "h"]
+BOX_DIMS: tuple[BoxDim, ...] = ("confidence", "cx", "cy", "w", "h")
 #: ``ap_backend="auto"`` asks pycocotools (the reference) up to this many detections and
 #: uses trustmap's own, proven-equal AP above, where pycocotools' evaluate alone takes
 #: ~10 CPU seconds per million detections (plus its loadRes).
@@ -84,6 +84,12 @@ class BinningConfig(BaseModel):
                 f"got {len(self.dece_bins)}"
             )
         return self
+
+    @property
+    def dece_bin_counts(self) -> tuple[int, ...]:
+        """``dece_bins`` as validation leaves it: one count per ``dece_dims`` entry."""
+        assert self.dece_bins is not None  # filled in by _dims_and_bins
+        return self.dece_bins
 
 
 class MetricsConfig(BinningConfig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import SupportsInt, cast
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def _dece_from_gaps(tot: np.ndarray) -> np.ndarray:
 
 def _dece_cells(
     features: np.ndarray | Sequence[np.ndarray], bins: int | Sequence[int], strategy: BinStrategy
-):
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Flat D-ECE cell of each row, the number of cells, and the confidence column.
 
     netcal clips features to [eps, 1 - eps] first; :func:`bin_index` already puts 0, 1
@@ -126,7 +127,11 @@ def _dece_cells(
         cols = [X[:, k] for k in range(X.shape[1])]
     d = len(cols)
     n = len(cols[0]) if d else 0
-    nb = [int(bins)] * d if np.isscalar(bins) else [int(b) for b in bins]
+    # np.isscalar, not isinstance(bins, int): numpy integers count as one bin count too
+    if np.isscalar(bins):
+        nb = [int(cast(SupportsInt, bins))] * d
+    else:
+        nb = [int(b) for b in cast(Sequence[int], bins)]
     if len(nb) != d:
         raise TrustmapError(f"D-ECE: {len(nb)} bin counts given for {d} dimensions")
     conf = cols[0]

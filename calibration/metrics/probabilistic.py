@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -87,7 +88,14 @@ def classwise_statistic(
     return _classwise([p[:, c] for c in range(p.shape[1])], target, group, bins, norm, strategy)
 
 
-def _classwise(cols, target, group, bins, norm, strategy) -> Statistic:
+def _classwise(
+    cols: Sequence[np.ndarray],
+    target: np.ndarray,
+    group: np.ndarray | None,
+    bins: int,
+    norm: Norm,
+    strategy: BinStrategy,
+) -> Statistic:
     """:func:`classwise_statistic` from the probability columns."""
     k = len(cols)
     tgt = np.asarray(target)
