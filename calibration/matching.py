@@ -28,7 +28,7 @@ number of detections. The result keeps the matches sparse (:class:`Matches`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -192,10 +192,22 @@ def pairwise_iou(det_xywh: np.ndarray, gt_xywh: np.ndarray, region: np.ndarray) 
     The region rule is COCO's crowd IoU: a detection wholly inside a crowd scores 1
     however large the crowd.
     """
-    return _iou_cols(*det_xywh.T, *gt_xywh.T, region)
+    dx0, dy0, dw, dh = det_xywh.T
+    gx0, gy0, gw, gh = gt_xywh.T
+    return _iou_cols(dx0, dy0, dw, dh, gx0, gy0, gw, gh, region)
 
 
-def _iou_cols(dx0, dy0, dw, dh, gx0, gy0, gw, gh, region) -> np.ndarray:
+def _iou_cols(
+    dx0: np.ndarray,
+    dy0: np.ndarray,
+    dw: np.ndarray,
+    dh: np.ndarray,
+    gx0: np.ndarray,
+    gy0: np.ndarray,
+    gw: np.ndarray,
+    gh: np.ndarray,
+    region: np.ndarray,
+) -> np.ndarray:
     """Row-aligned IoU from box columns, in place where possible (memory traffic is the cost)."""
     inter = np.minimum(dx0 + dw, gx0 + gw)
     inter -= np.maximum(dx0, gx0)
@@ -277,7 +289,7 @@ def match(
     max_iou = np.zeros(n)
     gcol = [np.ascontiguousarray(c) for c in an.bbox.T]
 
-    def pairs(a: int, b: int):
+    def pairs(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every candidate pair of sorted detections a..b-1: det position, gt row, region?, IoU."""
         cnt = n_pairs[a:b]
         det_p = np.repeat(np.arange(a, b), cnt)
@@ -285,7 +297,9 @@ def match(
         gt_p = g_order[np.repeat(lo[a:b], cnt) + np.arange(len(det_p)) - np.repeat(first, cnt)]
         reg_p = region[gt_p]
         # det_p is sorted, so repeating is a streaming copy rather than a random gather
-        ious = _iou_cols(*(np.repeat(c[a:b], cnt) for c in dcol), *(c[gt_p] for c in gcol), reg_p)
+        dx0, dy0, dw, dh = (np.repeat(c[a:b], cnt) for c in dcol)
+        gx0, gy0, gw, gh = (c[gt_p] for c in gcol)
+        ious = _iou_cols(dx0, dy0, dw, dh, gx0, gy0, gw, gh, reg_p)
         if len(det_p):
             seg = _Segments(det_p)
             max_iou[seg.ids] = np.maximum(seg.max(np.where(reg_p, -1.0, ious)), 0.0)
@@ -400,7 +414,15 @@ def desc_rank(score: np.ndarray) -> np.ndarray:
     return out
 
 
-def _candidate_windows(block_key, block_s, dx0, dw, g_key, g_box, window: bool):
+def _candidate_windows(
+    block_key: np.ndarray,
+    block_s: np.ndarray,
+    dx0: np.ndarray,
+    dw: np.ndarray,
+    g_key: np.ndarray,
+    g_box: np.ndarray,
+    window: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ground-truth order and, per sorted detection, the [lo, hi) range of its candidates.
 
     ``block_key``: the key of each detection block, ``block_s``: each sorted detection's
@@ -458,7 +480,7 @@ def index_in(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[pos] == values, pos, -1)
 
 
-def _spans(n_pairs: np.ndarray, a: int, b: int, limit: int):
+def _spans(n_pairs: np.ndarray, a: int, b: int, limit: int) -> Iterator[tuple[int, int]]:
     """Split detections a..b-1 into runs of at most ``limit`` pairs (a larger detection alone)."""
     cum = np.cumsum(n_pairs[a:b])
     start = a
@@ -469,7 +491,7 @@ def _spans(n_pairs: np.ndarray, a: int, b: int, limit: int):
         start = end
 
 
-def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int):
+def _chunks(block_start: np.ndarray, n_pairs: np.ndarray, n: int) -> Iterator[tuple[int, int]]:
     """Split sorted detections at block boundaries into runs of at most ~PAIR_CHUNK pairs.
 
     A single block larger than the limit still forms one run (it cannot be split).
@@ -498,7 +520,15 @@ class _Out:
         self.T, self.n, self.order = T, n, order  # order: sorted position -> input row
         self.parts: list[tuple[np.ndarray, ...]] = []
 
-    def store(self, t_i, d_i, p_i, gt_p, reg_p, ious) -> None:
+    def store(
+        self,
+        t_i: int | np.ndarray,
+        d_i: np.ndarray,
+        p_i: np.ndarray,
+        gt_p: np.ndarray,
+        reg_p: np.ndarray,
+        ious: np.ndarray,
+    ) -> None:
         """Sorted detection ``d_i`` matched pair ``p_i`` at threshold row ``t_i`` (all arrays)."""
         self.parts.append(
             (np.asarray(t_i, np.int64) * self.n + self.order[d_i], reg_p[p_i], ious[p_i], gt_p[p_i])
@@ -545,7 +575,9 @@ def _keys(thr: np.ndarray, ious: np.ndarray, reg_p: np.ndarray) -> np.ndarray:
     return np.where(_candidates(thr, ious), _preference(ious, reg_p)[None, :], -1.0)
 
 
-def _pick(key: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+def _pick(
+    key: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (threshold, segment): the best pair, the *last* on ties (COCO's rule).
 
     Returns threshold rows, segment numbers and pair positions of segments with a candidate.
@@ -564,7 +596,17 @@ GREEDY_WASTE_MIN = 8
 GREEDY_PAIRS_PER_ROUND = 1000
 
 
-def _greedy(th, row, det_p, gt_p, reg_p, ious, block_s, n_ann, out: _Out) -> None:
+def _greedy(
+    th: float,
+    row: int,
+    det_p: np.ndarray,
+    gt_p: np.ndarray,
+    reg_p: np.ndarray,
+    ious: np.ndarray,
+    block_s: np.ndarray,
+    n_ann: int,
+    out: _Out,
+) -> None:
     """COCO greedy matching at threshold ``th`` (result row ``row``), one round per rank.
 
     Round r settles the r-th detection *with a candidate* of every block at once (those
@@ -606,7 +648,18 @@ def _greedy(th, row, det_p, gt_p, reg_p, ious, block_s, n_ann, out: _Out) -> Non
         det_p, gt_p, reg_p, ious = rest
 
 
-def _greedy_rounds(th, row, det_p, gt_p, reg_p, ious, seg, block_s, taken, out: _Out):
+def _greedy_rounds(
+    th: float,
+    row: int,
+    det_p: np.ndarray,
+    gt_p: np.ndarray,
+    reg_p: np.ndarray,
+    ious: np.ndarray,
+    seg: _Segments,
+    block_s: np.ndarray,
+    taken: np.ndarray,
+    out: _Out,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """The rounds of :func:`_greedy`; returns the unprocessed pairs (grouped by detection)
     when too many rounds in a row took no object, else None."""
     blk = block_s[seg.ids]
@@ -638,7 +691,15 @@ def _greedy_rounds(th, row, det_p, gt_p, reg_p, ious, seg, block_s, taken, out: 
     return None
 
 
-def _hungarian(thr, ious, seg, key_s, gt_p, reg_p, out: _Out) -> None:
+def _hungarian(
+    thr: np.ndarray,
+    ious: np.ndarray,
+    seg: _Segments,
+    key_s: np.ndarray,
+    gt_p: np.ndarray,
+    reg_p: np.ndarray,
+    out: _Out,
+) -> None:
     """Max-IoU assignment per (image, class) block and threshold; leftovers may fall into regions."""
     # in a block every detection has the same ground-truth list, so its pairs form a matrix
     width = seg.lengths
