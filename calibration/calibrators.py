@@ -39,7 +39,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +48,7 @@ import numpy as np
 from scipy.special import expit, logit
 
 from calibration.detections import Detections, GroundTruth
-from calibration.matching import match
+from calibration.matching import MatchMode, match
 from calibration.metrics import BOX_DIMS, MetricsConfig, box_features, dece, ece
 from tiles.errors import TrustmapError
 from tiles.io import jsonable, write_text_atomic
@@ -65,7 +65,7 @@ def _clip(x: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """netcal and pyro print progress and warn about defaults; keep the CLI's output clean."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -75,7 +75,7 @@ def _quiet():
 # ------------------------------------------------------------------ the methods
 
 
-def _fit_temperature(s, x, y):
+def _fit_temperature(s: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from netcal.scaling import TemperatureScaling
 
     with _quiet():
@@ -83,11 +83,11 @@ def _fit_temperature(s, x, y):
     return {"w": float(np.asarray(m.weights).ravel()[0])}
 
 
-def _apply_temperature(p, s, x):
+def _apply_temperature(p: dict[str, Any], s: np.ndarray, x: np.ndarray) -> np.ndarray:
     return expit(p["w"] * logit(_clip(s)))
 
 
-def _fit_platt(s, x, y):
+def _fit_platt(s: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from netcal.scaling import LogisticCalibration
 
     with _quiet():
@@ -98,11 +98,11 @@ def _fit_platt(s, x, y):
     }
 
 
-def _apply_platt(p, s, x):
+def _apply_platt(p: dict[str, Any], s: np.ndarray, x: np.ndarray) -> np.ndarray:
     return expit(p["a"] * logit(_clip(s)) + p["b"])
 
 
-def _fit_beta(s, x, y):
+def _fit_beta(s: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from netcal.scaling import BetaCalibration
 
     with _quiet():
@@ -112,12 +112,12 @@ def _fit_beta(s, x, y):
     return {"a": float(w[0]), "b": float(w[1]), "c": float(b[0])}
 
 
-def _apply_beta(p, s, x):
+def _apply_beta(p: dict[str, Any], s: np.ndarray, x: np.ndarray) -> np.ndarray:
     s = _clip(s)
     return expit(p["a"] * np.log(s) - p["b"] * np.log1p(-s) + p["c"])
 
 
-def _fit_isotonic(s, x, y):
+def _fit_isotonic(s: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from netcal.binning import IsotonicRegression
 
     with _quiet():
@@ -126,11 +126,11 @@ def _fit_isotonic(s, x, y):
     return {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
 
 
-def _apply_isotonic(p, s, x):
+def _apply_isotonic(p: dict[str, Any], s: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.interp(np.asarray(s, np.float64), p["x"], p["y"])
 
 
-def _fit_histogram(s, x, y, bins: int = 10):
+def _fit_histogram(s: np.ndarray, x: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
     from netcal.binning import HistogramBinning
 
     with _quiet():
@@ -141,7 +141,7 @@ def _fit_histogram(s, x, y, bins: int = 10):
     }
 
 
-def _apply_histogram(p, s, x):
+def _apply_histogram(p: dict[str, Any], s: np.ndarray, x: np.ndarray) -> np.ndarray:
     edges, values = np.asarray(p["edges"]), np.asarray(p["values"])
     b = np.clip(
         np.searchsorted(edges, np.asarray(s, np.float64), side="right") - 1, 0, len(values) - 1
@@ -149,7 +149,7 @@ def _apply_histogram(p, s, x):
     return values[b]
 
 
-def _fit_box_logistic(s, x, y):
+def _fit_box_logistic(s: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from netcal.scaling import LogisticCalibration
 
     X = np.column_stack([_clip(s), _clip(x)])
@@ -159,7 +159,7 @@ def _fit_box_logistic(s, x, y):
     return {"a": float(w[0]), "w": w[1:].tolist(), "b": float(np.asarray(m.intercept).ravel()[0])}
 
 
-def _apply_box_logistic(p, s, x):
+def _apply_box_logistic(p: dict[str, Any], s: np.ndarray, x: np.ndarray) -> np.ndarray:
     return expit(p["a"] * logit(_clip(s)) + _clip(x) @ np.asarray(p["w"]) + p["b"])
 
 
@@ -209,7 +209,9 @@ class FitData:
         )
 
 
-def fit_data(dets: Detections, gt: GroundTruth, iou: float = 0.5, mode: str = "greedy") -> FitData:
+def fit_data(
+    dets: Detections, gt: GroundTruth, iou: float = 0.5, mode: MatchMode = "greedy"
+) -> FitData:
     """Targets as the audit's D-ECE sees them: matched at ``iou`` with ``mode``; detections
     absorbed by crowd/ignore regions are left out."""
     dets.validate(gt)
@@ -496,7 +498,7 @@ def fit(
     mode: Mode = "shared",
     shrinkage: float = 50.0,
     iou: float = 0.5,
-    match_mode: str = "greedy",
+    match_mode: MatchMode = "greedy",
     source: str | os.PathLike | None = None,
 ) -> Calibrator:
     """Fit a calibrator on a calibration split (detections and their ground truth)."""
@@ -521,7 +523,7 @@ def _dece_of(p: np.ndarray, d: FitData, mcfg: MetricsConfig) -> float:
         "h": d.boxes[:, 3],
     }
     X = np.column_stack([cols[k] for k in mcfg.dece_dims])
-    return dece(X, d.correct, mcfg.dece_bins, mcfg.bin_strategy)
+    return dece(X, d.correct, mcfg.dece_bin_counts, mcfg.bin_strategy)
 
 
 def cross_validate(
