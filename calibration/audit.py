@@ -20,11 +20,11 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,10 @@ from calibration.metrics import (
 from tiles.console import progress
 from tiles.errors import TrustmapError
 from tiles.io import atomic_dir, jsonable, write_text_atomic
+
+if TYPE_CHECKING:
+    from calibration.adapters.torchvision_models import Candidates
+    from calibration.matching import MatchMode
 
 FORMAT = "trustmap-calibration-audit-v1"
 #: Numbers each sweep point keeps (the sweep figure plots D-ECE, ECE, LaECE and mAP).
@@ -232,6 +236,7 @@ def audit_model(
 
     _check_out(out)
     det_cfg, data = config.detector, config.data
+    assert det_cfg is not None and data is not None  # config.runs_model
     t0 = time.perf_counter()
     detector = load_detector(
         det_cfg.model,
@@ -264,6 +269,7 @@ def audit_model(
             }
             timings["generate_data"] = time.perf_counter() - t0
         else:
+            assert data.coco is not None  # a DataSection holds one of sample and coco
             shown = {"annotations": str(data.coco.annotations), "images": str(data.coco.images)}
         t0 = time.perf_counter()
         candidates = detector.candidates(records, batch_size=det_cfg.batch_size)
@@ -375,7 +381,7 @@ def analyse(
 
 
 #: Matching rules every audit reports side by side (the verdict can flip between them).
-COMPARED_RULES = ("greedy", "any")
+COMPARED_RULES: tuple[MatchMode, ...] = ("greedy", "any")
 RULE_TEXT = {
     "greedy": "greedy, one-to-one in score order (COCO's rule)",
     "hungarian": "Hungarian, one-to-one maximising total IoU",
@@ -392,7 +398,7 @@ def matching_rules(
     from calibration.metrics import dece, ece
 
     thr = mcfg.iou_threshold
-    rules = {}
+    rules: dict[str, dict[str, float | None]] = {}
     for mode in dict.fromkeys((mcfg.match_mode, *COMPARED_RULES)):
         if mm is not None and mode == mcfg.match_mode:
             valid, tp = mm.valid_and_tp(thr)
@@ -407,7 +413,7 @@ def matching_rules(
         rules[mode] = {
             "n": int(len(conf)),
             "ece": ece(conf, t, bins=mcfg.bins, norm=mcfg.norm, strategy=mcfg.bin_strategy),
-            "dece": dece(feats, t, mcfg.dece_bins, mcfg.bin_strategy),
+            "dece": dece(feats, t, mcfg.dece_bin_counts, mcfg.bin_strategy),
             "precision": float(t.mean()),
             "gap": float(conf.mean() - t.mean()),
         }
@@ -455,7 +461,7 @@ class GroupCalibration:
         obs = self._ece(labels[None], self.conf[None], self.tp[None], self.b[None], g)[0]
         chance = self._simulate(labels, g, "chance")
         rand = self._simulate(labels, g, "permute") if compare else None
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for k, name in enumerate(names):
             sel = labels == k
             if n[k] == 0:
@@ -473,7 +479,7 @@ class GroupCalibration:
                 ) | {"n": 0}
                 continue
             c, t = self.conf[sel], self.tp[sel]
-            st = {
+            st: dict[str, Any] = {
                 "n": int(n[k]),
                 "confidence": float(c.mean()),
                 "precision": float(t.mean()),
@@ -493,7 +499,9 @@ class GroupCalibration:
             out[name] = st
         return out
 
-    def _ece(self, labels, conf, target, b, g) -> np.ndarray:
+    def _ece(
+        self, labels: np.ndarray, conf: np.ndarray, target: np.ndarray, b: np.ndarray, g: int
+    ) -> np.ndarray:
         """(k, g) ECE from k rows of (labels, conf, target, bin) over the same n detections."""
         k = labels.shape[0]
         ok = labels >= 0
@@ -546,7 +554,14 @@ def _quantile_edges(x: np.ndarray, bins: int) -> np.ndarray:
     return e
 
 
-def _grid(x, y, conf, tp, x_edges, y_edges) -> dict[str, Any]:
+def _grid(
+    x: np.ndarray,
+    y: np.ndarray,
+    conf: np.ndarray,
+    tp: np.ndarray,
+    x_edges: np.ndarray,
+    y_edges: np.ndarray,
+) -> dict[str, Any]:
     """Per (y, x) cell: count, mean confidence and precision (None where empty)."""
     nx, ny = len(x_edges) - 1, len(y_edges) - 1
     cell = _bin(y, y_edges) * nx + _bin(x, x_edges)
@@ -648,7 +663,7 @@ class CandidateSweeper:
     perspective = "application"
     note = "re-applied to the detector's stored candidates: each point is what the detector would output"
 
-    def __init__(self, candidates: Any, defaults: dict[str, Any]):
+    def __init__(self, candidates: Candidates, defaults: dict[str, Any]):
         self.candidates = candidates
         self.defaults = defaults
 
@@ -659,7 +674,7 @@ class CandidateSweeper:
         return self.candidates.postprocess(**params)
 
 
-def _model_defaults(candidates: Any, post: PostprocessSection) -> dict[str, Any]:
+def _model_defaults(candidates: Candidates, post: PostprocessSection) -> dict[str, Any]:
     return {
         "score_thresh": candidates.score_thresh if post.score_thresh is None else post.score_thresh,
         "nms_iou": candidates.nms_iou if post.nms_iou is None else post.nms_iou,
@@ -668,7 +683,7 @@ def _model_defaults(candidates: Any, post: PostprocessSection) -> dict[str, Any]
 
 
 def run_sweeps(
-    sweeper: Callable[..., Detections], gt: GroundTruth, cfg: AuditConfig
+    sweeper: TableSweeper | CandidateSweeper, gt: GroundTruth, cfg: AuditConfig
 ) -> dict[str, Any]:
     """Metrics (no intervals) along each configured post-processing sweep, one setting at a time.
 
@@ -743,7 +758,7 @@ def build_document(
     timings["metrics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     wanted = sweeper is not None and any(getattr(cfg.sweeps, k) for k in _PARAM)
-    sweeps = run_sweeps(sweeper, gt, cfg) if wanted else {}
+    sweeps = run_sweeps(sweeper, gt, cfg) if sweeper is not None and wanted else {}
     timings["sweeps"] = time.perf_counter() - t0
     data: dict[str, Any] = {
         "format": FORMAT,
@@ -877,7 +892,7 @@ def _position_bins(mcfg: MetricsConfig) -> int:
     dims = list(mcfg.dece_dims)
     for d in ("cx", "cy"):
         if d in dims:
-            return max(int(mcfg.dece_bins[dims.index(d)]), 1)
+            return max(int(mcfg.dece_bin_counts[dims.index(d)]), 1)
     return POSITION_BINS
 
 
