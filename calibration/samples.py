@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image
 from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
@@ -136,7 +137,8 @@ def make_split(
         raise TrustmapError(f"number of {split} images must be >= 0, got {n}")
     out = ensure_writable_dir(out_dir)
     dom = DOMAINS[domain]
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     with atomic_dir(out / split) as tmp:
         for i in range(n):
             rng = np.random.default_rng(
@@ -208,7 +210,9 @@ class _Canvas:
         """Pixels whose centres lie inside ``poly`` (x, y in continuous pixel coordinates)."""
         return fill_polygon(poly[:, 1] - 0.5, poly[:, 0] - 0.5, (self.size, self.size))
 
-    def paint(self, poly: np.ndarray, colour, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def paint(
+        self, poly: np.ndarray, colour: ArrayLike, alpha: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         rr, cc = self.mask(poly)
         self.img[rr, cc] = (1 - alpha) * self.img[rr, cc] + alpha * np.asarray(colour, np.float32)
         return rr, cc
@@ -240,6 +244,12 @@ class _Canvas:
         x0, y0 = np.floor(poly.min(axis=0)).astype(int) - margin
         x1, y1 = np.ceil(poly.max(axis=0)).astype(int) + margin
         self.taken[max(y0, 0) : y1, max(x0, 0) : x1] = True
+
+
+def _xy(point: np.ndarray) -> tuple[float, float]:
+    """A point's (x, y), e.g. to pass as the centre of :func:`_rect`."""
+    x, y = point
+    return x, y
 
 
 def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> np.ndarray:
@@ -295,7 +305,9 @@ def render_scene(
 
     for _ in range(rng.integers(0, 5)):  # fields: rotated striped parcels
         ang = rng.uniform(0, np.pi)
-        poly = _rect(*rng.uniform(0, size, 2), *rng.uniform(0.25, 0.6, 2) * size, ang)
+        fx, fy = rng.uniform(0, size, 2)
+        f_len, f_wid = rng.uniform(0.25, 0.6, 2) * size
+        poly = _rect(fx, fy, f_len, f_wid, ang)
         rr, cc = cv.mask(poly)
         period = rng.uniform(4, 9)
         stripes = np.sin(
@@ -308,7 +320,8 @@ def render_scene(
     for _ in range(rng.choice(4, p=[0.25, 0.4, 0.25, 0.1])):  # straight roads across the scene
         ang = rng.uniform(0, np.pi)
         width = rng.uniform(5, 9)
-        poly = _rect(*rng.uniform(0.2, 0.8, 2) * size, 3 * size, width, ang)
+        rx, ry = rng.uniform(0.2, 0.8, 2) * size
+        poly = _rect(rx, ry, 3 * size, width, ang)
         rr, cc = cv.paint(poly, np.asarray(dom.road) * rng.uniform(0.9, 1.1))
         cv.road[rr, cc] = True
         cv.road_angle[rr, cc] = ang
@@ -337,9 +350,8 @@ def render_scene(
 
     if rng.random() < 0.3 and dom.known_objects:  # a parking lot with rows of cars
         ang = rng.uniform(0, np.pi)
-        lot = _rect(
-            *rng.uniform(0.25, 0.75, 2) * size, rng.uniform(50, 90), rng.uniform(32, 56), ang
-        )
+        lx, ly = rng.uniform(0.25, 0.75, 2) * size
+        lot = _rect(lx, ly, rng.uniform(50, 90), rng.uniform(32, 56), ang)
         if cv.free(lot, within=land):
             rr, cc = cv.paint(lot, np.asarray(dom.road) * 1.15)
             cv.lot[rr, cc] = True
@@ -419,7 +431,7 @@ def render_scene(
         rr, cc = np.nonzero(cv.road)
         if not rr.size:
             break
-        k = rng.integers(rr.size)
+        k = int(rng.integers(rr.size))
         ang = float(cv.road_angle[rr[k], cc[k]])
         _vehicle(
             cv,
@@ -435,7 +447,8 @@ def render_scene(
     for _ in range(
         rng.integers(0, 4) if dom.known_objects else 0
     ):  # a few vehicles parked anywhere on land
-        _vehicle(cv, rng, objects, *rng.uniform(0, size, 2), rng.uniform(0, 2 * np.pi), shadow)
+        vx, vy = rng.uniform(0, size, 2)
+        _vehicle(cv, rng, objects, vx, vy, rng.uniform(0, 2 * np.pi), shadow)
 
     if cv.water.any():
         for _ in range(
@@ -445,7 +458,7 @@ def render_scene(
             width = length * rng.uniform(0.22, 0.34)
             ang = rng.uniform(0, 2 * np.pi)
             rr, cc = np.nonzero(cv.water)
-            k = rng.integers(rr.size)
+            k = int(rng.integers(rr.size))
             local = np.array([[-0.5, -0.5], [0.25, -0.5], [0.5, 0.0], [0.25, 0.5], [-0.5, 0.5]]) * [
                 length,
                 width,
@@ -471,7 +484,7 @@ def render_scene(
                 cv.paint(poly, (deck, deck, deck * rng.uniform(0.9, 1.0)))
                 cv.paint(
                     _rect(
-                        *(
+                        *_xy(
                             _place(np.array([[-0.15 * length, 0]]), cc[k] + 0.5, rr[k] + 0.5, ang)[
                                 0
                             ]
@@ -486,7 +499,7 @@ def render_scene(
                 objects.append((SHIP, poly))
         for _ in range(rng.integers(0, 8)):  # hard negatives: wave crests on water
             rr, cc = np.nonzero(cv.water)
-            k = rng.integers(rr.size)
+            k = int(rng.integers(rr.size))
             poly = _rect(
                 cc[k] + 0.5,
                 rr[k] + 0.5,
@@ -571,7 +584,7 @@ def render_scene(
 def _vehicle(
     cv: _Canvas,
     rng: np.random.Generator,
-    objects: list,
+    objects: list[tuple[int, np.ndarray]],
     cx: float,
     cy: float,
     ang: float,
@@ -593,7 +606,7 @@ def _vehicle(
     colour = _CAR_COLOURS[rng.integers(len(_CAR_COLOURS))] * rng.uniform(0.85, 1.1)
     cv.paint(poly, colour)
     front = _place(np.array([[0.12 * length, 0]]), cx, cy, ang)[0]
-    cv.paint(_rect(*front, 0.18 * length, 0.8 * width, ang), (25, 30, 40), alpha=0.8)  # windscreen
+    cv.paint(_rect(*_xy(front), 0.18 * length, 0.8 * width, ang), (25, 30, 40), alpha=0.8)  # windscreen
     cv.claim(poly, 1)
     objects.append((VEHICLE, poly))
 
@@ -647,7 +660,7 @@ def write_sample_scene(
     n_pool = cells * cells if pool is None else max(1, min(int(pool), cells * cells))
     cache: dict[int, tuple[np.ndarray, list[tuple[int, np.ndarray]]]] = {}
 
-    def image(k: int):
+    def image(k: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
         if k not in cache:
             rng = np.random.default_rng([seed, zlib.crc32(dom.name.encode()), zlib.crc32(b"scene"), k])
             cache[k] = render_scene(rng, size, dom)
