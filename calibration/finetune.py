@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -39,6 +39,10 @@ from calibration.detections import GroundTruth
 from calibration.metrics import MetricsConfig, compute_metrics
 from tiles.errors import TrustmapError
 from tiles.io import atomic_path
+
+if TYPE_CHECKING:
+    from calibration.adapters.torchvision_models import DetectionModel, TorchvisionDetector
+    from calibration.config import FinetuneSection
 
 Loss = Literal["ce", "focal", "label_smoothing"]
 
@@ -60,7 +64,7 @@ class FinetuneSettings:
     batch_images: int = 4
 
     @classmethod
-    def from_section(cls, sec: Any) -> FinetuneSettings:
+    def from_section(cls, sec: FinetuneSection) -> FinetuneSettings:
         return cls(**{k: getattr(sec, k) for k in cls.__dataclass_fields__ if hasattr(sec, k)})
 
 
@@ -68,7 +72,7 @@ class FinetuneSettings:
 class FinetuneResult:
     """The fine-tuned detector and how it got there."""
 
-    detector: Any  # TorchvisionDetector with the fine-tuned model
+    detector: TorchvisionDetector  # with the fine-tuned model
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     trained: list[str] = field(default_factory=list)  # parameter names that were trained
@@ -112,7 +116,7 @@ def _train_mode(model: nn.Module) -> None:
 
 
 def targets_for(
-    detector: Any, gt: GroundTruth, image_ids: Sequence[int]
+    detector: TorchvisionDetector, gt: GroundTruth, image_ids: Sequence[int]
 ) -> list[dict[str, Tensor]]:
     """torchvision training targets (xyxy boxes, model labels) of each image; crowd/ignore
     regions and categories the model does not know are left out."""
@@ -146,7 +150,12 @@ def _loss(logits: Tensor, labels: Tensor, s: FinetuneSettings) -> Tensor:
 
 
 @torch.no_grad()
-def _rcnn_cache(model: nn.Module, images: Sequence[Tensor], targets: Sequence[dict], batch: int):
+def _rcnn_cache(
+    model: DetectionModel,
+    images: Sequence[Tensor],
+    targets: Sequence[dict[str, Tensor]],
+    batch: int,
+) -> tuple[Tensor, Tensor, Tensor]:
     """RoI features, class labels and regression targets of the sampled proposals."""
     feats, labels, regs = [], [], []
     _train_mode(model)
@@ -165,7 +174,7 @@ def _rcnn_cache(model: nn.Module, images: Sequence[Tensor], targets: Sequence[di
 
 
 def _val_dece(
-    detector: Any,
+    detector: TorchvisionDetector,
     images: Sequence[Tensor],
     ids: Sequence[int],
     gt: GroundTruth,
@@ -183,7 +192,7 @@ def _val_dece(
 
 
 def finetune(
-    detector: Any,
+    detector: TorchvisionDetector,
     images: Sequence[Tensor],
     image_ids: Sequence[int],
     gt: GroundTruth,
@@ -257,9 +266,9 @@ def finetune(
                 total, steps = total + float(loss.detach()), steps + 1
         else:
             _train_mode(model)
-            perm = torch.randperm(len(tr_imgs), generator=gen).tolist()
-            for a in range(0, len(perm), s.batch_images):
-                b = perm[a : a + s.batch_images]
+            img_perm = torch.randperm(len(tr_imgs), generator=gen).tolist()
+            for a in range(0, len(img_perm), s.batch_images):
+                b = img_perm[a : a + s.batch_images]
                 losses = model([tr_imgs[i] for i in b], [dict(targets[i]) for i in b])
                 loss = losses["classification"]
                 opt.zero_grad()
