@@ -19,11 +19,22 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from calibration.detections import Detections, GroundTruth
 from tiles.errors import TrustmapError
+
+if TYPE_CHECKING:
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from tiles.boxes import BoxTable
+
+#: What the CSV and vector readers return: (N, 4) boxes, labels, scores, probability
+#: mappings (None without a ``probs`` column) and the name of each row for messages.
+_Rows = tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, float]] | None, list[str]]
 
 PRED_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -41,7 +52,9 @@ class ScoredBoxes:
         return len(self.xyxy)
 
 
-def scene_truth(scene: str | os.PathLike, truth: str | os.PathLike, label_column: str = "label"):
+def scene_truth(
+    scene: str | os.PathLike, truth: str | os.PathLike, label_column: str = "label"
+) -> BoxTable:
     """The truth boxes of ``truth`` on ``scene``'s grid (``tiles.boxes.BoxTable``).
 
     A vector file whose boxes all fall off the scene is an error that names both CRSs:
@@ -71,7 +84,7 @@ def _vector_crs(path: Path) -> str | None:
         return None
 
 
-def _crs_name(crs) -> str:
+def _crs_name(crs: CRS | None) -> str:
     if crs is None:
         return "no CRS"
     epsg = crs.to_epsg()
@@ -127,7 +140,9 @@ def read_scored_boxes(
     return ScoredBoxes(xyxy, labels, scores, probs)
 
 
-def _read_csv(path: Path, image_name: str, label_column: str, score_column: str, image_column: str):
+def _read_csv(
+    path: Path, image_name: str, label_column: str, score_column: str, image_column: str
+) -> _Rows:
     import pandas as pd
 
     try:
@@ -147,7 +162,9 @@ def _read_csv(path: Path, image_name: str, label_column: str, score_column: str,
     return coords, df[label_column].astype(str).to_numpy(), scores, probs, [f"line {r}" for r in rows]
 
 
-def _read_vector(path: Path, crs, transform, label_column: str, score_column: str):
+def _read_vector(
+    path: Path, crs: CRS, transform: Affine, label_column: str, score_column: str
+) -> _Rows:
     import geopandas as gpd
     import shapely
 
@@ -247,7 +264,9 @@ def to_detections(boxes: ScoredBoxes, categories: dict[int, str], image_id: int 
     )
 
 
-def ground_truth(table, categories: dict[int, str], source: str | os.PathLike | None = None) -> GroundTruth:
+def ground_truth(
+    table: BoxTable, categories: dict[int, str], source: str | os.PathLike | None = None
+) -> GroundTruth:
     """COCO ground truth of one scene from a ``tiles.boxes.BoxTable`` (image id 1)."""
     from tiles.boxes import to_coco
 
