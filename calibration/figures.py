@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
@@ -469,6 +470,10 @@ def repair_bars(repair: Mapping[str, Any], title: str) -> bytes:
 # ------------------------------------------------------------- false-positive crops
 
 
+#: A white line under the boxes, so they stand out on dark and on green ground alike.
+_HALO = [patheffects.withStroke(linewidth=3.6, foreground="white")]
+
+
 def read_crop(path: str | os.PathLike[str], window: Sequence[float]) -> np.ndarray:
     """RGB float pixels in [0, 1] of ``window`` (``[x0, y0, x1, y1]``, pixels) of an image.
 
@@ -494,7 +499,9 @@ def read_crop(path: str | os.PathLike[str], window: Sequence[float]) -> np.ndarr
         if eight_bit:
             return np.clip(a / 255.0, 0.0, 1.0)
         lo, hi = np.nanpercentile(a, 2, axis=(0, 1)), np.nanpercentile(a, 98, axis=(0, 1))
-        return np.clip((a - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0)
+        flat = hi <= lo  # a uniform band is shown mid-grey, not black
+        out = np.clip((a - lo) / np.where(flat, 1.0, hi - lo), 0.0, 1.0)
+        return np.where(flat, 0.5, out)
     from PIL import Image
 
     with Image.open(p) as im:
@@ -531,9 +538,13 @@ def false_positive_figure(
         for t in e.get("truth", []):
             tx, ty, tw, th = t["bbox"]
             ax.add_patch(Rectangle((tx, ty), tw, th, fill=False, edgecolor=GREEN, linewidth=1.6,
-                                   linestyle="--"))  # fmt: skip
+                                   linestyle="--", path_effects=_HALO))  # fmt: skip
         bx, by, bw, bh = e["bbox"]
-        ax.add_patch(Rectangle((bx, by), bw, bh, fill=False, edgecolor=RED, linewidth=2.2))
+        ax.add_patch(
+            Rectangle(
+                (bx, by), bw, bh, fill=False, edgecolor=RED, linewidth=2.2, path_effects=_HALO
+            )
+        )
         ax.text(bx, by, f" {e['category']} {e['score']:.2f} ", color="white", fontsize=7.5,
                 va="bottom", ha="left", backgroundcolor=RED, clip_on=True)  # fmt: skip
         ax.set_xlim(x0, x1)

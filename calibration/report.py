@@ -1115,6 +1115,12 @@ def _fp_why(
         return f"wrong class: on a {categories.get(int(cats[j]), str(cats[j]))} (IoU {best_other:.2f})"
     if best_same > 0.1:
         return f"poorly placed: IoU {best_same:.2f} < {thr:g} with a {name}"
+    if best_other > 0.1:
+        j = int(np.flatnonzero(other)[np.argmax(ious[other])])
+        return (
+            f"wrong class, poorly placed: overlaps a {categories.get(int(cats[j]), str(cats[j]))} "
+            f"(IoU {best_other:.2f})"
+        )
     return "background: overlaps no object (IoU ≤ 0.1)"
 
 
@@ -1189,7 +1195,7 @@ def _false_positives_html(data: Mapping[str, Any], figures: Mapping[str, bytes])
     examples = data["perspectives"][primary_perspective(data)].get("false_positives")
     if examples is None:  # an audit.json from before the examples were kept
         return []
-    out = ["<h2>Most over-confident false positives</h2>"]
+    out = ["<h2 id='false-positives'>Most over-confident false positives</h2>"]
     if not examples:
         return [*out, "<p class='note'>No false positives: every detection matches an object.</p>"]
     out.append(f"<p class='note'>{html.escape(_fp_intro(data, examples))}</p>")
@@ -1352,7 +1358,9 @@ def render_html(data: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
             f"<h3>Where: image regions and box sizes — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>"
         )
         parts.append(_table(*group_rows(p)))
-        parts.append(f"<h3>Per class — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>")
+        parts.append(
+            f"<h3 id='classes-{esc(name)}'>Per class — {esc(PERSPECTIVE_LABEL.get(name, name))}</h3>"
+        )
         parts.append(f"<p class='note'>{esc(class_note(p))}</p>")
         parts.append(_table(*class_rows(p)))
     parts += _false_positives_html(data, figures)

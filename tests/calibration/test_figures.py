@@ -132,3 +132,30 @@ def test_save_png_is_atomic_and_complete(tmp_path, over_confident):
     out = figures.save_png(data, tmp_path / "sub" / "r.png")
     assert out.read_bytes() == data
     assert [p.name for p in out.parent.iterdir()] == ["r.png"]
+
+
+def test_read_crop_reads_only_the_window_of_a_geotiff_and_of_a_png(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 40, 50), dtype=np.uint8)
+    prof = {"driver": "GTiff", "width": 50, "height": 40, "count": 3, "dtype": "uint8",
+            "crs": "EPSG:32643", "transform": from_origin(0, 40, 1, 1)}  # fmt: skip
+    with rasterio.open(tmp_path / "a.tif", "w", **prof) as dst:
+        dst.write(rgb)
+    crop = figures.read_crop(tmp_path / "a.tif", [10.2, 5.0, 30.0, 25.7])  # x0, y0, x1, y1
+    assert crop.shape == (21, 20, 3)  # pixels 5..25 x 10..29: outward to whole pixels
+    assert np.array_equal(crop, np.moveaxis(rgb[:, 5:26, 10:30], 0, -1) / 255.0)
+    Image.fromarray(np.moveaxis(rgb, 0, -1)).save(tmp_path / "a.png")
+    assert np.array_equal(figures.read_crop(tmp_path / "a.png", [10.2, 5.0, 30.0, 25.7]), crop)
+    # 16-bit B, G, R, NIR: R, G, B shown (bands 3, 2, 1), each stretched 2-98 % over the crop
+    ys, xs = np.mgrid[0:40, 0:50].astype(np.uint16)
+    four = np.stack([1000 + 10 * xs, np.full_like(xs, 500), 2000 + 10 * ys, 7 * xs])
+    with rasterio.open(tmp_path / "b.tif", "w", **(prof | {"count": 4, "dtype": "uint16"})) as dst:
+        dst.write(four)
+    c = figures.read_crop(tmp_path / "b.tif", [20, 10, 40, 30])
+    assert c.shape == (20, 20, 3) and c.min() == 0.0 and c.max() == 1.0
+    red, green, blue = np.moveaxis(c, -1, 0)
+    assert (np.diff(red, axis=0) >= 0).all() and (np.diff(red, axis=1) == 0).all()  # band 3: y
+    assert (np.diff(blue, axis=1) >= 0).all() and (np.diff(blue, axis=0) == 0).all()  # band 1: x
+    assert (green == 0.5).all()  # a uniform band: mid-grey

@@ -315,7 +315,7 @@ def test_class_sentence_and_per_class_table_agree():
     assert p["classes"]["4"]["n"] == 8 and p["per_category"]["4"]["ece"] > p["classes"]["1"]["ece"]
     text = _finding(data, "class")["text"]
     page = report.render_html(data, {})  # the tables do not depend on the figures
-    rows = _html_table_after(page, "<h3>Per class — predictions file</h3>")
+    rows = _html_table_after(page, "Per class — predictions file</h3>")
     head = report.class_rows(p)[0]
     col = {h: head.index(h) for h in head}
     names = [r[col["class"]] for r in rows]
@@ -364,14 +364,14 @@ def test_false_positive_examples_are_the_highest_scored_unmatched_detections():
     page = report.render_html(data, {})
     assert page.count("missing-crops") == 1
     assert "No example crops: this audit read a predictions file and annotations only" in page
-    rows = _html_table_after(page, "<h2>Most over-confident false positives</h2>")
+    rows = _html_table_after(page, "Most over-confident false positives</h2>")
     assert [r[3] for r in rows] == [f"{s:.3f}" for s in dets.score[top]]
     assert "No example crops" in report.render_markdown(data)
 
 
 def _crop_set(tmp_path: Path) -> tuple[GroundTruth, Detections, np.ndarray]:
     """One 128 x 128 image: a vehicle and a ship painted on noise, and detections that are
-    a TP, a duplicate, the wrong class, background and a poorly placed box."""
+    a TP, a duplicate, the wrong class, background, a poorly placed box and both."""
     rng = np.random.default_rng(1)
     pix = rng.integers(0, 60, (128, 128, 3), dtype=np.uint8)
     pix[10:30, 10:30] = (230, 200, 40)  # the vehicle
@@ -395,6 +395,7 @@ def _crop_set(tmp_path: Path) -> tuple[GroundTruth, Detections, np.ndarray]:
             (7, 1, 60, 60, 20, 20, 0.95),  # a vehicle on the ship
             (7, 3, 100, 100, 20, 20, 0.70),  # a tank on background
             (7, 1, 18, 10, 20, 20, 0.60),  # poorly placed on the vehicle
+            (7, 3, 70, 60, 20, 20, 0.50),  # a tank half on the ship
         ]
     )
     dets = Detections(image_id=d[:, 0], category_id=d[:, 1], bbox=d[:, 2:6], score=d[:, 6])
@@ -413,19 +414,20 @@ def test_false_positive_crops_show_the_boxes_on_the_audits_images(tmp_path):
     data = build_document(cfg, gt, {"application": dets}, None, inputs)
     ex = data["perspectives"]["application"]["false_positives"]
     assert [(e["score"], e["category"]) for e in ex] == [
-        (0.95, "vehicle"), (0.80, "vehicle"), (0.70, "tank"), (0.60, "vehicle"),
+        (0.95, "vehicle"), (0.80, "vehicle"), (0.70, "tank"), (0.60, "vehicle"), (0.50, "tank"),
     ]  # fmt: skip
     whys = [e["why"] for e in ex]
     assert whys[0].startswith("wrong class: on a ship (IoU 1.00)")
     assert whys[1].startswith("duplicate: the vehicle it covers (IoU 0.90)")
     assert whys[2].startswith("background")
     assert whys[3].startswith("poorly placed: IoU 0.43 < 0.5")
+    assert whys[4] == "wrong class, poorly placed: overlaps a ship (IoU 0.33)"
     images, why = report.example_images(data)
     assert why is None and images == {7: tmp_path / "images" / "a.png"}
 
     fig = figures.false_positive_figure(ex, images)
     shown = [ax for ax in fig.axes if ax.images]
-    assert len(shown) == 4
+    assert len(shown) == 5
     for ax, e in zip(shown, ex, strict=True):
         assert ax.get_title() == f"#{e['rank']} {e['category']} · score {e['score']:.2f} · image 7"
         x0, y0, x1, y1 = (int(v) for v in e["crop"])
