@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from tiles.console import user_errors
 from tiles.errors import TrustmapError
+
+if TYPE_CHECKING:
+    from calibration.calibrators import Mode
+    from calibration.finetune import Loss
+    from calibration.matching import MatchMode
 
 _path = click.Path(path_type=Path)  # existence is checked by trustmap for clearer errors
 
@@ -226,7 +232,16 @@ def audit(
 @click.option("--out", "out_path", required=True, type=_path, help="Calibrator JSON to write.")
 @user_errors
 def fit(
-    predictions, annotations, method, classwise, shrinkage, folds, iou, match_mode, seed, out_path
+    predictions: Path,
+    annotations: Path,
+    method: str,
+    classwise: bool,
+    shrinkage: float,
+    folds: int,
+    iou: float,
+    match_mode: MatchMode,
+    seed: int,
+    out_path: Path,
 ) -> None:  # noqa: PLR0913
     """Fit a post-hoc calibrator on a calibration split and save it as JSON (no pickle).
 
@@ -244,7 +259,7 @@ def fit(
         raise TrustmapError("the calibrator is written as JSON: give a .json file name", out_path)
     gt = GroundTruth.from_coco_json(annotations)
     dets = Detections.load(predictions)
-    mode = "classwise" if classwise else "shared"
+    mode: Mode = "classwise" if classwise else "shared"
     data = C.fit_data(dets, gt, iou, match_mode)
     cv = None
     if method == "auto":
@@ -375,21 +390,21 @@ def apply(predictions: Path, calibrator: Path, annotations: Path | None, out_pat
 )
 @user_errors
 def finetune(
-    model,
-    weights,
-    images,
-    annotations,
-    test_images,
-    test_annotations,
-    epochs,
-    lr,
-    loss,
-    smoothing,
-    train_box,
-    patience,
-    seed,
-    allow_outside,
-    out_path,
+    model: str,
+    weights: Path | None,
+    images: Path,
+    annotations: Path,
+    test_images: Path | None,
+    test_annotations: Path | None,
+    epochs: int,
+    lr: float,
+    loss: Loss,
+    smoothing: float,
+    train_box: bool,
+    patience: int,
+    seed: int,
+    allow_outside: bool,
+    out_path: Path,
 ) -> None:  # noqa: PLR0913
     """Fine-tune only the detector's classification layer on a calibration split, save the
     checkpoint, and report every metric and mAP before and after."""
@@ -441,6 +456,7 @@ def finetune(
             f"  epoch {h['epoch']:>2}  held-out D-ECE {h['val_dece']:.4f}  mAP {h['val_map']:.4f}"
         )
     if test_images is not None:
+        assert test_annotations is not None  # checked above: both or neither
         tgt = GroundTruth.from_coco_json(test_annotations)
         trecs = images_from_coco(test_images, test_annotations, allow_outside)
         keys = ("dece", "ece", "ece_debiased", "mce", "laece", "nll", "brier", "map", "ap50")

@@ -10,6 +10,7 @@ slow to train here, so the backbone is a four-stage conv net with a feature pyra
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from torch import nn
 from torchvision.models.detection import FasterRCNN
@@ -55,7 +56,7 @@ def sample_backbone(out_channels: int = 32) -> BackboneWithFPN:
     )
 
 
-def sample_fasterrcnn(num_classes: int = 5, **kwargs) -> FasterRCNN:
+def sample_fasterrcnn(num_classes: int = 5, **kwargs: Any) -> FasterRCNN:
     """Faster R-CNN for the synthetic set: ``num_classes`` counts the background (index 0).
 
     Keyword arguments go to :class:`torchvision.models.detection.FasterRCNN` (thresholds,

@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -43,6 +43,12 @@ from calibration.detections import Detections, GroundTruth
 from tiles.errors import TrustmapError
 from tiles.grid import Tile, TileGrid
 from tiles.raster import open_raster, require_crs
+
+if TYPE_CHECKING:
+    from calibration.adapters.torchvision_models import TorchvisionDetector
+    from calibration.audit import AuditResult
+    from calibration.calibrators import Calibrator
+    from calibration.config import AuditConfig
 
 #: Longest side of the decimated read that sets the stretch of non-8-bit scenes.
 STRETCH_SAMPLE = 1024
@@ -113,11 +119,12 @@ def plan_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
                 )
             picked, how = pick_rgb_bands(src), "picked from colour metadata or band order"
         else:
-            picked = tuple(int(b) for b in bands)
-            if len(picked) == 1:
-                picked = picked * 3
-            if len(picked) != 3:
+            given = tuple(int(b) for b in bands)
+            if len(given) == 1:
+                given = given * 3
+            if len(given) != 3:
                 raise TrustmapError(f"give 3 bands (R, G, B) or one (grey), got {list(bands)}", p)
+            picked = (given[0], given[1], given[2])
             bad = [b for b in picked if not 1 <= b <= src.count]
             if bad:
                 raise TrustmapError(f"band(s) {bad} do not exist; the scene has bands 1..{src.count}", p)
@@ -140,7 +147,9 @@ def gdal_cache_bytes(plan: ScenePlan, tile_size: int) -> int:
     return int(min(max(want, GDAL_CACHE_MIN_MB * 2**20), GDAL_CACHE_MAX_MB * 2**20))
 
 
-def _scene_stretch(src: rasterio.DatasetReader, bands: tuple[int, int, int]):
+def _scene_stretch(
+    src: rasterio.DatasetReader, bands: tuple[int, int, int]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per fed band, the 2nd and 98th percentile of valid pixels in a decimated read."""
     scale = max(src.width, src.height) / STRETCH_SAMPLE
     h, w = (max(1, round(src.height / scale)), max(1, round(src.width / scale))) if scale > 1 else (src.height, src.width)
@@ -427,11 +436,24 @@ def detect_scene(
         )
         result = SceneResult(out, plan, info)
         if gt is not None:
+            assert audit_out is not None and truth is not None  # set with gt
             result.audit = _audit(gt, kept, kept_cal, calibrator, detector, plan, settings, audit_out, audit_config, truth, out)
     return result
 
 
-def _audit(gt, kept, kept_cal, calibrator, detector, plan, settings, audit_out, cfg, truth, out):
+def _audit(
+    gt: GroundTruth,
+    kept: list[Detections],
+    kept_cal: list[np.ndarray],
+    calibrator: Calibrator | None,
+    detector: TorchvisionDetector,
+    plan: ScenePlan,
+    settings: SceneSettings,
+    audit_out: str | os.PathLike,
+    cfg: AuditConfig | None,
+    truth: str | os.PathLike,
+    out: Path,
+) -> AuditResult:
     """The scene audit: raw scores and, with a calibrator, calibrated ones (one image: the scene)."""
     from calibration.audit import audit_detections
 

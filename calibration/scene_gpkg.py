@@ -102,7 +102,8 @@ class DetectionWriter:
             return
         dets = Detections.concat([d for d, _ in self._pending])
         cal = [c for _, c in self._pending]
-        calibrated = np.concatenate(cal) if all(c is not None for c in cal) else None
+        present = [c for c in cal if c is not None]
+        calibrated = np.concatenate(present) if len(present) == len(cal) else None
         self._pending, self._pending_rows = [], 0
         self._append(dets, calibrated)
 

@@ -22,12 +22,16 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from calibration.detections import Detections
 from tiles.errors import TrustmapError
+
+if TYPE_CHECKING:
+    from albumentations import ImageOnlyTransform
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -44,13 +48,13 @@ class Corruption:
     apply: Callable[[Any, np.ndarray, np.random.Generator], np.ndarray] | None = None  # own code
 
 
-def _a():
+def _a() -> ModuleType:
     import albumentations as A
 
     return A
 
 
-def _contrast(c: float, img: np.ndarray):
+def _contrast(c: float, img: np.ndarray) -> ImageOnlyTransform:
     # ImageNet-C: (x - mean) * c + mean. albumentations scales around 0 (x * alpha + beta * 255),
     # so the mean of this image sets beta: alpha = c, beta = (1 - c) * mean / 255.
     beta = float((1.0 - c) * img.mean() / 255.0)
@@ -59,7 +63,7 @@ def _contrast(c: float, img: np.ndarray):
     )
 
 
-def _downscale(c: float, img: np.ndarray):
+def _downscale(c: float, img: np.ndarray) -> ImageOnlyTransform:
     import cv2
 
     return _a().Downscale(
@@ -209,6 +213,7 @@ def corrupt(
     if corr.apply is not None:
         out = corr.apply(corr.params[severity - 1], img, np.random.default_rng(ss))
     else:
+        assert corr.build is not None  # a corruption has its own apply or an albumentations build
         t = corr.build(corr.params[severity - 1], img)
         out = _a().Compose([t], seed=ss)(image=img)["image"]
     return np.ascontiguousarray(out, dtype=np.uint8)

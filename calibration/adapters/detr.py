@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LAST_LAYER = "class_labels_classifier"
 
 
-def _transformers():
+def _transformers() -> ModuleType:
     try:
         import transformers
     except ImportError:  # pragma: no cover - installed with the test extras
@@ -167,7 +168,7 @@ def load_detr(
 
 def detr_targets(
     det: DetrDetector, gt: GroundTruth, image_ids: Sequence[int], sizes: Sequence[tuple[int, int]]
-):
+) -> list[dict[str, Tensor]]:
     """DETR training labels: class index and (cx, cy, w, h) relative to the padded batch."""
     lut = {c: i for i, c in enumerate(det.category_ids)}
     an = gt.annotations
