@@ -12,16 +12,17 @@ export MPLBACKEND=Agg
 start=$(date +%s)
 
 echo "== tiles: sample scene, tiles, QGIS export"
-tiles sample --out "$OUT/sample" --size 2048 --seed 0
+# --overwrite: a second demo into the same folder replaces the first one's outputs
+tiles sample -o "$OUT/sample" --size 2048 --seed 0 --overwrite
 tiles info "$OUT/sample/scene.tif"
-tiles cut "$OUT/sample/scene.tif" --size 512 --overlap 64 --out "$OUT/tiles"
-tiles stitch "$OUT/tiles/index.gpkg" --out "$OUT/tiles/restitched.tif"
-tiles export-qgis "$OUT/sample/truth.tif" --classes configs/classes/landcover6.yaml \
-  --scene "$OUT/sample/scene.tif" --out "$OUT/qgis_truth" --min-area 20
+tiles cut "$OUT/sample/scene.tif" --tile-size 512 --overlap 64 -o "$OUT/tiles" --overwrite
+tiles stitch "$OUT/tiles/index.gpkg" -o "$OUT/tiles/restitched.tif" --overwrite
+tiles export-qgis "$OUT/sample/truth.tif" "$OUT/sample/scene.tif" --classes configs/classes/landcover6.yaml \
+  -o "$OUT/qgis_truth" --min-area 20 --overwrite
 
 if [ -f refine/cli.py ] && [ -f configs/refine/demo.yaml ]; then
   echo "== refine: simulated label refinement on the sample scene"
-  refine simulate --config configs/refine/demo.yaml --out "$OUT/refine" --restart
+  refine simulate --config configs/refine/demo.yaml -o "$OUT/refine" --overwrite
 fi
 if [ -f calibration/cli.py ] && [ -f configs/calibration/demo.yaml ]; then
   echo "== calibration: audit of the sample detector"
