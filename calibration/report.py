@@ -1217,7 +1217,10 @@ def _false_positives_md(data: Mapping[str, Any]) -> list[str]:
     if not examples:
         return [*out, "No false positives: every detection matches an object."]
     out += [md_escape(_fp_intro(data, examples)), ""]
-    if "false_positives" not in (data.get("figures") or {}):
+    path = (data.get("figures") or {}).get("false_positives")
+    if path:
+        out += [f"![false_positives]({path})", "", f"_{caption('false_positives', data)}_", ""]
+    else:
         out += [md_escape(_fp_missing(data)), ""]
     return [*out, _md_table(*_fp_rows(examples))]
 
@@ -1563,6 +1566,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     if figs:
         out += ["", "## Figures", ""]
         for name, path in figs.items():
+            if name == "false_positives":  # shown in its own section
+                continue
             cap = caption(name, data)
             out += [f"![{name}]({path})", "", f"_{name}: {cap}_", ""]
     out += [
