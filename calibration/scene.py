@@ -135,7 +135,7 @@ def plan_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
         masked = any(MaskFlags.all_valid not in flags for flags in src.mask_flag_enums)
         # all bands: a pixel-interleaved file caches whole pixels even when three bands are read
         row_bytes = src.width * sum(np.dtype(t).itemsize for t in src.dtypes)
-        return ScenePlan(p, src.width, src.height, src.crs, src.transform, picked, how, lo, hi,  # type: ignore[arg-type]
+        return ScenePlan(p, src.width, src.height, src.crs, src.transform, picked, how, lo, hi,
                          masked, row_bytes, int(src.block_shapes[0][0]))  # fmt: skip
 
 

@@ -25,6 +25,6 @@ cd "$ROOT"
 export MPLBACKEND=Agg
 ruff check tiles refine calibration scripts tests
 # Type checks (config: [tool.mypy] in pyproject.toml, disallow_untyped_defs per package).
-# Packages are added here as they pass; calibration is next.
-mypy tiles
+# Packages are added here as they pass.
+mypy tiles calibration
 python -m pytest -q "$@"
