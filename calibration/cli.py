@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tiles.cli_options import output_option, overwrite_option, verbosity_options, version_option
 from tiles.console import user_errors
 from tiles.errors import TrustmapError
+from tiles.io import refuse_existing
 
 if TYPE_CHECKING:
     from calibration.calibrators import Mode
@@ -19,14 +21,15 @@ _path = click.Path(path_type=Path)  # existence is checked by trustmap for clear
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="trustmap")
+@version_option()
+@verbosity_options
 def main() -> None:
     """Detector calibration audits: do the scores mean what they say?
 
     \b
     Typical use:
-      calibration audit --predictions coco_instances_results.json --annotations instances_val.json --out audit/
-      calibration audit --config configs/calibration/demo.yaml --out audit/
+      calibration audit --predictions coco_instances_results.json --annotations instances_val.json -o audit/
+      calibration audit --config configs/calibration/demo.yaml -o audit/
     """
 
 
@@ -69,13 +72,8 @@ def main() -> None:
     type=_path,
     help="Audit YAML: a detector and data to run, and/or metric, bootstrap and sweep settings.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=_path,
-    help="Output folder (audit.html, audit.json, audit.md, figures/); replaced only when complete.",
-)
+@output_option("Output folder (audit.html, audit.json, audit.md, figures/); replaced only when complete.", dest="out_dir")
+@overwrite_option
 @click.option(
     "--bootstrap",
     "n_boot",
@@ -107,6 +105,7 @@ def audit(
     modeling: Path | None,
     config_path: Path | None,
     out_dir: Path,
+    overwrite: bool,
     n_boot: int | None,
     shift: bool,
     allow_outside: bool,
@@ -120,7 +119,7 @@ def audit(
 
     \b
     Examples:
-      calibration audit --scene OSBS_029.tif --truth OSBS_029.csv --predictions preds.csv --out audit/
+      calibration audit --scene OSBS_029.tif --truth OSBS_029.csv --predictions preds.csv -o audit/
       calibration audit --scene scene.tif --truth crowns.gpkg --predictions detections.gpkg \\
           --score-column calibrated --out audit/
     """
@@ -144,6 +143,7 @@ def audit(
 
     given = [p for p in (predictions, annotations, modeling, config_path, scene, truth) if p is not None]
     check_output_dir(out_dir, [*given, *paths_in(cfg)], replaces=True, marker="audit.json")
+    refuse_existing([out_dir / "audit.json"], overwrite)  # an earlier audit is kept unless asked
     if scene is not None or truth is not None:
         if scene is None or truth is None or predictions is None:
             raise TrustmapError("--scene goes with --truth and --predictions (box files on that scene)")
@@ -229,7 +229,8 @@ def audit(
     help="Matching rule that decides which detections are correct.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the CV folds.")
-@click.option("--out", "out_path", required=True, type=_path, help="Calibrator JSON to write.")
+@output_option("Calibrator JSON to write.", dest="out_path")
+@overwrite_option
 @user_errors
 def fit(
     predictions: Path,
@@ -242,16 +243,19 @@ def fit(
     match_mode: MatchMode,
     seed: int,
     out_path: Path,
+    overwrite: bool,
 ) -> None:  # noqa: PLR0913
     """Fit a post-hoc calibrator on a calibration split and save it as JSON (no pickle).
 
     \b
     Example:
-      calibration fit --predictions cal_results.json --annotations cal.json --out calibrator.json
-      calibration apply --predictions test_results.json --calibrator calibrator.json --out calibrated.json
+      calibration fit --predictions cal_results.json --annotations cal.json -o calibrator.json
+      calibration apply --predictions test_results.json --calibrator calibrator.json -o calibrated.json
     """
     from calibration import calibrators as C
     from calibration.detections import Detections, GroundTruth
+
+    refuse_existing([out_path], overwrite)
 
     if method != "auto":
         C.check_method(method)
@@ -307,14 +311,17 @@ def fit(
     type=_path,
     help="COCO file listing the images with width and height (needed by box_logistic).",
 )
-@click.option(
-    "--out", "out_path", required=True, type=_path, help="Calibrated predictions (.json or .npz)."
-)
+@output_option("Calibrated predictions (.json or .npz).", dest="out_path")
+@overwrite_option
 @user_errors
-def apply(predictions: Path, calibrator: Path, annotations: Path | None, out_path: Path) -> None:
+def apply(predictions: Path, calibrator: Path, annotations: Path | None, out_path: Path, overwrite: bool) -> None:
     """Rewrite a predictions file with calibrated scores (and probability vectors)."""
     from calibration.calibrators import Calibrator
     from calibration.detections import Detections, GroundTruth
+
+    if out_path.resolve() == predictions.resolve():
+        raise TrustmapError("--output must differ from --predictions (the input is kept)", out_path)
+    refuse_existing([out_path], overwrite)
 
     cal = Calibrator.load(calibrator)
     dets = Detections.load(predictions)
@@ -381,13 +388,8 @@ def apply(predictions: Path, calibrator: Path, annotations: Path | None, out_pat
     is_flag=True,
     help="Let image file_name entries of the COCO files lead out of their images folder.",
 )
-@click.option(
-    "--out",
-    "out_path",
-    required=True,
-    type=_path,
-    help="Checkpoint to write (.pt, weights_only-loadable).",
-)
+@output_option("Checkpoint to write (.pt, weights_only-loadable).", dest="out_path")
+@overwrite_option
 @user_errors
 def finetune(
     model: str,
@@ -405,6 +407,7 @@ def finetune(
     seed: int,
     allow_outside: bool,
     out_path: Path,
+    overwrite: bool,
 ) -> None:  # noqa: PLR0913
     """Fine-tune only the detector's classification layer on a calibration split, save the
     checkpoint, and report every metric and mAP before and after."""
@@ -412,6 +415,8 @@ def finetune(
 
     from calibration.adapters import images_from_coco, load_detector
     from calibration.adapters.torchvision_models import read_image
+
+    refuse_existing([out_path], overwrite)
     from calibration.detections import GroundTruth
     from calibration.finetune import FinetuneSettings, save_checkpoint
     from calibration.finetune import finetune as run
@@ -545,13 +550,8 @@ def finetune(
     "no detector or data section).",
 )
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=None, help="Audit bootstrap replicates (0 = none).")
-@click.option(
-    "--out",
-    "out_path",
-    required=True,
-    type=_path,
-    help="GeoPackage to write (layer 'detections'); replaced only when complete.",
-)
+@output_option("GeoPackage to write (layer 'detections'); replaced only when complete.", dest="out_path")
+@overwrite_option
 @user_errors
 def detect_scene_cmd(
     scene: Path,
@@ -570,6 +570,7 @@ def detect_scene_cmd(
     config_path: Path | None,
     n_boot: int | None,
     out_path: Path,
+    overwrite: bool,
 ) -> None:
     """Run a detector over a GeoTIFF of any size, tile by tile, and write georeferenced boxes.
 
@@ -582,15 +583,17 @@ def detect_scene_cmd(
 
     \b
     Examples:
-      calibration detect-scene scene.tif --calibrator calibrator.json --out detections.gpkg
-      calibration detect-scene OSBS_029.tif --weights trees.pt --truth OSBS_029.csv --out trees.gpkg
-      calibration detect-scene scene.tif --bands 3,2,1 --tile-size 512 --overlap 96 --out d.gpkg
+      calibration detect-scene scene.tif --calibrator calibrator.json -o detections.gpkg
+      calibration detect-scene OSBS_029.tif --weights trees.pt --truth OSBS_029.csv -o trees.gpkg
+      calibration detect-scene scene.tif --bands 3,2,1 --tile-size 512 --overlap 96 -o d.gpkg
     """
     from calibration.adapters import load_detector
     from calibration.adapters.torchvision_models import SAMPLE_WEIGHTS, read_checkpoint
     from calibration.calibrators import Calibrator
     from calibration.config import AuditConfig, load_config
     from calibration.scene import SceneSettings, detect_scene, parse_bands
+
+    refuse_existing([out_path], overwrite)
 
     picked = parse_bands(bands)
     cfg = load_config(config_path) if config_path is not None else AuditConfig()

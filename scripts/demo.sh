@@ -26,7 +26,7 @@ if [ -f refine/cli.py ] && [ -f configs/refine/demo.yaml ]; then
 fi
 if [ -f calibration/cli.py ] && [ -f configs/calibration/demo.yaml ]; then
   echo "== calibration: audit of the sample detector"
-  calibration audit --config configs/calibration/demo.yaml --out "$OUT/calibration"
+  calibration audit --config configs/calibration/demo.yaml -o "$OUT/calibration" --overwrite
   echo "== calibration: the sample detector over the sample scene, tile by tile, with the audit's calibrator"
   # the post-hoc calibrator the audit recommends shipping (isotonic if it recommends none)
   CAL="$(python - "$OUT/calibration" <<'PY'
@@ -38,7 +38,7 @@ path = out / "repair" / f"calibrator_{ship}.json"
 print(path if ship and path.exists() else out / "repair" / "calibrator_isotonic.json")
 PY
 )"
-  calibration detect-scene "$OUT/sample/scene.tif" --calibrator "$CAL" --out "$OUT/scene_detections.gpkg"
+  calibration detect-scene "$OUT/sample/scene.tif" --calibrator "$CAL" -o "$OUT/scene_detections.gpkg" --overwrite
 fi
 
 echo
