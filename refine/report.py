@@ -214,13 +214,14 @@ def change_map_png(
     from tiles.quicklook import render_rgb
 
     with rasterio.open(scene_path) as src:
-        rgb, _, _, _ = render_rgb(src, max_size=max_size)
+        rgb, valid, _, _ = render_rgb(src, max_size=max_size)
     h, w = rgb.shape[:2]
     step_r, step_c = regions.shape[0] / h, regions.shape[1] / w
     rr = np.minimum((np.arange(h) * step_r).astype(int), regions.shape[0] - 1)
     cc = np.minimum((np.arange(w) * step_c).astype(int), regions.shape[1] - 1)
     pick = np.ix_(rr, cc)
     img = (rgb.astype(np.float32) * 0.75).astype(np.uint8)
+    img[~valid] = 255  # nodata: the page's white, not a black band that reads as imagery
     img[auto[pick]] = (0, 220, 255)
     img[expert_changed[pick]] = (255, 0, 200)
     rid = np.where(np.isin(regions, np.flatnonzero(reviewed)), regions, -1)[pick]

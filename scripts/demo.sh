@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export MPLBACKEND=Agg
 start=$(date +%s)
 
-echo "== tiles: sample scene, tiles, QGIS export"
+echo "== [$(( $(date +%s) - start )) s] tiles: sample scene, tiles, QGIS export"
 # --overwrite: a second demo into the same folder replaces the first one's outputs
 tiles sample -o "$OUT/sample" --size 2048 --seed 0 --overwrite
 tiles info "$OUT/sample/scene.tif"
@@ -21,13 +21,13 @@ tiles export-qgis "$OUT/sample/truth.tif" "$OUT/sample/scene.tif" --classes conf
   -o "$OUT/qgis_truth" --min-area 20 --overwrite
 
 if [ -f refine/cli.py ] && [ -f configs/refine/demo.yaml ]; then
-  echo "== refine: simulated label refinement on the sample scene"
+  echo "== [$(( $(date +%s) - start )) s] refine: simulated label refinement on the sample scene"
   refine simulate --config configs/refine/demo.yaml -o "$OUT/refine" --overwrite
 fi
 if [ -f calibration/cli.py ] && [ -f configs/calibration/demo.yaml ]; then
-  echo "== calibration: audit of the sample detector"
+  echo "== [$(( $(date +%s) - start )) s] calibration: audit of the sample detector"
   calibration audit --config configs/calibration/demo.yaml -o "$OUT/calibration" --overwrite
-  echo "== calibration: the sample detector over the sample scene, tile by tile, with the audit's calibrator"
+  echo "== [$(( $(date +%s) - start )) s] calibration: the sample detector over the sample scene, tile by tile, with the audit's calibrator"
   # the post-hoc calibrator the audit recommends shipping (isotonic if it recommends none)
   CAL="$(python - "$OUT/calibration" <<'PY'
 import json, pathlib, sys
