@@ -245,7 +245,7 @@ def test_kill_9_during_select_and_train_leaves_a_workspace_that_carries_on(selec
     t0 = time.perf_counter()
     refine("train", "--workspace", str(timing))
     t_train = time.perf_counter() - t0
-    for frac in (0.5, 0.9):
+    for frac in (0.6,):  # once mid-way each; the import test above kills at four moments
         _kill_at(["select", "--workspace", str(ws), "--budget", "3%"], frac * t_select)
         _digest(ws)  # consistent after every kill (a round is there whole, or not at all)
         _kill_at(["train", "--workspace", str(ws)], frac * t_train)
