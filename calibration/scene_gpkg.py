@@ -202,12 +202,9 @@ def graduated_nodes(attr: str) -> list[ET.Element]:
     ET.SubElement(method, "extraInformation")
     ET.SubElement(r, "rotation")
     ET.SubElement(r, "sizescale")
-    tail = []
-    for tag, text in (("blendMode", "0"), ("featureBlendMode", "0"), ("layerOpacity", "1")):
-        el = ET.Element(tag)
-        el.text = text
-        tail.append(el)
-    return [r, *tail]
+    from tiles.qgis import vector_style_tail
+
+    return [r, *vector_style_tail()]
 
 
 def _outline_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
@@ -223,11 +220,6 @@ def _outline_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
         "offset": "0,0",
         "offset_unit": "MM",
     }
-    symbol = ET.Element("symbol", type="fill", name=name, alpha="1", clip_to_extent="1", force_rhr="0")
-    layer = ET.SubElement(symbol, "layer", attrib={"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
-    options = ET.SubElement(layer, "Option", type="Map")
-    for key, value in props.items():
-        ET.SubElement(options, "Option", type="QString", name=key, value=value)
-    for key, value in props.items():  # QGIS < 3.26 reads these, newer ones the Option map
-        ET.SubElement(layer, "prop", k=key, v=value)
-    return symbol
+    from tiles.qgis import simple_fill_symbol
+
+    return simple_fill_symbol(name, props)

@@ -173,24 +173,13 @@ def _option_map(parent: ET.Element, name: str | None = None) -> ET.Element:
 
 def _line_symbol(name: str, colour: str, width: float, dashed: bool = False) -> ET.Element:
     """An outline-only fill symbol: the imagery stays visible inside the polygon."""
-    from tiles.qgis import _fill_symbol
+    from tiles.qgis import simple_fill_symbol
 
-    symbol = _fill_symbol(name, (0, 0, 0))
-    props = {
-        "style": "no",
-        "outline_color": _rgba(colour),
-        "outline_width": f"{width:g}",
-        "outline_style": "dash" if dashed else "solid",
-    }
-    layer = symbol.find("layer")
-    assert layer is not None
-    for opt in layer.iter("Option"):
-        if opt.get("name") in props:
-            opt.set("value", props[opt.get("name")])
-    for prop in layer.iter("prop"):
-        if prop.get("k") in props:
-            prop.set("v", props[prop.get("k")])
-    return symbol
+    return simple_fill_symbol(name, {
+        "color": "0,0,0,0", "style": "no", "outline_color": _rgba(colour),
+        "outline_width": f"{width:g}", "outline_width_unit": "MM",
+        "outline_style": "dash" if dashed else "solid", "joinstyle": "bevel",
+    })  # fmt: skip
 
 
 def _rgba(colour: str, alpha: int = 255) -> str:

@@ -477,6 +477,11 @@ def _fill_symbol(name: str, rgb: tuple[int, int, int], alpha: int = 255) -> ET.E
         "offset": "0,0",
         "offset_unit": "MM",
     }
+    return simple_fill_symbol(name, props)
+
+
+def simple_fill_symbol(name: str, props: dict[str, str]) -> ET.Element:
+    """A QGIS fill symbol of one SimpleFill layer with ``props`` (colour, style, outline...)."""
     symbol = ET.Element("symbol", type="fill", name=name, alpha="1", clip_to_extent="1")
     symbol.set("force_rhr", "0")
     layer = ET.SubElement(symbol, "layer", attrib={"class": "SimpleFill"})
