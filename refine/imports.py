@@ -91,12 +91,33 @@ def _geom_key(prefix: str, geom: BaseGeometry, code: int) -> str:
 
 
 def _burn(geom: BaseGeometry, ws: Workspace, valid: np.ndarray) -> np.ndarray:
-    """Flat indices of the valid scene pixels whose centres fall inside ``geom``."""
+    """Flat indices of the valid scene pixels whose centres fall inside ``geom``, rasterised
+    inside the polygon's own window (a drawn polygon costs its size, not the scene's)."""
+    from rasterio.windows import from_bounds
+
     s = ws.scene
-    mask = rasterio.features.geometry_mask(
-        [geom], out_shape=(s.height, s.width), transform=s.transform, invert=True
-    )
-    return np.flatnonzero((mask & valid).reshape(-1))
+    win = from_bounds(*geom.bounds, transform=s.transform)  # fractional; widened by a pixel
+    r0, c0 = max(int(np.floor(win.row_off)) - 1, 0), max(int(np.floor(win.col_off)) - 1, 0)
+    r1 = min(int(np.ceil(win.row_off + win.height)) + 1, s.height)
+    c1 = min(int(np.ceil(win.col_off + win.width)) + 1, s.width)
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros(0, np.int64)
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    inside = rasterio.features.geometry_mask(
+        [geom], out_shape=(r1 - r0, c1 - c0),
+        transform=window_transform(Window(c0, r0, c1 - c0, r1 - r0), s.transform), invert=True,
+    ) & valid[r0:r1, c0:c1]  # fmt: skip
+    rows, cols = np.nonzero(inside)
+    return ((rows + r0) * s.width + (cols + c0)).astype(np.int64)
+
+
+def _region_pixels(regions: Any, rid: int) -> np.ndarray:
+    """Flat indices of region ``rid``'s pixels, found inside its bbox only."""
+    r0, c0, r1, c1 = (int(v) for v in regions.bbox[rid])
+    rows, cols = np.nonzero(regions.labels[r0:r1, c0:c1] == rid)
+    return ((rows + r0) * regions.labels.shape[1] + (cols + c0)).astype(np.int64)
 
 
 def _check_polygon(geom: BaseGeometry | None, scene_box: BaseGeometry) -> str | None:
@@ -223,7 +244,7 @@ def _import(
             edits.append(Edit("suggestion", name, key, code, pix if code is not None else np.zeros(0, np.int64),
                               None, rnd, rid, author, fid, rejects=rejects))  # fmt: skip
             continue
-        pix = np.flatnonzero(regions.mask([rid]).reshape(-1)) if code is not None else np.zeros(0, np.int64)
+        pix = _region_pixels(regions, rid) if code is not None else np.zeros(0, np.int64)
         key = _key("queue", rnd, rid, code if code is not None else "confirm")
         edits.append(Edit("queue", name, key, code, pix, None, rnd, rid, author, fid))
 

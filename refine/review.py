@@ -400,13 +400,12 @@ def select_queue(
             round=r, config=cfg, schema=schema, scene=scene, regions=regions, labels=labels, valid=valid,
             reviewed=status == "reviewed", model=model, probs_path=probs_path, seed=cfg.seed * 7919 + r,
         )  # fmt: skip
-        selection, audit, _ = propose(strat, ctx, amount, skip, labels)
+        selection, audit, values, _ = propose(strat, ctx, amount, skip, labels)
         if not selection.ids.size:
             raise TrustmapError(
                 f"no open region fits a budget of {budget.describe()} (the cheapest costs "
                 f"{float(regions.cost[~skip].min()):g} {regions.cost_unit})"
             )
-        values = None if strat.random else np.asarray(strat.rank(ctx), np.float64)
         lut = schema.code_to_index()
         codes = np.asarray(schema.codes, np.uint8)
         probs = ctx.probs() if probs_path is not None else None

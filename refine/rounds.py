@@ -177,8 +177,9 @@ def propose(
     budget: float,
     skip: np.ndarray,
     audit_labels: np.ndarray | None = None,
-) -> tuple[Selection, np.ndarray, dict[str, float]]:
-    """Rank, audit and pick for one round: (selection incl. audit, audit ids, seconds).
+) -> tuple[Selection, np.ndarray, np.ndarray | None, dict[str, float]]:
+    """Rank, audit and pick for one round: (selection incl. audit, audit ids, the strategy's
+    value of every region (None for random), seconds).
 
     ``skip`` (R,) bool: regions that may not be picked (already reviewed or queued).
     ``audit_labels``: the labels the audit's candidates disagree with (default the
@@ -203,7 +204,7 @@ def propose(
         )  # fmt: skip
     else:
         selection = pick_regions(strategy, ctx, values, budget, skip)
-    return selection, audit, {"score": t_score, "select": time.perf_counter() - t0}
+    return selection, audit, values, {"score": t_score, "select": time.perf_counter() - t0}
 
 
 Echo = Callable[[str], None]
@@ -540,7 +541,7 @@ class Refinement:
             bald_path=bald_path, seed=self.config.seed * 7919 + r,
         )  # fmt: skip
         budget = max(min(self.per_round * r, self.total_budget) - self.spent, 0.0)
-        selection, audit, t = propose(self.strategy, ctx, budget, self.reviewed, self.labels)
+        selection, audit, _, t = propose(self.strategy, ctx, budget, self.reviewed, self.labels)
         times.update(t)
         return Proposal(r, selection, audit, budget, ctx, model_info, times)
 
