@@ -46,10 +46,10 @@ from refine.lock import LOCK_FILE, LockInfo, exclusive
 from tiles.errors import TrustmapError
 from tiles.io import (
     _STAGING,  # the staging-name pattern (hidden name, creator's PID, random part, .part/.old)
-    _pid_alive,
     atomic_dir,
     atomic_path,
     ensure_writable_dir,
+    is_stale_staging,
     jsonable,
     remove_path,
     umask,
@@ -139,7 +139,7 @@ class RunDir:
     def _prepare(self, identity: dict[str, Any], resume: bool, restart: bool) -> None:
         """The checks and deletions of :meth:`open`, all under the lock."""
         root = self.root
-        entries = [p for p in root.iterdir() if p.name != LOCK_FILE and not _stale_staging(p)]
+        entries = [p for p in root.iterdir() if p.name != LOCK_FILE and not is_stale_staging(p)]
         previous = self.read_identity() if (root / RUN_FILE).exists() else None
         if entries and not resume and not restart:
             kind = "an earlier refine run" if previous is not None else "files"
@@ -267,7 +267,7 @@ class RunDir:
                 for name in [*dirs, *files]:
                     entry = here / name
                     old = legacy.get(here)
-                    if _stale_staging(entry) or (
+                    if is_stale_staging(entry) or (
                         old is not None and not _STAGING.match(name) and old.match(name)
                     ):
                         remove_path(entry)
@@ -359,12 +359,6 @@ class RunDir:
 
     def scratch(self) -> Path:
         return ensure_writable_dir(self.work)
-
-
-def _stale_staging(path: Path) -> bool:
-    """Is ``path`` trustmap staging whose creating process no longer exists?"""
-    m = _STAGING.match(path.name)
-    return m is not None and not _pid_alive(int(m["pid"]))
 
 
 def write_record(folder: Path, record: dict[str, Any]) -> Path:

@@ -496,15 +496,14 @@ def set_meta(con: sqlite3.Connection, key: str, value: Any) -> None:
 def clean_stale_staging(root: Path) -> list[Path]:
     """Remove the staging files of killed trustmap commands inside the workspace (only
     trustmap's own staging names, only of processes that are gone)."""
-    from tiles.io import _STAGING, _pid_alive
+    from tiles.io import is_stale_staging
 
     removed = []
     for folder in (root, root / "labels", root / "models", root / "rounds", root / "work"):
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            m = _STAGING.match(p.name)
-            if m and not _pid_alive(int(m["pid"])):
+            if is_stale_staging(p):
                 remove_path(p)
                 removed.append(p)
     return removed

@@ -202,6 +202,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_stale_staging(path: str | os.PathLike[str]) -> bool:
+    """Is ``path`` trustmap staging (``.<name>.<pid>.<random>.part`` / ``.old``) whose
+    creating process no longer exists? Commands clean such leftovers under their lock."""
+    m = _STAGING.match(Path(path).name)
+    return m is not None and not _pid_alive(int(m["pid"]))
+
+
 def clean_stale(parent: str | os.PathLike, name: str) -> list[Path]:
     """Remove staging for output ``name`` in ``parent`` left by processes that are gone."""
     removed: list[Path] = []
